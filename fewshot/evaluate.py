@@ -175,7 +175,7 @@ def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[s
         for i, token in enumerate(next_ids.tolist()):
             if done[i]:
                 continue
-            if token == tokenizer.eot_id:
+            if token in tokenizer.stop_ids:
                 done[i] = True
                 continue
             generated[i].append(token)

@@ -39,6 +39,14 @@ def _umask() -> int:
     return mask
 
 
+def default_permissions(path: Path) -> None:
+    """Give a file the mode a plain open() would (0666 less the umask).
+
+    For writers that create files private (0600), as mkstemp and safetensors do.
+    """
+    path.chmod(0o666 & ~_umask())
+
+
 def staging_dir(final: Path) -> Path:
     """A hidden temporary directory beside `final`, to fill and then rename into place.
 
@@ -56,9 +64,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
     try:
         write(tmp)
+        default_permissions(tmp)  # mkstemp's 0600 would survive the rename
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

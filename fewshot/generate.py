@@ -221,7 +221,7 @@ def _held_tail(text: str, stops: tuple[str, ...]) -> int:
     return 0
 
 
-class _SampleText:
+class SampleText:
     """One sample's decoded text, streamed without ever showing part of a stop sequence.
 
     `pending` holds text not yet shown: only the tail that might begin a stop sequence.
@@ -285,13 +285,13 @@ class _SampleText:
 
 @dataclass
 class _Sample:
-    stream: _SampleText
+    stream: SampleText
     token_ids: list[int]
     logprobs: list[TokenLogprob]
     finish_reason: str | None = None
 
 
-def _prompt_ids(tokenizer, prompt: str | Sequence[int], vocab_size: int) -> list[int]:
+def prompt_token_ids(tokenizer, prompt: str | Sequence[int], vocab_size: int) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt))
     ids = list(prompt)
@@ -307,7 +307,7 @@ def _prompt_window(ids: list[int], context: int, max_tokens: int) -> list[int]:
     return ids[-(context - room) :]
 
 
-def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()  # fresh, non-deterministic
@@ -316,7 +316,7 @@ def _new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _token_logprobs(tokenizer, logits: Tensor, chosen: Tensor, options: SamplingOptions) -> list[TokenLogprob]:
+def token_logprobs(tokenizer, logits: Tensor, chosen: Tensor, options: SamplingOptions) -> list[TokenLogprob]:
     """Per-row logprob of the chosen token and the top alternatives, from the raw (biased) distribution."""
     logprobs = apply_logit_bias(logits.float(), options.logit_bias).log_softmax(dim=-1)
     chosen_lp = logprobs.gather(1, chosen[:, None]).squeeze(1).tolist()
@@ -328,8 +328,8 @@ def _token_logprobs(tokenizer, logits: Tensor, chosen: Tensor, options: Sampling
     return rows
 
 
-def _accept(sample: _Sample, token_id: int, logprob: TokenLogprob | None, eot_id: int | None, stop_at_eot: bool) -> None:
-    if stop_at_eot and token_id == eot_id:
+def _accept(sample: _Sample, token_id: int, logprob: TokenLogprob | None, stop_ids: frozenset[int], stop_at_eot: bool) -> None:
+    if stop_at_eot and token_id in stop_ids:
         sample.finish_reason = "stop"
         return
     sample.token_ids.append(token_id)
@@ -351,7 +351,7 @@ def generate(
     Context overflow, logprobs and stop sequences behave as the module docstring says.
     """
     config = model.config
-    prompt_ids = _prompt_ids(tokenizer, prompt, config.vocab_size)
+    prompt_ids = prompt_token_ids(tokenizer, prompt, config.vocab_size)
     bad_bias = [token for token, _ in options.logit_bias if token >= config.vocab_size]
     if bad_bias:
         raise FewshotError(f"sampling: logit_bias token {bad_bias[0]} is outside the vocabulary of {config.vocab_size}")
@@ -363,12 +363,12 @@ def generate(
     def emitter(index: int) -> Callable[[str], None] | None:
         return None if on_text is None else (lambda text: on_text(index, text))
 
-    samples = [_Sample(_SampleText(tokenizer, options.stop, emitter(i)), [], []) for i in range(options.n)]
+    samples = [_Sample(SampleText(tokenizer, options.stop, emitter(i)), [], []) for i in range(options.n)]
     was_training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back afterwards
     try:
         with torch.inference_mode():
-            _decode(model, tokenizer, window, samples, options, eot_id)
+            _decode(model, tokenizer, window, samples, options, getattr(tokenizer, "stop_ids", frozenset({eot_id})))
     finally:
         model.train(was_training)
     return [
@@ -383,12 +383,12 @@ def generate(
     ]
 
 
-def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options: SamplingOptions, eot_id: int | None) -> None:
+def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options: SamplingOptions, stop_ids: frozenset[int]) -> None:
     """The decoding loop: all samples advance in lockstep; finished ones ride along unread."""
     config = model.config
     device = next(model.parameters()).device
     n = len(samples)
-    generator = _new_generator(options.seed, device)
+    generator = new_generator(options.seed, device)
     # Each row's tokens in the cache, kept to rebuild it when the context fills up.
     rows = [list(window) for _ in range(n)]
     # Room for everything this call can feed, so short generations allocate little.
@@ -401,11 +401,11 @@ def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options
     for produced in range(1, options.max_tokens + 1):
         next_ids = sample_next(logits, counts, options, generator)
         counts[batch, next_ids] += 1
-        logprobs = _token_logprobs(tokenizer, logits, next_ids, options) if options.logprobs is not None else None
+        logprobs = token_logprobs(tokenizer, logits, next_ids, options) if options.logprobs is not None else None
         for i, token_id in enumerate(next_ids.tolist()):
             rows[i].append(token_id)
             if samples[i].finish_reason is None:
-                _accept(samples[i], token_id, logprobs[i] if logprobs else None, eot_id, options.stop_at_eot)
+                _accept(samples[i], token_id, logprobs[i] if logprobs else None, stop_ids, options.stop_at_eot)
         if produced == options.max_tokens or all(s.finish_reason for s in samples):
             break
         if cache.length < cache.capacity:

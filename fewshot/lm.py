@@ -5,6 +5,7 @@
     lm.logits(ids)                          # (len(ids), vocab) float32
     lm.generate("The cat", max_tokens=20)   # str
     lm.score("Q: 2+2?\\nA:", " 4")          # summed log-probability of the continuation
+    lm.chat([{"role": "user", "content": "Hi"}], max_tokens=50)   # the assistant's reply
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fewshot.chat import ChatPrompt, Message, render_chat
 from fewshot.checkpoint import CONFIG, WEIGHTS, load_weights
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
@@ -53,6 +55,24 @@ class LM:
     def generate(self, prompt: str, **options: Any) -> str:
         """The text of the first sample; options are those of SamplingOptions."""
         return self.complete(prompt, **options)[0].text
+
+    def chat_prompt(self, messages: Sequence[Message | dict[str, str]]) -> ChatPrompt:
+        """Messages rendered with the model's chat template (fewshot/chat.py)."""
+        parsed = []
+        for message in messages:
+            if isinstance(message, dict):
+                if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                    raise FewshotError(f"chat: each message needs a string role and content, got {message!r}")
+                message = Message(message["role"], message["content"])
+            parsed.append(message)
+        return render_chat(parsed, self.tokenizer.chat_template)
+
+    def chat(self, messages: Sequence[Message | dict[str, str]], on_text: Callable[[int, str], None] | None = None,
+             **options: Any) -> list[Completion]:
+        """The assistant's next turn; options are those of SamplingOptions."""
+        prompt = self.chat_prompt(messages)
+        options["stop"] = (*options.get("stop", ()), *prompt.stop)
+        return self.complete(prompt.text, on_text=on_text, **options)
 
     @torch.inference_mode()
     def score(self, context: str, continuation: str) -> float:
@@ -95,6 +115,6 @@ def load(run_dir: str | Path, device: str = "cpu") -> LM:
     with torch.device("meta"):
         model = GPT(model_config)
     model = model.to_empty(device=pick_device(device))
+    model.tie_weights()  # to_empty gave the head its own storage; share it again before loading
     load_weights(run_dir / WEIGHTS, model)
-    model.head.weight = model.token_embedding.weight  # to_empty broke the tie; restore it
     return LM(model.eval(), tokenizer, config)

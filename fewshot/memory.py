@@ -63,3 +63,10 @@ def check_fits(estimate: MemoryEstimate, device: torch.device) -> None:
             f"optimizer, {estimate.activation_bytes / GIB:.1f} GiB for activations) but {device.type} has "
             f"{available / GIB:.1f} GiB free; use a smaller --preset, --batch-size or --context (raise --grad-accum to keep the batch)"
         )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports it in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -59,6 +59,8 @@ class ByteTokenizer:
 
     vocab_size = 256 + len(BYTE_SPECIALS)
     eot_id = 256
+    stop_ids = frozenset({eot_id})
+    chat_template = None
 
     def __init__(self) -> None:
         self._bytes = [bytes([b]) for b in range(256)] + [name.encode() for name in BYTE_SPECIALS]
@@ -98,18 +100,38 @@ class BPETokenizer:
     differ from `s`, and the alphabet holds all 256 bytes, so no text is ever unknown.
     """
 
-    def __init__(self, hf: HFTokenizer) -> None:
-        eot_id = hf.token_to_id(EOT)
+    def __init__(self, hf: HFTokenizer, eot: str = EOT, stop: Sequence[str] = (), parse_special: bool = False,
+                 chat_template: str | None = None) -> None:
+        """`eot` separates documents; generation also stops at the `stop` tokens.
+
+        Imported models (GGUF) bring their own specials, such as SmolLM2's <|im_start|>
+        and <|im_end|>, and their chat template. For them `parse_special` reads a special
+        written in the text as its id, as llama.cpp does, so a chat prompt means what the
+        model was trained on.
+        """
+        eot_id = hf.token_to_id(eot)
         if not isinstance(hf.model, models.BPE) or eot_id is None:
-            raise FewshotError(f"not a fewshot BPE tokenizer (needs a BPE model with {EOT}); retrain it with `fewshot prepare --tokenizer bpe`")
+            raise FewshotError(f"not a fewshot BPE tokenizer (needs a BPE model with {eot}); retrain it with `fewshot prepare --tokenizer bpe`")
+        stop_ids = [hf.token_to_id(token) for token in stop]
+        if None in stop_ids:
+            raise FewshotError(f"stop token {stop[stop_ids.index(None)]!r} is not in the vocabulary")
         self._hf = hf
-        # A literal "<|endoftext|>" in the text is encoded as ordinary text (<|, endoftext, |>),
-        # as with the byte tokenizer: it still round-trips, and a prompt cannot forge the
-        # separator id. `tokenizers` does not save this flag, so it is set on every load.
-        hf.encode_special_tokens = True
+        # By default a literal "<|endoftext|>" in the text is encoded as ordinary text (<|,
+        # endoftext, |>), as with the byte tokenizer: it still round-trips, and a prompt cannot
+        # forge the separator id. `tokenizers` does not save this flag, so it is set on every load.
+        hf.encode_special_tokens = not parse_special
         self.eot_id = eot_id
+        self.stop_ids = frozenset({eot_id, *stop_ids})
+        # What spec() records beyond the defaults, so a trained BPE's spec stays as it was.
+        options = {"eot": eot, "stop": list(stop), "parse_special": parse_special, "chat_template": chat_template}
+        defaults = {"eot": EOT, "stop": [], "parse_special": False, "chat_template": None}
+        self._spec_options = {key: value for key, value in options.items() if value != defaults[key]}
+        self.chat_template = chat_template
         self._bytes = self._token_bytes()
         self.vocab_size = len(self._bytes)
+
+    def token_id(self, token: str) -> int | None:
+        return self._hf.token_to_id(token)
 
     def _token_bytes(self) -> list[bytes]:
         vocab = self._hf.get_vocab(with_added_tokens=True)
@@ -162,7 +184,7 @@ class BPETokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def spec(self) -> dict:
-        return {"type": "bpe", "vocab_size": self.vocab_size}
+        return {"type": "bpe", "vocab_size": self.vocab_size, **self._spec_options}
 
     def save(self, directory: Path) -> None:
         """Write directory/tokenizer.json atomically: a crash leaves the old file or the new one."""
@@ -198,7 +220,8 @@ def load_tokenizer(spec: dict, directory: Path) -> Tokenizer:
     except Exception as error:  # `tokenizers` raises a bare Exception for every parse problem
         raise FewshotError(f"{path}: corrupt tokenizer file ({error}); re-run prepare") from None
     try:
-        tokenizer = BPETokenizer(hf)
+        tokenizer = BPETokenizer(hf, eot=spec.get("eot", EOT), stop=spec.get("stop", ()),
+                                 parse_special=spec.get("parse_special", False), chat_template=spec.get("chat_template"))
     except FewshotError as error:
         raise FewshotError(f"{path}: {error}") from None
     expected = spec.get("vocab_size")

@@ -11,19 +11,20 @@ from fewshot.model import GPT
 from fewshot.model.mixers import causal_mask
 
 
-def tiny(**changes) -> GPT:
+def tiny(preset: str = "nano", **changes) -> GPT:
     torch.manual_seed(0)
-    return GPT(PRESETS["nano"].replace(context=48, **changes)).eval()
+    return GPT(PRESETS[preset].replace(context=48, **changes)).eval()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
+    preset=st.sampled_from(["nano", "llama-nano"]),
     attention=st.sampled_from(["dense", "local", "alternating"]),
     window=st.integers(1, 20),
     split=st.integers(1, 30),
 )
-def test_step_by_step_decoding_matches_the_parallel_forward(attention: str, window: int, split: int) -> None:
-    model = tiny(attention=attention, window=window)
+def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int) -> None:
+    model = tiny(preset, attention=attention, window=window)
     idx = torch.randint(0, 260, (2, 30), generator=torch.Generator().manual_seed(split))
     full, _ = model(idx)
     cache = model.new_cache(batch_size=2)
@@ -85,11 +86,12 @@ def test_dropout_is_active_in_training_only() -> None:
     assert torch.equal(model(idx)[0], model(idx)[0])
 
 
-@settings(max_examples=10, deadline=None)
-@given(attention=st.sampled_from(["dense", "local", "alternating"]), lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4))
-def test_left_padded_rows_decode_as_if_alone(attention: str, lengths: list[int]) -> None:
+@settings(max_examples=12, deadline=None)
+@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "alternating"]),
+       lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4))
+def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
     """Prompts of different lengths in one batch: each row's logits equal its own unpadded run."""
-    model = tiny(attention=attention, window=5)
+    model = tiny(preset, attention=attention, window=5)
     generator = torch.Generator().manual_seed(sum(lengths))
     prompts = [torch.randint(0, 260, (n,), generator=generator) for n in lengths]
     longest = max(lengths)
@@ -103,3 +105,38 @@ def test_left_padded_rows_decode_as_if_alone(attention: str, lengths: list[int])
         alone, _ = model(torch.cat([prompt, following[row]])[None])
         torch.testing.assert_close(prefill[row, padding[row]:], alone[0, : len(prompt)], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone[0, len(prompt):], atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=10, deadline=None)
+@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local"]),
+       lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4))
+def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
+    """A serving batch: each row prefilled into its own slot, then one token per row per step."""
+    model = tiny(preset, attention=attention, window=5)
+    generator = torch.Generator().manual_seed(sum(lengths))
+    prompts = [torch.randint(0, 260, (n,), generator=generator) for n in lengths]
+    cache = model.new_cache(len(prompts))
+    for row, prompt in enumerate(prompts):
+        model.step(prompt[None], cache.rows(row, row + 1))
+    following = torch.randint(0, 260, (len(prompts), 3), generator=generator)
+    positions = torch.tensor(lengths)
+    steps = [model.step_rows(following[:, i : i + 1], cache, positions + i) for i in range(3)]
+    for row, prompt in enumerate(prompts):
+        alone, _ = model(torch.cat([prompt, following[row]])[None])
+        torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone[0, len(prompt):], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["nano", "llama-nano", "llama-mini", "smollm2-135m"])
+def test_parameter_count_formula_matches_the_model(name: str) -> None:
+    with torch.device("meta"):
+        model = GPT(PRESETS[name])
+    assert model.num_params() == PRESETS[name].num_params()
+
+
+def test_llama_blocks_group_key_value_heads_and_can_untie_the_head() -> None:
+    model = tiny("llama-nano", tie_embeddings=False)
+    config = model.config
+    assert model.position_embedding is None
+    assert model.blocks[0].mixer.qkv.out_features == (config.n_head + 2 * config.n_kv_head) * config.head_size
+    assert model.head.weight is not model.token_embedding.weight
+    assert model.num_params() == config.num_params()

@@ -1,6 +1,9 @@
 """The GPT-3 transformer (Brown et al. 2020, §2.1): GPT-2's architecture with
 pre-LayerNorm blocks, learned positions, a GELU MLP four times as wide as the model,
 tied input/output embeddings, and optionally alternating dense / banded attention.
+
+The same class builds Llama-family models (`block="llama"`: RMSNorm, rotary positions,
+SwiGLU, grouped-query attention), so SmolLM2 imported from GGUF is just another config.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import Tensor, nn
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
 from fewshot.model.mixers import AttentionCache, build_mixer
+from fewshot.model.rope import Rotary, rotary_tables
 
 
 @dataclass
@@ -31,34 +35,59 @@ class Cache:
     def capacity(self) -> int:
         return self.layers[0].capacity
 
+    def rows(self, start: int, stop: int) -> Cache:
+        """An empty cache over some rows of this one's storage: prefilling it fills them."""
+        return Cache([layer.rows(start, stop) for layer in self.layers])
+
 
 class MLP(nn.Module):
+    """GPT-2/3's feed-forward layer: up, GELU, down."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        hidden = config.mlp_ratio * config.d_model
-        self.up = nn.Linear(config.d_model, hidden, bias=config.bias)
-        self.down = nn.Linear(hidden, config.d_model, bias=config.bias)
+        self.up = nn.Linear(config.d_model, config.hidden_size, bias=config.bias)
+        self.down = nn.Linear(config.hidden_size, config.d_model, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         # GPT-2/3 use the tanh approximation of GELU; keep it so imported weights match.
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
+class SwiGLU(nn.Module):
+    """Llama's feed-forward layer (Shazeer 2020): a SiLU gate times a linear "up" path."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.hidden_size, bias=config.bias)
+        self.up = nn.Linear(config.d_model, config.hidden_size, bias=config.bias)
+        self.down = nn.Linear(config.hidden_size, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def build_norm(config: ModelConfig) -> nn.Module:
+    if config.block == "llama":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.norm_mix = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.norm_mix = build_norm(config)
         self.mixer = build_mixer(config, layer)
-        self.norm_mlp = nn.LayerNorm(config.d_model, bias=config.bias)
-        self.mlp = MLP(config)
+        self.norm_mlp = build_norm(config)
+        self.mlp = SwiGLU(config) if config.block == "llama" else MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.dropout(self.mixer(self.norm_mix(x)))
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        x = x + self.dropout(self.mixer(self.norm_mix(x), rotary))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
-    def step(self, x: Tensor, cache: AttentionCache, position: int, padding: Tensor | None) -> Tensor:
-        x = x + self.mixer.step(self.norm_mix(x), cache, position, padding)
+    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None,
+             rotary: Rotary | None = None) -> Tensor:
+        x = x + self.mixer.step(self.norm_mix(x), cache, position, padding, rotary)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -67,12 +96,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.context, config.d_model)
+        # Llama blocks rotate queries and keys instead (model/rope.py): nothing to learn.
+        self.position_embedding = nn.Embedding(config.context, config.d_model) if config.block == "gpt3" else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
-        self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.norm = build_norm(config)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.head.weight = self.token_embedding.weight  # tied (GPT-2, GPT-3)
+        self.tie_weights()
         self.apply(self._init_weights)
         # GPT-2 §2.3: scale residual projections by 1/sqrt(N) so the residual stream's
         # variance does not grow with depth; there are two per block.
@@ -89,10 +119,23 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def tie_weights(self) -> None:
+        """Share the output head with the token embedding, when the config says so.
+
+        Called again after `to_empty()`, which gives every parameter its own storage.
+        """
+        if self.config.tie_embeddings:
+            self.head.weight = self.token_embedding.weight
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 
-    def _embed(self, idx: Tensor, position: int, padding: Tensor | None = None) -> Tensor:
+    def _positions(self, idx: Tensor, position: int | Tensor, padding: Tensor | None = None) -> Tensor:
+        """Absolute positions of the tokens idx (B, T): (T,), or (B, T) when rows differ."""
+        if isinstance(position, Tensor):  # one token per row, each at its own position
+            if int(position.max()) >= self.config.context:
+                raise FewshotError(f"sequence exceeds the model's context of {self.config.context} tokens")
+            return position[:, None]
         length = idx.shape[1]
         if position + length > self.config.context:
             raise FewshotError(
@@ -101,13 +144,20 @@ class GPT(nn.Module):
         positions = torch.arange(position, position + length, device=idx.device)
         if padding is not None:  # (B, T): each row counts from its first real token
             positions = (positions[None, :] - padding[:, None]).clamp(min=0)
-        return self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        return positions
+
+    def _embed(self, idx: Tensor, positions: Tensor) -> tuple[Tensor, Rotary | None]:
+        x = self.token_embedding(idx)
+        if self.position_embedding is not None:
+            return self.dropout(x + self.position_embedding(positions)), None
+        # Every layer rotates by the same angles: compute the tables once per call.
+        return self.dropout(x), rotary_tables(positions, self.config.head_size, self.config.rope_base)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy."""
-        x = self._embed(idx, 0)
+        x, rotary = self._embed(idx, self._positions(idx, 0))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rotary)
         logits = self.head(self.norm(x))
         if targets is None:
             return logits, None
@@ -127,8 +177,22 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) for the next T tokens after what `cache` holds; extends it."""
         if cache.length + idx.shape[1] > cache.capacity:
             raise FewshotError(f"decoding past the cache's capacity of {cache.capacity} tokens")
-        x = self._embed(idx, cache.length, cache.padding)
+        x, rotary = self._embed(idx, self._positions(idx, cache.length, cache.padding))
         for block, layer_cache in zip(self.blocks, cache.layers):
-            x = block.step(x, layer_cache, cache.length, cache.padding)
+            x = block.step(x, layer_cache, cache.length, cache.padding, rotary)
         cache.length += idx.shape[1]
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def step_rows(self, idx: Tensor, cache: Cache, positions: Tensor) -> Tensor:
+        """Logits (B, 1, vocab) for one token per row, row b at positions[b].
+
+        For serving: each row is a sequence that started at its own time, so rows hold
+        different lengths. The caller tracks them; `cache.length` is not used.
+        """
+        if int(positions.max()) >= cache.capacity:
+            raise FewshotError(f"decoding past the cache's capacity of {cache.capacity} tokens")
+        x, rotary = self._embed(idx, self._positions(idx, positions))
+        for block, layer_cache in zip(self.blocks, cache.layers):
+            x = block.step(x, layer_cache, positions, None, rotary)
         return self.head(self.norm(x))

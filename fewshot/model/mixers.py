@@ -16,30 +16,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.config import ModelConfig
+from fewshot.model.rope import Rotary, apply_rotary
 
 
 @dataclass
 class AttentionCache:
     """Keys and values of the past, preallocated so a decoding step never copies them."""
 
-    keys: Tensor  # (B, H, capacity, head_size)
+    keys: Tensor  # (B, key/value heads, capacity, head_size)
     values: Tensor
 
     @property
     def capacity(self) -> int:
         return self.keys.shape[2]
 
+    def rows(self, start: int, stop: int) -> AttentionCache:
+        """A view of some rows: writing to it writes to this cache (no copy)."""
+        return AttentionCache(self.keys[start:stop], self.values[start:stop])
+
 
 class Mixer(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, D) over the whole causal sequence."""
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D) over the whole causal sequence.
+
+        `rotary` holds the RoPE tables of the positions, for llama blocks (model/rope.py).
+        """
         raise NotImplementedError
 
-    def step(self, x: Tensor, cache: AttentionCache, position: int, padding: Tensor | None = None) -> Tensor:
+    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D) for tokens at `position`..`position+T-1`, extending `cache`.
 
         `padding` (B,) counts left-padding slots per row: prompts of different lengths share
-        one batch, and no token may see the padding of its row.
+        one batch, and no token may see the padding of its row. `position` may also be a
+        (B,) tensor, one position per row, for a single token (T = 1) per row: a serving
+        batch whose sequences started at different times.
         """
         raise NotImplementedError
 
@@ -78,40 +89,50 @@ def causal_mask(queries: int, keys: int, offset: int, window: int | None, device
 
 
 class CausalSelfAttention(Mixer):
-    """Multi-head causal attention, dense or locally banded (GPT-3 §2.1)."""
+    """Multi-head causal attention, dense or locally banded (GPT-3 §2.1), with grouped
+    key/value heads and rotary positions when the config asks for them (llama blocks)."""
 
     def __init__(self, config: ModelConfig, local: bool) -> None:
         super().__init__()
-        self.n_head = config.n_head
-        self.head_size = config.head_size
-        inner = config.n_head * config.head_size
-        self.qkv = nn.Linear(config.d_model, 3 * inner, bias=config.bias)
-        self.proj = nn.Linear(inner, config.d_model, bias=config.bias)
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        # One matrix makes queries, keys and values: rows [q; k; v], as in GPT-2's c_attn.
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_size, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         # A band as wide as the context is just dense attention; say so, to take the fast path.
         self.window = config.window if local and config.window < config.context else None
 
-    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _heads(self, x: Tensor, rotary: Rotary | None) -> tuple[Tensor, Tensor, Tensor]:
         batch, length, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)
-        return q, k, v  # each (B, H, T, head_size)
+        sizes = (self.n_head * self.head_size, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size)
+        q, k, v = (part.view(batch, length, -1, self.head_size).transpose(1, 2) for part in self.qkv(x).split(sizes, dim=-1))
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        return q, k, v  # (B, H, T, head_size); keys and values have n_kv_head heads
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
+        grouped = self.n_kv_head != self.n_head
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped, **options)
 
     def _merge(self, y: Tensor) -> Tensor:
         batch, _, length, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
 
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self._heads(x)
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        q, k, v = self._heads(x, rotary)
         dropout = self.dropout if self.training else 0.0
         if self.window is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = self._attend(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             mask = causal_mask(x.shape[1], x.shape[1], 0, self.window, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = self._attend(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self._merge(y)
 
-    def step(self, x: Tensor, cache: AttentionCache, position: int, padding: Tensor | None = None) -> Tensor:
-        q, k, v = self._heads(x)
+    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None) -> Tensor:
+        if isinstance(position, Tensor):
+            return self._step_rows(x, cache, position, rotary)
+        q, k, v = self._heads(x, rotary)
         end = position + x.shape[1]
         cache.keys[:, :, position:end] = k.to(cache.keys.dtype)
         cache.values[:, :, position:end] = v.to(cache.values.dtype)
@@ -119,16 +140,30 @@ class CausalSelfAttention(Mixer):
         start = 0 if self.window is None else max(0, position - self.window + 1)
         keys, values = cache.keys[:, :, start:end].to(q.dtype), cache.values[:, :, start:end].to(q.dtype)
         if x.shape[1] == 1 and padding is None:
-            y = F.scaled_dot_product_attention(q, keys, values)  # one query sees every cached key
+            y = self._attend(q, keys, values)  # one query sees every cached key
         else:
             mask = causal_mask(x.shape[1], end - start, position - start, self.window, x.device)
             if padding is not None:
                 mask = padding_mask(mask, padding, start, position)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            y = self._attend(q, keys, values, attn_mask=mask)
         return self._merge(y)
 
+    def _step_rows(self, x: Tensor, cache: AttentionCache, positions: Tensor, rotary: Rotary | None) -> Tensor:
+        """One token per row, row b at position positions[b]."""
+        q, k, v = self._heads(x, rotary)
+        rows = torch.arange(x.shape[0], device=x.device)
+        cache.keys[rows, :, positions] = k[:, :, 0].to(cache.keys.dtype)
+        cache.values[rows, :, positions] = v[:, :, 0].to(cache.values.dtype)
+        end = int(positions.max()) + 1
+        key_pos = torch.arange(end, device=x.device)[None, :]
+        allowed = key_pos <= positions[:, None]
+        if self.window is not None:
+            allowed &= key_pos > positions[:, None] - self.window
+        keys, values = cache.keys[:, :, :end].to(q.dtype), cache.values[:, :, :end].to(q.dtype)
+        return self._merge(self._attend(q, keys, values, attn_mask=allowed[:, None, None, :]))
+
     def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> AttentionCache:
-        shape = (batch_size, self.n_head, capacity, self.head_size)
+        shape = (batch_size, self.n_kv_head, capacity, self.head_size)
         return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 

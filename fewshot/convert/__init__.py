@@ -1,0 +1,1 @@
+"""Weights in other formats -> run directories (and back): GGUF, HF."""
