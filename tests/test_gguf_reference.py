@@ -319,12 +319,13 @@ def ref_tok() -> ReferenceTokenizer:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The GGUF imported once by fewshot's importer (the code under test), in float32."""
-    from fewshot.convert.gguf import import_gguf, smollm2_gguf
+def run_dir(smollm2_run: Path) -> Path:
+    """The GGUF imported by fewshot's importer (the code under test), in float32: conftest's
+    session fixture, which runs `fewshot import-gguf --smollm2`."""
+    from fewshot.convert.gguf import smollm2_gguf
 
     assert smollm2_gguf().resolve() == GGUF_PATH.resolve()
-    return Path(import_gguf(smollm2_gguf(), tmp_path_factory.mktemp("smollm2") / "run", dtype="fp32"))
+    return smollm2_run
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,10 @@ def test_weight_decay_touches_matrices_only() -> None:
     assert optimizer.defaults["betas"] == (0.9, 0.95)
 
 
-def test_training_lowers_the_loss_and_writes_a_run_directory(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["nano", "llama-nano"])
+def test_training_lowers_the_loss_and_writes_a_run_directory(data_dir: Path, tmp_path: Path, preset: str) -> None:
     run = tmp_path / "run"
-    result = train(tiny_config(data_dir, run, max_steps=40, eval_every=20, batch_size=8))
+    result = train(tiny_config(data_dir, run, max_steps=40, eval_every=20, batch_size=8, preset=preset))
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
     first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
@@ -51,9 +52,10 @@ def test_training_lowers_the_loss_and_writes_a_run_directory(data_dir: Path, tmp
         assert (run / name).exists(), name
 
 
-def test_resume_is_bitwise_identical_to_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["nano", "llama-nano"])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(data_dir: Path, tmp_path: Path, preset: str) -> None:
     # dropout > 0 makes the result depend on the restored RNG state too
-    straight = tiny_config(data_dir, tmp_path / "straight", dropout=0.1)
+    straight = tiny_config(data_dir, tmp_path / "straight", dropout=0.1, preset=preset)
     train(straight)
     first_half = dataclasses.replace(straight, out=str(tmp_path / "resumed"), max_steps=6)
     train(first_half)

@@ -151,10 +151,16 @@ def model_config(metadata: _Metadata) -> ModelConfig:
         vocab_size=int(metadata.get(f"{arch}.vocab_size", len(tokens))),
         block="llama",
         bias=False,
-        rope_base=float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
-        norm_eps=float(metadata.require(f"{arch}.attention.layer_norm_rms_epsilon")),
+        rope_base=_float32(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
+        norm_eps=_float32(metadata.require(f"{arch}.attention.layer_norm_rms_epsilon")),
         tie_embeddings="output.weight" not in metadata.tensor_names,  # no head of its own: it reuses the embedding
     )
+
+
+def _float32(value: float) -> float:
+    """GGUF stores float32: 1e-5 arrives as 9.999999747e-06. Keep the shortest decimal
+    that rounds to the same float32, so configs read (and compare) as written."""
+    return float(f"{float(value):.7g}")
 
 
 def gguf_tokenizer(metadata: _Metadata) -> BPETokenizer:

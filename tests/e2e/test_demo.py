@@ -9,17 +9,20 @@ from tests.conftest import fewshot_command
 
 
 def test_demo_leaves_a_normal_run_directory_with_a_report(tmp_path: Path) -> None:
-    result = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano"],
+    result = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "few-shot exact match" in result.stdout and "ROMEO:" in result.stdout
+    assert "SmolLM2-135M: few-shot exact match" in result.stdout and "Q: What is" in result.stdout
     run = tmp_path / "runs" / "demo"
     report = (run / "report.md").read_text()
     assert "## Samples" in report and "| 2D+ |" in report and "![loss curve](loss.png)" in report
+    assert "## SmolLM2-135M" in report
+    assert (tmp_path / "runs" / "smollm2" / "model.safetensors").is_file()
     assert (run / "loss.png").stat().st_size > 1000
     assert (run / "tokenizer.json").is_file()  # the demo's BPE travels with the model
     plays = list((tmp_path / "data" / "default" / "corpus" / "plays").glob("*.txt"))
     assert len(plays) == 38
-    again = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano"],
+    again = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "continuing it" in again.stdout, again.stderr[-2000:]
