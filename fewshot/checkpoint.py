@@ -21,13 +21,27 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fewshot import __version__
+from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
-from fewshot.files import atomic_write, atomic_write_text, default_permissions, fsync_dir, fsync_file, read_json, staging_dir
+from fewshot.files import (
+    atomic_write,
+    atomic_write_text,
+    default_permissions,
+    fsync_dir,
+    fsync_file,
+    publish_dir,
+    read_json,
+    staging_dir,
+    write_json,
+)
+from fewshot.tokenizer import Tokenizer
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -101,14 +115,32 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
         raise FewshotError(f"{path}: weights are corrupt or truncated ({error}); re-run training or pick another checkpoint") from None
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict, trainer_state: dict, keep_last: int) -> Path:
-    """Write state/step_N atomically, point LATEST at it, refresh model.safetensors, prune old ones."""
+def write_run(out_dir: str | Path, config: ModelConfig, tokenizer: Tokenizer, weights: dict[str, torch.Tensor],
+              source: dict[str, Any] | None = None) -> Path:
+    """A new run directory holding a model and no training state (an import): what
+    generate, eval and serve read. Written whole or not at all; never over an existing one."""
+
+    def fill(staging: Path) -> None:
+        write_safetensors(staging / WEIGHTS, weights)
+        tokenizer.save(staging)
+        record = {"fewshot_version": __version__, "model": config.to_dict(), "tokenizer": tokenizer.spec()}
+        write_json(staging / CONFIG, record | ({"source": source} if source else {}))
+
+    return publish_dir(Path(out_dir), fill)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], optimizer_state: dict,
+                    trainer_state: dict, keep_last: int) -> Path:
+    """Write state/step_N atomically, point LATEST at it, refresh model.safetensors, prune old ones.
+
+    `model` is the module, or its weights already gathered onto rank 0 (sharded training).
+    """
     state_dir = run_dir / STATE
     state_dir.mkdir(parents=True, exist_ok=True)
     final = state_dir / f"step_{step:06d}"
     staging = staging_dir(final)
     try:
-        write_safetensors(staging / WEIGHTS, weights_to_save(model))
+        write_safetensors(staging / WEIGHTS, model if isinstance(model, dict) else weights_to_save(model))
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(trainer_state, staging / "trainer.pt")
         files = [WEIGHTS, "optimizer.pt", "trainer.pt"]

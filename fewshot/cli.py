@@ -63,6 +63,7 @@ def train(
     window: Annotated[Optional[int], typer.Option(help="Band width of local attention.")] = None,
     eval_every: Annotated[Optional[int], typer.Option()] = None,
     save_every: Annotated[Optional[int], typer.Option()] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Steps between rows of metrics.csv.")] = None,
     keep_last: Annotated[Optional[int], typer.Option(help="Checkpoints to keep.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16 (autocast).")] = None,
@@ -71,19 +72,22 @@ def train(
     max_time: Annotated[Optional[float], typer.Option(help="Stop and save after this many seconds.")] = None,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+    strategy: Annotated[Optional[str], typer.Option(help="Under torchrun: ddp (replicate) or fsdp (shard, FSDP2).")] = None,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine: starts torchrun itself when > 1.")] = 1,
 ) -> None:
     """Train a model (GPT-3 recipe) on prepared data."""
     import math
 
     from fewshot.config import TrainConfig
+    from fewshot.distributed import PeerLost, World, launch
     from fewshot.report import write_report
     from fewshot.train import resume_config
     from fewshot.train import train as run_training
 
     given = dict(preset=preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, context=context, lr=lr,
                  warmup_steps=warmup_steps, dropout=dropout, attention=attention, window=window, eval_every=eval_every,
-                 save_every=save_every, keep_last=keep_last, seed=seed, precision=precision, compile=compile,
-                 device=device, max_time=max_time, progress=progress)
+                 save_every=save_every, log_every=log_every, keep_last=keep_last, seed=seed, precision=precision, compile=compile,
+                 device=device, max_time=max_time, progress=progress, strategy=strategy)
     given = {k: v for k, v in given.items() if v is not None}
     if data is not None:
         given["data"] = str(data)
@@ -93,7 +97,22 @@ def train(
         if data is None:
             raise FewshotError("--data is required (a directory written by `fewshot prepare`)")
         config = TrainConfig(out=str(out_dir), **given)
-    result = run_training(config, resume=resume, console=err)
+    world = World.from_env()
+    if nproc < 1:
+        raise FewshotError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and not world.active:  # the options are checked above, before any process starts
+        arguments = sys.argv[1:]
+        at = next(i for i, a in enumerate(arguments) if a == "--nproc" or a.startswith("--nproc="))
+        launch(arguments[:at] + arguments[at + (1 if "=" in arguments[at] else 2):], nproc)
+        return
+    try:
+        result = run_training(config, resume=resume, console=err)
+    except FewshotError as error:
+        if world.main or isinstance(error, PeerLost):
+            raise
+        raise typer.Exit(2) from None  # every rank meets the same user error; rank 0 reports it once
+    if not world.main:
+        return
     write_report(result.run_dir)
     line = f"step {result.step}: train loss {result.train_loss:.4f}"
     if result.val_loss is not None:
@@ -239,6 +258,52 @@ def import_gguf_command(
     out.print(f"{run}: imported in {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
 
 
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="Require `Authorization: Bearer KEY`.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which the server answers 429.")] = 256,
+    model_name: Annotated[Optional[str], typer.Option(help="The name clients use in `model` (default: the directory name).")] = None,
+    step_tokens: Annotated[int, typer.Option(help="Token budget per engine step (prefill chunks + decodes).")] = 512,
+    request_timeout: Annotated[float, typer.Option(help="Seconds before a request is abandoned.")] = 600.0,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Serve a model behind OpenAI's API: /v1/completions, /v1/chat/completions, /v1/models."""
+    from fewshot.serve import run_server
+
+    run_server(run, host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
+               model_name=model_name, device=device, step_tokens=step_tokens, request_timeout=request_timeout)
+
+
+@app.command("export-hf")
+def export_hf_command(
+    run: Annotated[Path, typer.Argument(help="Run directory to export.")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory to create: config.json, model.safetensors, tokenizer files.")],
+) -> None:
+    """Write a run as a Hugging Face GPT-2 directory (GPT2LMHeadModel and its tokenizer)."""
+    from fewshot.convert.hf import export_hf
+
+    exported = export_hf(run, out_dir)
+    out.print(f"{exported}: GPT-2 for transformers (GPT2LMHeadModel.from_pretrained, AutoTokenizer.from_pretrained)",
+              markup=False, highlight=False)
+
+
+@app.command("import-hf")
+def import_hf_command(
+    source: Annotated[Path, typer.Argument(help="Local transformers GPT-2 directory: config.json, model.safetensors, tokenizer.")],
+    out_dir: Annotated[Path, typer.Argument(help="Run directory to create.")],
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16 weights.")] = "fp32",
+) -> None:
+    """Turn a local Hugging Face GPT-2 directory (GPT2LMHeadModel, safetensors) into a run directory."""
+    from fewshot.convert.hf import import_hf
+
+    run = import_hf(source, out_dir, dtype=dtype)
+    out.print(f"{run}: imported; try `fewshot generate {run} --prompt ...`", markup=False, highlight=False)
+
+
 @app.command("eval")
 def eval_command(
     runs: Annotated[list[Path], typer.Argument(help="Run directories; several give one curve each.")],
@@ -362,6 +427,26 @@ def bench_train_command(
         f"bf16 autocast {result.bf16_tok_per_s:,.0f} tok/s: bf16 is {result.speedup:.2f}x "
         f"(first-step loss differs by {result.loss_gap:.2e})"
     )
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+    run: Annotated[Path, typer.Argument(help="Run directory to serve.")],
+    clients: Annotated[str, typer.Option(help="Concurrency levels, after the sequential baseline.")] = "1,4,16,32",
+    requests: Annotated[int, typer.Option(help="Requests per level.")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 32,
+    max_batch: Annotated[int, typer.Option()] = 32,
+) -> None:
+    """The same server driven by 1 sequential client and by concurrent ones: tok/s, p50/p99, ratio."""
+    from fewshot.serve.bench import bench_serve
+
+    try:
+        levels = tuple(int(c) for c in clients.split(","))
+    except ValueError:
+        raise FewshotError(f"--clients takes comma-separated integers, got {clients!r}") from None
+    result = bench_serve(run, clients=levels, requests=requests, max_tokens=max_tokens, max_batch=max_batch,
+                         progress=err.is_terminal)
+    out.print(result.table(), markup=False, highlight=False)
 
 
 def main() -> None:

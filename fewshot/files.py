@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -89,3 +90,32 @@ def read_json(path: Path) -> Any:
         raise FewshotError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise FewshotError(f"{path}: not valid JSON ({error})") from None
+
+
+def check_new_dir(out: Path) -> None:
+    """Refuse to write into anything but a missing or empty directory: nothing is overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FewshotError(f"{out} already exists; pick a new directory")
+
+
+def publish_dir(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a staging directory beside `out`, make it durable, then rename it to `out` at once.
+
+    An interrupted import or export leaves either nothing or the whole directory.
+    """
+    check_new_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out)
+    try:
+        fill(staging)
+        for file in staging.iterdir():
+            fsync_file(file)
+        fsync_dir(staging)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+        fsync_dir(out.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out

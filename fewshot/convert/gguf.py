@@ -16,9 +16,7 @@ model is never held in two precisions at once: peak ~ the model in `dtype` + one
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,11 +25,10 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from fewshot import __version__
-from fewshot.checkpoint import CONFIG, WEIGHTS, write_safetensors
+from fewshot.checkpoint import write_run
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
-from fewshot.files import fsync_dir, fsync_file, staging_dir, write_json
+from fewshot.files import check_new_dir
 from fewshot.tokenizer import BPETokenizer
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,8 +62,7 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     path, out = Path(path), Path(out)
     if dtype not in DTYPES:
         raise FewshotError(f"import-gguf: --dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FewshotError(f"{out} already exists; pick a new directory for the imported model")
+    check_new_dir(out)
     if not path.is_file():
         raise FewshotError(f"{path}: no such GGUF file")
     try:
@@ -81,31 +77,10 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     if tokenizer.vocab_size > config.vocab_size:
         raise FewshotError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} rows")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out)
-    try:
-        weights = dict(_weights(tensors, config, DTYPES[dtype], progress))
-        write_safetensors(staging / WEIGHTS, weights)
-        del weights
-        tokenizer.save(staging)
-        write_json(staging / CONFIG, {
-            "fewshot_version": __version__,
-            "model": config.to_dict(),
-            "tokenizer": tokenizer.spec(),
-            "source": {"gguf": str(path.resolve()), "name": metadata.get("general.name"), "dtype": dtype,
-                       "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()})},
-        })
-        for name in (WEIGHTS, CONFIG):
-            fsync_file(staging / name)
-        fsync_dir(staging)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-        fsync_dir(out.parent)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+    weights = dict(_weights(tensors, config, DTYPES[dtype], progress))
+    source = {"gguf": str(path.resolve()), "name": metadata.get("general.name"), "dtype": dtype,
+              "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()})}
+    return write_run(out, config, tokenizer, weights, source)
 
 
 class _Metadata:
