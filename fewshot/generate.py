@@ -39,6 +39,7 @@ from fewshot.tokenizer import StreamDecoder
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 MAX_LOGPROBS = 20  # as OpenAI's chat API; the legacy completions API allowed only 5
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: "values between -100 and 100"
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,9 @@ def adjust_logits(logits: Tensor, counts: Tensor, options: SamplingOptions) -> T
         logits -= options.presence_penalty * (counts > 0).to(logits.dtype) + options.frequency_penalty * counts
     if options.temperature == 0:
         return logits
-    logits /= options.temperature
+    # A temperature near zero would overflow float32 logits to inf (and softmax to NaN);
+    # below MIN_TEMPERATURE it is greedy in all but name anyway.
+    logits /= max(options.temperature, MIN_TEMPERATURE)
     if 0 < options.top_k < logits.shape[-1]:
         logits = _keep_top_k(logits, options.top_k)
     if options.top_p < 1.0:
@@ -190,6 +193,7 @@ def _keep_nucleus(logits: Tensor, top_p: float) -> Tensor:
     # top_p; the most likely token always is.
     before = F.pad(cumulative[..., :-1], (1, 0))
     drop_sorted = before >= top_p
+    drop_sorted[..., 0] = False  # even when top_p is below float32's smallest number, and rounds to 0
     drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 

@@ -1,0 +1,316 @@
+"""The HTTP side: FastAPI routes in OpenAI's shape over one batching engine.
+
+    app = create_app(fewshot.load("runs/mine"), ServeOptions(model_name="mine"))
+
+Handlers never run the model: they validate, submit a job to the engine's thread, and
+await its events through an asyncio queue, so the event loop stays free for other
+clients while the model computes. A client that goes away cancels its job: streams notice
+on their next write, other requests through a task that waits for the disconnect.
+
+Every error, FastAPI's own included, leaves in OpenAI's shape with a string code, and
+bad input is always a 400 (FastAPI would say 422), so any OpenAI client maps it to the
+right exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from fewshot import __version__
+from fewshot.errors import FewshotError
+from fewshot.serve import protocol
+from fewshot.serve.engine import (Delta, Engine, EngineConfig, EngineStopped, Event, Failed, Finished, QueueFull,
+                                  Scored)
+from fewshot.serve.protocol import APIError, Plan, error_body
+from fewshot.serve.schemas import (ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, ErrorResponse,
+                                   Health, ModelCard, ModelList)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model_name: str
+    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
+    max_batch: int = 32
+    max_queue: int = 256
+    step_tokens: int = 512
+    request_timeout: float = 600.0
+    drain_seconds: float = 30.0  # on shutdown, how long running requests may take to finish
+    retry_after: int = 1  # seconds, sent with 429
+
+
+ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
+    400: "Invalid request (names the param), or context_length_exceeded",
+    401: "Missing or wrong API key",
+    404: "Unknown model",
+    429: "The queue is full; retry after Retry-After seconds",
+    503: "The server is shutting down",
+}.items()}
+# With stream=true: server-sent events, each `data: <JSON chunk>`, the last `data: [DONE]`.
+# (Before OpenAPI 3.2, the schema of an event stream describes one event.)
+STREAMED = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A JSON chunk, an {\"error\": ...} object, or [DONE]"}},
+}}}
+
+
+class _Channel:
+    """Engine events into this event loop; `deliver` is called on the engine's thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+
+    def deliver(self, events: list[Event]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
+
+
+def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastAPI:
+    engine = engine or Engine(lm.model, lm.tokenizer, EngineConfig(
+        max_batch=options.max_batch, max_queue=options.max_queue, step_tokens=options.step_tokens,
+        request_timeout=options.request_timeout))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        await run_in_threadpool(engine.stop, options.drain_seconds)
+
+    app = FastAPI(title="fewshot", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible completions and chat completions for a fewshot model.")
+    app.state.engine = engine
+    _install_error_handlers(app)
+    _install_openapi(app)
+
+    def check(request: Request, model: str | None) -> None:
+        if options.api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {options.api_key}".encode()):
+                raise APIError(401, "Incorrect or missing API key; send it as 'Authorization: Bearer <key>'",
+                               None, "invalid_api_key")
+        if model is not None and model != options.model_name:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves '{options.model_name}'",
+                           "model", "model_not_found")
+
+    def submit(plan: Plan) -> tuple:
+        channel = _Channel()
+        try:
+            job = engine.submit(plan.request, channel.deliver)
+        except QueueFull as error:
+            raise APIError(429, f"The server is busy ({error}); retry shortly", None, "rate_limit_exceeded",
+                           kind="rate_limit_error", headers={"Retry-After": str(options.retry_after)}) from None
+        except EngineStopped as error:
+            raise APIError(503, str(error), None, "server_shutting_down", kind="server_error") from None
+        except FewshotError as error:
+            raise protocol.bad_request(str(error), "prompt") from None
+        return job, channel
+
+    async def collect(request: Request, plan: Plan) -> list[Finished]:
+        job, channel = submit(plan)
+        expected = len(plan.request.prompts) * plan.request.options.n
+        finished: list[Finished] = []
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, job, engine))
+        try:
+            while len(finished) < expected:
+                for event in await channel.queue.get():
+                    if isinstance(event, Failed):
+                        raise _failure(event)
+                    if isinstance(event, Finished):
+                        finished.append(event)
+        finally:
+            watcher.cancel()
+            if len(finished) < expected:
+                job.cancel()
+                engine.wake()
+        return finished
+
+    def stream(plan: Plan, chunks: Callable[[Event], list[dict]], final: Callable[[int], dict]) -> StreamingResponse:
+        job, channel = submit(plan)
+        expected = len(plan.request.prompts) * plan.request.options.n
+
+        async def events() -> AsyncIterator[str]:
+            done, completion_tokens = 0, 0
+            try:
+                for chunk in chunks(None):
+                    yield _sse(chunk)
+                while done < expected:
+                    for event in await channel.queue.get():
+                        if isinstance(event, Failed):
+                            yield _sse(_failure(event).body())
+                            yield "data: [DONE]\n\n"
+                            return
+                        if isinstance(event, Finished):
+                            done += 1
+                            completion_tokens += len(event.token_ids)
+                        for chunk in chunks(event):
+                            yield _sse(chunk)
+                if plan.include_usage:
+                    yield _sse(final(completion_tokens))
+                yield "data: [DONE]\n\n"
+            finally:  # also when the client went away mid-stream (cancellation lands here)
+                if done < expected:
+                    job.cancel()
+                    engine.wake()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions", responses={**ERRORS, 200: {"model": CompletionResponse, "content": STREAMED}},
+              summary="Legacy completions")
+    async def completions(body: CompletionRequest, request: Request):
+        check(request, body.model)
+        plan = protocol.completion_plan(body, lm)
+        rid, created = protocol.new_id("cmpl"), protocol.now()
+        if not plan.stream:
+            finished = await collect(request, plan)
+            return JSONResponse(protocol.completion_response(lm, plan, finished, rid, created, options.model_name))
+        head = {"id": rid, "object": "text_completion", "created": created, "model": options.model_name}
+        offsets = {}
+
+        def chunks(event: Event | None) -> list[dict]:
+            if event is None:
+                return []
+            p = event.sample // plan.n
+            choice = {"index": event.sample, "text": "", "logprobs": None, "finish_reason": None}
+            if isinstance(event, Scored):
+                offsets[event.sample] = len(plan.prompt_texts[p])
+                if not plan.echo:
+                    return []
+                choice["text"] = plan.prompt_texts[p]
+                if plan.logprobs is not None:
+                    choice["logprobs"] = protocol.completion_logprobs(lm, plan, p, event.prompt_logprobs, (), 0, True)
+            elif isinstance(event, Delta):
+                choice["text"] = event.text
+                if plan.logprobs is not None:
+                    start = offsets.get(event.sample, len(plan.prompt_texts[p]))
+                    choice["logprobs"] = protocol.completion_logprobs(lm, plan, p, (), event.logprobs, start, False)
+                    offsets[event.sample] = start + sum(len(e.token) for e in event.logprobs)
+            else:
+                choice["finish_reason"] = event.finish_reason
+            return [{**head, "choices": [choice]}]
+
+        return stream(plan, chunks, lambda tokens: {**head, "choices": [],
+                                                    "usage": protocol.usage(plan.prompt_tokens, tokens)})
+
+    @app.post("/v1/chat/completions", responses={**ERRORS, 200: {"model": ChatResponse, "content": STREAMED}},
+              summary="Chat completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        check(request, body.model)
+        plan = protocol.chat_plan(body, lm)
+        rid, created = protocol.new_id("chatcmpl"), protocol.now()
+        if not plan.stream:
+            finished = await collect(request, plan)
+            return JSONResponse(protocol.chat_response(lm, plan, finished, rid, created, options.model_name))
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": options.model_name}
+
+        def chunk(index: int, delta: dict, logprobs=None, finish_reason=None) -> dict:
+            return {**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                         "finish_reason": finish_reason}]}
+
+        def chunks(event: Event | None) -> list[dict]:
+            if event is None:  # the role first, for every choice, as the reference API streams it
+                return [chunk(i, {"role": "assistant", "content": ""}) for i in range(plan.n)]
+            if isinstance(event, Delta):
+                logprobs = protocol.chat_logprobs(lm, event.logprobs) if plan.logprobs is not None else None
+                return [chunk(event.sample, {"content": event.text}, logprobs)]
+            if isinstance(event, Finished):
+                return [chunk(event.sample, {}, finish_reason=event.finish_reason)]
+            return []
+
+        return stream(plan, chunks, lambda tokens: {**head, "choices": [],
+                                                    "usage": protocol.usage(plan.prompt_tokens, tokens)})
+
+    card = {"id": options.model_name, "object": "model", "created": protocol.now(), "owned_by": "fewshot"}
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served model")
+    async def models(request: Request):
+        check(request, None)
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model}", response_model=ModelCard, responses=ERRORS, summary="One model")
+    async def model(model: str, request: Request):
+        check(request, model)
+        return card
+
+    @app.get("/health", response_model=Health, summary="Liveness, and the engine's load")
+    async def health():
+        stats = engine.stats()
+        return {"status": "ok", "running": stats["running"], "waiting": stats["waiting"]}
+
+    return app
+
+
+async def _cancel_on_disconnect(request: Request, job, engine: Engine) -> None:
+    # The body is already read, so the next ASGI message can only be the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancel()
+            engine.wake()
+            return
+
+
+def _failure(event: Failed) -> APIError:
+    status = {"timeout": 504, "shutdown": 503}.get(event.code, 500)
+    return APIError(status, event.message, None, event.code, kind="server_error")
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI says 422; OpenAI (and its clients) say 400 with the offending param.
+        problems = error.errors()
+        first = problems[0] if problems else {}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        if first.get("type") == "json_invalid":
+            message, param = f"The request body is not valid JSON: {first.get('msg', '')}", None
+        elif not loc:
+            message, param = f"The request body must be a JSON object: {first.get('msg', 'invalid')}", None
+        else:  # the field the client sent; the rest of the location (union members, indices) goes in the message
+            param = loc[0]
+            message = f"Invalid value for '{'.'.join(loc)}': {first.get('msg', 'invalid')}"
+        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_request")
+        return JSONResponse(error_body(str(error.detail), "invalid_request_error", None, code),
+                            status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"internal error: {error!r}", "server_error", None, "internal_error"),
+                            status_code=500)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """FastAPI documents 422 for every body; ours are 400s, already listed."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,276 @@
+"""Between the wire and the engine: API requests -> engine `Request`s, engine events -> API JSON.
+
+Everything a user can get wrong is checked here and raised as `APIError` with OpenAI's
+error fields, so the HTTP layer only has to send it. Choices to know about:
+- best_of: each prompt is sampled best_of times and the n samples with the highest *mean*
+  token logprob are returned. The mean, not the sum: a sum favours short samples, since
+  every token adds a negative number.
+- An empty prompt starts from the end-of-text token, as generate() does.
+- max_tokens 0 returns no new text (with echo and logprobs: the prompt's scores, as
+  lm-eval asks); empty stop strings are ignored.
+- A prompt plus max_tokens must fit the context; no silent truncation (the library's
+  generate() slides a window instead, but an API client asked for exactly this prompt).
+- logprobs (legacy API): top_logprobs holds the `logprobs` most likely tokens plus the
+  chosen one, so up to logprobs + 1 entries, as the reference API documents. With echo,
+  the first prompt token has no logprob: null, as lm-eval expects.
+- text_offset counts characters from the start of the prompt, echoed or not.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from fewshot.errors import FewshotError
+from fewshot.generate import SamplingOptions, TokenLogprob, prompt_token_ids
+from fewshot.serve.engine import Finished, Request
+from fewshot.serve.schemas import ChatRequest, CompletionRequest
+
+MAX_SEQUENCES = 2048  # prompts x best_of in one request; more should be several requests
+STOP_LIMIT = 4
+
+
+class APIError(Exception):
+    """An error response in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+
+    def body(self) -> dict:
+        return error_body(self.message, self.kind, self.param, self.code)
+
+
+def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param, code)
+
+
+def _from_fewshot(error: FewshotError, default_param: str | None) -> APIError:
+    """FewshotError messages name the option ("sampling: top_p must ..."): that is the param."""
+    found = re.match(r"sampling: (?:logit_bias|(\w+))", str(error))
+    param = ("logit_bias" if found.group(1) is None else found.group(1)) if found else default_param
+    return bad_request(str(error), param)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An engine request plus what formatting the answer needs."""
+
+    request: Request
+    prompt_texts: tuple[str, ...]  # what echo returns
+    n: int  # choices per prompt returned (best_of may sample more)
+    echo: bool
+    logprobs: int | None
+    stream: bool
+    include_usage: bool
+    prompt_tokens: int
+
+    def pick(self, finished: list[Finished]) -> list[tuple[int, Finished]]:
+        """(choice index, sample) for every returned choice, best of each prompt's samples first."""
+        per_prompt = self.request.options.n
+        by_sample = sorted(finished, key=lambda f: f.sample)
+        choices = []
+        for p in range(len(self.request.prompts)):
+            group = by_sample[p * per_prompt : (p + 1) * per_prompt]
+            if per_prompt > self.n:
+                group = sorted(group, key=lambda f: -f.logprob_sum / max(1, len(f.token_ids)))[: self.n]
+            choices.extend((p * self.n + i, f) for i, f in enumerate(group))
+        return choices
+
+
+def completion_plan(body: CompletionRequest, lm) -> Plan:
+    tokenizer, context = lm.tokenizer, lm.model.config.context
+    prompts = _prompts(body.prompt)
+    ids = []
+    for prompt in prompts:
+        try:
+            ids.append(prompt_token_ids(tokenizer, prompt, lm.model.config.vocab_size))
+        except FewshotError as error:
+            raise bad_request(str(error), "prompt") from None
+    texts = tuple(p if isinstance(p, str) else tokenizer.decode(p) for p in prompts)
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    echo = bool(body.echo)
+    n = body.n or 1
+    best_of = n if body.best_of is None else body.best_of
+    if best_of < n:
+        raise bad_request(f"best_of ({best_of}) must be at least n ({n})", "best_of")
+    if body.stream and best_of > n:
+        raise bad_request("best_of > n cannot be streamed; set stream to false or best_of to n", "best_of")
+    if len(prompts) * best_of > MAX_SEQUENCES:
+        raise bad_request(f"{len(prompts)} prompts x {best_of} samples is more than {MAX_SEQUENCES}; split the request", "prompt")
+    ids = [p or [tokenizer.eot_id] for p in ids]
+    for p in ids:
+        _check_fits(len(p), max_tokens, context, "prompt")
+    options = _options(body, lm, n=best_of, max_tokens=max_tokens, stop=_stops(body.stop), logprobs=body.logprobs)
+    request = Request(tuple(tuple(p) for p in ids), options, max_tokens,
+                      prompt_logprobs=echo and body.logprobs is not None, rank=best_of > n, stream=bool(body.stream))
+    return Plan(request, texts, n, echo, body.logprobs, bool(body.stream), _include_usage(body),
+                sum(len(p) for p in ids))
+
+
+def chat_plan(body: ChatRequest, lm) -> Plan:
+    try:
+        prompt = lm.chat_prompt([{"role": "system" if m.role == "developer" else m.role, "content": m.content}
+                                 for m in body.messages])
+        ids = prompt_token_ids(lm.tokenizer, prompt.text, lm.model.config.vocab_size) or [lm.tokenizer.eot_id]
+    except FewshotError as error:
+        raise bad_request(str(error), "messages") from None
+    context = lm.model.config.context
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens == 0:
+        raise bad_request("max_tokens must be at least 1", "max_tokens")
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    if max_tokens is None:  # as the reference API: up to the end of the context
+        max_tokens = max(1, context - len(ids))
+    _check_fits(len(ids), max_tokens, context, "messages", param)
+    # The template's own stops come first: without them the reply runs into the next turn.
+    stops = tuple(dict.fromkeys((*prompt.stop, *_stops(body.stop))))[:STOP_LIMIT]
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    n = body.n or 1
+    options = _options(body, lm, n=n, max_tokens=max_tokens, stop=stops, logprobs=logprobs)
+    request = Request((tuple(ids),), options, max_tokens, stream=bool(body.stream))
+    return Plan(request, (prompt.text,), n, False, logprobs, bool(body.stream), _include_usage(body), len(ids))
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    if prompt is None or isinstance(prompt, str):
+        return [prompt or ""]
+    if not prompt:
+        raise bad_request("prompt must not be an empty list", "prompt")
+    if isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)
+
+
+def _stops(stop) -> tuple[str, ...]:
+    stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stops) > STOP_LIMIT:
+        raise bad_request(f"stop takes at most {STOP_LIMIT} sequences, got {len(stops)}", "stop")
+    return tuple(s for s in stops if s)  # "" would stop before the first token: read it as no stop
+
+
+def _check_fits(prompt_tokens: int, max_tokens: int, context: int, param: str, tokens_param: str = "max_tokens") -> None:
+    if prompt_tokens + max_tokens > context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens, however you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in your prompt; {max_tokens} for the completion). "
+            f"Please reduce your prompt or {tokens_param}.",
+            param, "context_length_exceeded")
+
+
+def _include_usage(body) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _options(body, lm, n: int, max_tokens: int, stop: tuple[str, ...], logprobs: int | None) -> SamplingOptions:
+    vocab = lm.model.config.vocab_size
+    bias = {}
+    for key, value in (body.logit_bias or {}).items():
+        # Clients written for other models send their ids (GPT-2's 50256 for end-of-text);
+        # an id this vocabulary lacks names no token here, so its bias has nothing to change.
+        if int(key) < vocab:
+            bias[int(key)] = value
+    top_p = 1.0 if body.top_p is None else body.top_p
+    try:
+        return SamplingOptions(
+            max_tokens=max(1, max_tokens),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_k=body.top_k or 0,
+            top_p=top_p if top_p > 0 else 1e-9,  # the API allows 0: keep only the most likely token
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            logit_bias=bias, stop=stop, n=n, seed=None if body.seed is None else body.seed % 2**64, logprobs=logprobs,
+        )
+    except FewshotError as error:
+        raise _from_fewshot(error, None) from None
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _top(entry: TokenLogprob) -> dict[str, float]:
+    top = dict(entry.top)
+    top.setdefault(entry.token, entry.logprob)
+    return top
+
+
+def completion_logprobs(lm, plan: Plan, prompt_index: int, prompt_lps, lps, offset: int, first: bool) -> dict:
+    """The legacy logprobs object for some tokens, text offsets starting at `offset`.
+
+    `first`: these tokens begin with the prompt's first token, which has no logprob.
+    """
+    tokens, token_logprobs, top_logprobs = [], [], []
+    if first:
+        first_id = plan.request.prompts[prompt_index][0]
+        tokens.append(lm.tokenizer.decode([first_id]))
+        token_logprobs.append(None)
+        top_logprobs.append(None)
+    for entry in (*prompt_lps, *lps):
+        tokens.append(entry.token)
+        token_logprobs.append(entry.logprob)
+        top_logprobs.append(_top(entry))
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
+
+
+def completion_response(lm, plan: Plan, finished: list[Finished], rid: str, created: int, model: str) -> dict:
+    choices = []
+    for index, f in plan.pick(finished):
+        p = index // plan.n
+        prompt_text = plan.prompt_texts[p]
+        logprobs = None
+        if plan.logprobs is not None:
+            start = 0 if plan.echo else len(prompt_text)
+            logprobs = completion_logprobs(lm, plan, p, f.prompt_logprobs if plan.echo else (), f.logprobs,
+                                           start, first=plan.echo)
+        text = (prompt_text if plan.echo else "") + f.text
+        choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": f.finish_reason})
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices,
+            "usage": usage(plan.prompt_tokens, sum(len(f.token_ids) for f in finished))}
+
+
+def chat_logprobs(lm, entries) -> dict:
+    def item(token: str, token_id: int | None, logprob: float) -> dict:
+        raw = lm.tokenizer.decode_bytes([token_id]) if token_id is not None else token.encode()
+        return {"token": token, "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [
+        {**item(e.token, e.token_id, e.logprob), "top_logprobs": [item(t, None, v) for t, v in e.top]} for e in entries
+    ]}
+
+
+def chat_response(lm, plan: Plan, finished: list[Finished], rid: str, created: int, model: str) -> dict:
+    choices = [{
+        "index": index,
+        "message": {"role": "assistant", "content": f.text},
+        "logprobs": chat_logprobs(lm, f.logprobs) if plan.logprobs is not None else None,
+        "finish_reason": f.finish_reason,
+    } for index, f in plan.pick(finished)]
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
+            "usage": usage(plan.prompt_tokens, sum(len(f.token_ids) for f in finished))}
+
