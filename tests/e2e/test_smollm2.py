@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_the_metadata_maps_onto_the_smollm2_preset(smollm2_run: Path) -> None:
     config = read_json(smollm2_run / "config.json")
     assert ModelConfig.from_dict(config["model"]) == PRESETS["smollm2-135m"]
-    assert config["tokenizer"]["eot"] == "<|endoftext|>" and config["tokenizer"]["stop"] == ["<|im_end|>"]
+    assert config["tokenizer"]["stop"] == ["<|im_end|>"] and config["tokenizer"]["parse_special"] is True
     assert "<|im_start|>assistant" in config["tokenizer"]["chat_template"]
 
 
@@ -36,3 +36,19 @@ def test_chat_uses_the_models_template_and_stops_at_end_of_turn(smollm2_run: Pat
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
     assert "<|im_end|>" not in done.stdout and "<|im_start|>" not in done.stdout
+
+
+def test_serve_answers_the_openai_client_on_completions_and_chat(smollm2_run: Path) -> None:
+    import openai
+
+    from tests.e2e.test_serve import served
+
+    with served(smollm2_run, "--model-name", "smollm2") as (url, _process):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        completion = client.completions.create(model="smollm2", prompt="Q: What is the capital of France?\nA:",
+                                               max_tokens=8, temperature=0, stop=["\n"])
+        assert "Paris" in completion.choices[0].text and completion.choices[0].finish_reason == "stop"
+        chat = client.chat.completions.create(model="smollm2", temperature=0, max_tokens=30,
+                                              messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in chat.choices[0].message.content and chat.choices[0].finish_reason == "stop"
+        assert "<|im_end|>" not in chat.choices[0].message.content
