@@ -220,6 +220,7 @@ class TrainConfig:
     precision: Precision = "auto"
     compile: bool = False
     device: str = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     max_time: float | None = None  # seconds; stop (and save) once spent
     progress: bool = True
     tensorboard: bool = True
@@ -236,6 +237,8 @@ class TrainConfig:
             raise FewshotError(f"train: --context must be >= 2, got {self.context}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FewshotError(f"train: --precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise FewshotError(f"train: --strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise FewshotError(f"train: --max-time must be > 0 seconds, got {self.max_time}")
         preset(self.preset)  # fail early on an unknown name

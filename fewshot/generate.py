@@ -11,8 +11,8 @@ Decisions a caller can rely on:
   not what the model believes; this way a logprob compares with `lm.score` and with a full
   forward pass whatever the sampling settings. The bias is included because it is how a
   user edits the distribution itself (a -100 token really has ~zero probability).
-- Context overflow. Positions are learned, so the model never sees more than
-  `config.context` tokens. A prompt longer than that keeps its last tokens and leaves
+- Context overflow. The model never sees more than `config.context` tokens (learned
+  positions end there, and rotary ones were never trained past it). A prompt longer than that keeps its last tokens and leaves
   room for `min(max_tokens, context // 2)` new ones, so generation always sees at least
   half a context of prompt. When prompt + generated text fills the context, the cache is
   rebuilt from the last `context // 2` tokens (one re-prefill) and decoding goes on, so a

@@ -3,6 +3,7 @@
 AdamW with β = (0.9, 0.95), ε = 1e-8, weight decay 0.1 on matrices only, linear warmup
 then cosine decay to 10% of the peak, gradient clipping at 1.0, gradient accumulation,
 bf16 autocast, periodic validation loss and atomic checkpoints that resume bit for bit.
+Under torchrun the same loop runs on every rank (DDP or FSDP2, see fewshot.distributed).
 """
 
 from __future__ import annotations
@@ -22,9 +23,22 @@ import torch
 from rich.console import Console
 
 from fewshot import __version__
-from fewshot.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint
+from fewshot.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint, tied_aliases
 from fewshot.config import ModelConfig, TrainConfig
-from fewshot.data import BatchSampler, TokenData, fixed_batches
+from fewshot.data import StepSampler, TokenData, fixed_batches
+from fewshot.distributed import (
+    World,
+    full_state,
+    gather,
+    gradient_sync,
+    load_optimizer_state,
+    plain_value,
+    process_group,
+    rank_device,
+    sharded,
+    sum_over_ranks,
+    wrap,
+)
 from fewshot.errors import FewshotError
 from fewshot.files import read_json, write_json
 from fewshot.memory import check_fits, estimate_training_memory
@@ -119,7 +133,8 @@ def evaluate_loss(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], 
 def resume_config(out: str | Path, **overrides: Any) -> TrainConfig:
     """The saved TrainConfig of a run, with the options the user gave again on top."""
     saved = read_json(Path(out) / CONFIG)
-    config = TrainConfig.from_dict(saved["train"])
+    # The run is the directory given, wherever it was first written: a moved or copied run resumes in place.
+    config = dataclasses.replace(TrainConfig.from_dict(saved["train"]), out=str(out))
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -160,8 +175,46 @@ def _model_config(config: TrainConfig, run_dir: Path, resume: bool, tokenizer_sp
 
 
 def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> TrainResult:
-    console = console or Console(stderr=True)
+    """Train in this process, or as one rank of a torchrun job (see fewshot.distributed)."""
+    world = World.from_env()
+    device = rank_device(pick_device(config.device), world)
+    with process_group(world, device):
+        return _train(config, resume, console or Console(stderr=True), world, device)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, world: World, device: torch.device, seed: int, step: int) -> None:
+    """Each rank's own RNG when the world size is the saved one; otherwise rank 0 takes the
+    saved rank 0's and the others start fresh streams (dropout masks only: the data cursor
+    is the step and does not depend on RNG state)."""
+    saved = state.get("rng_ranks")
+    if saved is not None and len(saved) == world.size:
+        mine = saved[world.rank]
+    elif world.main:
+        mine = {"cpu": state["rng_cpu"], **({"cuda": state["rng_cuda"]} if "rng_cuda" in state else {})}
+    else:
+        torch.manual_seed(_rank_seed(seed, world.rank, step))
+        return
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    # Ranks other than 0 draw their own dropout masks; rank 0 keeps the single-process stream.
+    return (seed * 1_000_003 + rank) * 1_000_003 + step
+
+
+def _train(config: TrainConfig, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
     run_dir = Path(config.out)
+    # Every rank checks (the run directory must be on a file system all ranks see); only rank 0
+    # writes, after the barrier below, so no rank mistakes rank 0's new files for an old run.
     _check_run_dir(run_dir, resume)
     data = TokenData.open(Path(config.data))
     tokenizer = data.tokenizer
@@ -169,88 +222,119 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     if tokenizer.vocab_size > model_config.vocab_size:
         raise FewshotError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}")
     context = model_config.context
-    device = pick_device(config.device)
     bf16 = use_bf16(config.precision, device)
     check_fits(estimate_training_memory(model_config, config.batch_size, context, bf16), device)
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = GPT(model_config).to(device)
-    optimizer = make_optimizer(model, config, device)
-    sampler = BatchSampler(data.split("train"), config.batch_size, context, seed=config.seed)
+    aliases = tied_aliases(model)
+    sampler = StepSampler(data.split("train"), config.batch_size, config.grad_accum, context, config.seed, world.rank, world.size)
     val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed)
     step, tokens, elapsed = 0, 0, 0.0
     # A run killed before its first checkpoint resumes from step 0 with its saved config.
     checkpoint_dir = latest_checkpoint(run_dir) if resume else None
+    optimizer_state, state = None, None
     if checkpoint_dir is not None:
+        # Every rank loads the full checkpoint, so FSDP below shards identical weights.
         optimizer_state, state = load_checkpoint(checkpoint_dir, model, device)
-        optimizer.load_state_dict(optimizer_state)
+    wrapped = wrap(model, config.strategy, world, device, bf16)
+    optimizer = make_optimizer(model, config, device)
+    if state is not None:
+        load_optimizer_state(model, optimizer, optimizer_state)
         step, tokens, elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
-        sampler.load_state_dict({k: int(v) for k, v in state["sampler"].items()})
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # config.json first: once it exists the run can be resumed, so a kill at any later
-    # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
-    write_json(run_dir / CONFIG, {
-        "fewshot_version": __version__,
-        "model": model_config.to_dict(),
-        "tokenizer": tokenizer.spec(),
-        "train": config.to_dict(),
-        "data": {"path": str(config.data), "meta": data.meta},
-    })
-    tokenizer.save(run_dir)
-    forward = torch.compile(model) if config.compile else model
+        cursor = {k: int(v) for k, v in state["sampler"].items()}
+        if "global_batch" not in cursor:  # saved before the cursor counted steps: it counted micro-batches
+            cursor["position"] = step
+        sampler.load_state_dict(cursor)
+        global_batch = sampler.state_dict()["global_batch"]
+        if world.main and cursor.get("global_batch", global_batch) != global_batch:
+            console.print(f"note: the global batch is now {global_batch} sequences (batch size x grad accum x world size); "
+                          f"the checkpoint trained with {cursor['global_batch']}: adjust --grad-accum to keep it")
+        _restore_rng(state, world, device, config.seed, step)
+    elif not world.main:
+        torch.manual_seed(_rank_seed(config.seed, world.rank, step))
+    if world.active:
+        torch.distributed.barrier()
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # config.json first: once it exists the run can be resumed, so a kill at any later
+        # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
+        write_json(run_dir / CONFIG, {
+            "fewshot_version": __version__,
+            "model": model_config.to_dict(),
+            "tokenizer": tokenizer.spec(),
+            "train": config.to_dict(),
+            "data": {"path": str(config.data), "meta": data.meta},
+        })
+        tokenizer.save(run_dir)
+    forward = torch.compile(wrapped) if config.compile else wrapped
 
     def checkpoint() -> None:
+        # Consolidated on rank 0 in the single-process format, so any world size can resume it.
+        weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
+        rng_ranks = gather(_rng_state(device), world)
+        if not world.main:
+            return
         trainer_state = {
             "step": step, "tokens": tokens, "elapsed": elapsed,
             "sampler": sampler.state_dict(), "rng_cpu": torch.get_rng_state(),
         }
         if device.type == "cuda":
             trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(run_dir, step, model, optimizer.state_dict(), trainer_state, config.keep_last)
+        if world.active:
+            trainer_state["rng_ranks"] = rng_ranks
+        save_checkpoint(run_dir, step, weights, optimizer_state, trainer_state, config.keep_last)
 
-    metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard)
-    tokens_per_step = config.batch_size * config.grad_accum * context
-    console.print(
-        f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
-        f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context} "
-        f"= {tokens_per_step} tokens/step, steps {step}->{config.max_steps}"
-    )
+    metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard) if world.main else None
+    # Global batch = micro-batch x accumulation x world size (see StepSampler).
+    tokens_per_step = config.batch_size * config.grad_accum * world.size * context
+    if world.main:
+        ranks = f" on each of {world.size} ranks ({config.strategy.upper()})" if world.active else ""
+        console.print(
+            f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
+            f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
+            f"= {tokens_per_step} tokens/step, steps {step}->{config.max_steps}"
+        )
     model.train()
     train_loss, val_loss, interrupted = float("nan"), None, False
     session_start = time.perf_counter() - elapsed
-    with stop_requests() as stop, TrainingProgress(config.max_steps, step, enabled=config.progress, console=console) as progress:
+    progress_bar = TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
+    with stop_requests() as stop, progress_bar as progress:
         while step < config.max_steps:
             started = time.perf_counter()
             lr = learning_rate(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             total = 0.0
-            for _ in range(config.grad_accum):
-                x, y = sampler.next_batch()
-                with autocast(device, bf16):
-                    _, loss = forward(x.to(device), y.to(device))
-                (loss / config.grad_accum).backward()
+            micro_batches = sampler.next_step()
+            for micro, (x, y) in enumerate(micro_batches):
+                # Mean over the global batch: accumulation divides by A here, DDP/FSDP average over ranks.
+                with gradient_sync(wrapped, sync=micro == len(micro_batches) - 1):
+                    with autocast(device, bf16):
+                        _, loss = forward(x.to(device), y.to(device))
+                    (loss / config.grad_accum).backward()
                 total += loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+            grad_norm = plain_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens += tokens_per_step
             elapsed = time.perf_counter() - session_start
-            train_loss = total / config.grad_accum
+            out_of_time = config.max_time is not None and elapsed >= config.max_time
+            # One collective per step: the global mean loss, and whether any rank was asked to
+            # stop or ran out of time, so that all ranks leave the loop at the same step.
+            loss_sum, stops, timeouts = sum_over_ranks([total / config.grad_accum, stop.is_set(), out_of_time], world, device)
+            train_loss = loss_sum / world.size
             if not math.isfinite(train_loss):
                 raise FewshotError(f"training diverged at step {step} (loss {train_loss}); lower --lr or raise --warmup-steps")
-            out_of_time = config.max_time is not None and elapsed >= config.max_time
-            interrupted = stop.is_set()
+            interrupted, out_of_time = stops > 0, timeouts > 0
             last = step == config.max_steps or interrupted or out_of_time
             val_loss_now = None
-            if step % config.eval_every == 0 or last:  # a run always ends with a measured val loss
+            # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
+            if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
                 val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
             tok_per_s = tokens_per_step / (time.perf_counter() - started)
-            if step % config.log_every == 0 or val_loss_now is not None or last:
+            if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
                 metrics.log(step=step, tokens=tokens, train_loss=train_loss, val_loss=val_loss_now, lr=lr,
                             grad_norm=grad_norm, tok_per_s=tok_per_s, elapsed_s=elapsed)
             progress.update(step, train_loss, val_loss, tok_per_s)
@@ -258,7 +342,8 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
                 checkpoint()
             if interrupted or out_of_time:
                 break
-    metrics.close()
-    if interrupted:
+    if metrics is not None:
+        metrics.close()
+    if interrupted and world.main:
         console.print(f"stopped by signal at step {step}; checkpoint saved in {run_dir} (continue with --resume)")
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))

@@ -103,7 +103,8 @@ def test_gradient_accumulation_counts_every_micro_batch(data_dir: Path, tmp_path
     from fewshot.model import GPT
 
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "run"), GPT(PRESETS["nano"].replace(context=64)), torch.device("cpu"))
-    assert state["sampler"]["position"] == 9  # the data cursor moved once per micro-batch
+    # The cursor counts optimizer steps; each step drew one global batch of 3 x 4 windows.
+    assert state["sampler"] == {"seed": 0, "position": 3, "global_batch": 12}
 
 
 def test_precision_choice_follows_the_flag_and_the_hardware() -> None:
