@@ -21,10 +21,16 @@ from rich.table import Table
 
 from fewshot.checkpoint import CONFIG, latest_checkpoint
 from fewshot.config import TrainConfig
+from fewshot.convert.gguf import import_gguf, smollm2_gguf
 from fewshot.corpus import write_default_corpus
 from fewshot.data import BatchSampler, TokenData, prepare
-from fewshot.convert.gguf import import_gguf, smollm2_gguf
-from fewshot.evaluate import build_prompt, evaluate, markdown_table, results_table, synthetic_tasks
+from fewshot.evaluate import (
+    build_prompt,
+    evaluate,
+    markdown_table,
+    results_table,
+    synthetic_tasks,
+)
 from fewshot.files import read_json
 from fewshot.lm import LM, load
 from fewshot.model import GPT

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from fewshot.checkpoint import write_run
 from fewshot.config import ModelConfig
+from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir
 from fewshot.tokenizer import BPETokenizer
@@ -40,7 +41,6 @@ PRE_TOKENIZERS = ("gpt2", "default", "smollm")
 # Tokens llama.cpp treats as end of generation when the file's metadata does not say so.
 END_OF_GENERATION = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types for specials
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def smollm2_gguf() -> Path:
@@ -60,8 +60,7 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     from gguf import GGUFReader  # heavy-ish; only this command needs it
 
     path, out = Path(path), Path(out)
-    if dtype not in DTYPES:
-        raise FewshotError(f"import-gguf: --dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = weights_dtype(dtype, "import-gguf")
     check_new_dir(out)
     if not path.is_file():
         raise FewshotError(f"{path}: no such GGUF file")
@@ -77,7 +76,7 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     if tokenizer.vocab_size > config.vocab_size:
         raise FewshotError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} rows")
 
-    weights = dict(_weights(tensors, config, DTYPES[dtype], progress))
+    weights = dict(_weights(tensors, config, torch_dtype, progress))
     source = {"gguf": str(path.resolve()), "name": metadata.get("general.name"), "dtype": dtype,
               "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()})}
     return write_run(out, config, tokenizer, weights, source)

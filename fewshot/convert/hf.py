@@ -29,7 +29,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from fewshot import __version__
 from fewshot.checkpoint import CONFIG, WEIGHTS, write_run, write_safetensors
 from fewshot.config import ModelConfig
-from fewshot.convert.gguf import DTYPES
+from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir, publish_dir, read_json, write_json
 from fewshot.model import GPT
@@ -206,8 +206,7 @@ def write_hf_tokenizer(directory: Path, tokenizer: Tokenizer, context: int) -> N
 def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
     """Convert the local GPT2LMHeadModel directory `hf_dir` into the run directory `out_dir`."""
     hf_dir, out = Path(hf_dir), Path(out_dir)
-    if dtype not in DTYPES:
-        raise FewshotError(f"import-hf: --dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = weights_dtype(dtype, "import-hf")
     check_new_dir(out)
     if not hf_dir.is_dir():
         raise FewshotError(f"{hf_dir}: no such directory (import-hf reads a local transformers model directory)")
@@ -224,7 +223,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> P
         handles = {file: stack.enter_context(_open_safetensors(file)) for file in files}
         stored = _stored_names(handles)
         config = config.replace(tie_embeddings=_tied(settings, stored, hf_dir))
-        weights = _read_weights(config, stored, DTYPES[dtype], hf_dir)
+        weights = _read_weights(config, stored, torch_dtype, hf_dir)
     source = {"hf": str(hf_dir.resolve()), "name": settings.get("_name_or_path"), "dtype": dtype}
     return write_run(out, config, tokenizer, weights, source)
 

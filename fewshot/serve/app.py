@@ -31,11 +31,28 @@ from starlette.exceptions import HTTPException
 from fewshot import __version__
 from fewshot.errors import FewshotError
 from fewshot.serve import protocol
-from fewshot.serve.engine import (Delta, Engine, EngineConfig, EngineStopped, Event, Failed, Finished, QueueFull,
-                                  Scored)
+from fewshot.serve.engine import (
+    Delta,
+    Engine,
+    EngineConfig,
+    EngineStopped,
+    Event,
+    Failed,
+    Finished,
+    QueueFull,
+    Scored,
+)
 from fewshot.serve.protocol import APIError, Plan, error_body
-from fewshot.serve.schemas import (ChatRequest, ChatResponse, CompletionRequest, CompletionResponse, ErrorResponse,
-                                   Health, ModelCard, ModelList)
+from fewshot.serve.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+)
 
 
 @dataclass(frozen=True)
