@@ -47,31 +47,58 @@ def plot_loss(rows: Sequence[dict[str, float | None]], title: str, path: Path,
     return save_figure(figure, path)
 
 
+MANY_LINES = 6  # beyond this, bands would hide each other: thin task lines plus a bold mean
+
+
 def plot_icl_curves(results: Sequence[dict[str, Any]], path: Path) -> Path:
     """Score against K, one line per (model, task), with 95% CI bands. The x axis is symlog
-    (linear below 1) so K=0 sits on it next to 1, 2, 4, ... on a log scale."""
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    (linear below 1) so K=0 sits on it next to 1, 2, 4, ... on a log scale.
+
+    With many tasks (GPT-3's arithmetic + word scrambling are 15) each task is a thin line
+    and every model also gets a bold line for its mean over tasks, as in GPT-3's Figure 1.2.
+    """
+    lines = sum(len(result["tasks"]) for result in results)
+    many = lines > MANY_LINES
+    figure, axes = plt.subplots(figsize=(8.5 if many else 7, 4.8), dpi=120)
+    colors = plt.get_cmap("tab20" if many else "tab10")
     all_shots: set[int] = set()
+    index = 0
     for result in results:
+        per_k: dict[int, list[float]] = {}
         for task, data in result["tasks"].items():
             shots = sorted(data["shots"], key=int)
             ks = [int(k) for k in shots]
             all_shots.update(ks)
             scores = [data["shots"][k]["score"] for k in shots]
-            low = [data["shots"][k]["ci95"][0] for k in shots]
-            high = [data["shots"][k]["ci95"][1] for k in shots]
+            for k, score in zip(ks, scores):
+                per_k.setdefault(k, []).append(score)
             label = f"{result['model']} · {task}" if len(results) > 1 else task
-            (line,) = axes.plot(ks, scores, "o-", label=label, markersize=4)
-            axes.fill_between(ks, low, high, color=line.get_color(), alpha=0.12)
+            color = colors(index % colors.N)
+            index += 1
+            axes.plot(ks, scores, "o-", label=label, color=color, markersize=3 if many else 4,
+                      linewidth=0.8 if many else 1.5, alpha=0.7 if many else 1.0)
+            if not many:
+                low = [data["shots"][k]["ci95"][0] for k in shots]
+                high = [data["shots"][k]["ci95"][1] for k in shots]
+                axes.fill_between(ks, low, high, color=color, alpha=0.12)
+        if many:
+            ks = sorted(per_k)
+            means = [sum(per_k[k]) / len(per_k[k]) for k in ks]
+            axes.plot(ks, means, "s-", color="black" if len(results) == 1 else colors(index % colors.N), linewidth=2.5,
+                      label=f"{result['model']} · mean of {len(result['tasks'])} tasks" if len(results) > 1 else
+                      f"mean of {len(result['tasks'])} tasks")
     axes.set_xscale("symlog", linthresh=1, base=2)
     axes.set_xticks(sorted(all_shots))
     axes.set_xticklabels([str(k) for k in sorted(all_shots)])
     axes.set_xlabel("number of examples in context (K)")
     axes.set_ylabel("score (exact match / accuracy)")
     axes.set_ylim(-0.02, 1.02)
-    axes.set_title("in-context learning (95% Wilson intervals)")
+    axes.set_title("in-context learning" + (" (task CIs in results.json)" if many else " (95% Wilson intervals)"))
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if many:
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axes.legend(fontsize=8)
     return save_figure(figure, path)
 
 
