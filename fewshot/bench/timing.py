@@ -1,0 +1,63 @@
+"""Timing two implementations of the same work fairly: interleaved, warmed up, medians.
+
+On a shared machine the load drifts from second to second. Running fewshot and its peer
+in alternation (A B A B ...) lets both see the same drift, so their ratio stays honest
+even when the absolute numbers move; the median then ignores the odd stalled round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    synchronize(device)
+    start = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A transient bar on stderr; disabled when stderr is not a terminal (callers pass that)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+def interleave(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
+               progress: bool = False, label: str = "timing") -> dict[str, list[float]]:
+    """Seconds per call of each run over `repeats` rounds, after `warmup` untimed rounds.
+
+    Every round calls each run once, in the order given: A B A B ... Warm-up rounds pay for
+    lazy allocation, kernel selection and caches, which belong to neither side.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    with progress_bar(progress) as bar:
+        task = bar.add_task(label, total=(warmup + repeats) * len(runs))
+        for round_ in range(warmup + repeats):
+            for name, run in runs.items():
+                elapsed, _ = timed(run, device)
+                if round_ >= warmup:
+                    seconds[name].append(elapsed)
+                bar.advance(task)
+    return seconds
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def pair_ratios(ours: list[float], peer: list[float]) -> list[float]:
+    """Per round: peer seconds over our seconds (> 1: we are faster), from the same round's pair."""
+    return [p / o for o, p in zip(ours, peer)]
