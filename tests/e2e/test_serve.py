@@ -262,16 +262,20 @@ def test_api_key_rate_limit_and_graceful_sigterm(run):
         long = {"model": MODEL, "prompt": "A", "max_tokens": CONTEXT - 1, "logit_bias": {"256": -100}}
         results: list = []
 
+        # All at once (a barrier, not sleeps): a 127-token request takes ~0.1 s on an idle
+        # machine, so requests spaced out in time would each find the server free.
+        start = threading.Barrier(6)
+
         def call() -> None:
+            start.wait()
             try:
                 results.append(right.completions.create(**long))
             except openai.APIError as error:
                 results.append(error)
 
-        threads = [threading.Thread(target=call) for _ in range(4)]
+        threads = [threading.Thread(target=call) for _ in range(6)]
         for thread in threads:
             thread.start()
-            time.sleep(0.2)
         for thread in threads:
             thread.join()
         limited = [r for r in results if isinstance(r, openai.RateLimitError)]
