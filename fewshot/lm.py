@@ -71,7 +71,8 @@ class LM:
              **options: Any) -> list[Completion]:
         """The assistant's next turn; options are those of SamplingOptions."""
         prompt = self.chat_prompt(messages)
-        options["stop"] = (*options.get("stop", ()), *prompt.stop)
+        stop = options.get("stop", ())
+        options["stop"] = ((stop,) if isinstance(stop, str) else tuple(stop)) + prompt.stop
         return self.complete(prompt.text, on_text=on_text, **options)
 
     @torch.inference_mode()

@@ -77,3 +77,15 @@ def test_missing_or_truncated_weights_are_clear_errors(run: Path, tmp_path: Path
     weights.unlink()
     with pytest.raises(FewshotError, match="not found"):
         fewshot.load(broken)
+
+
+def test_chat_without_a_template_is_a_plain_transcript_that_stops_before_the_next_user_turn(run: Path) -> None:
+    lm = fewshot.load(run)
+    prompt = lm.chat_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert prompt.text == "System: Be brief.\n\nUser: Hi\nAssistant:" and prompt.stop == ("\nUser:",)
+    [reply] = lm.chat([{"role": "user", "content": "Hi"}], max_tokens=40, temperature=0, stop="\n\n")
+    assert "\nUser:" not in reply.text and "\n\n" not in reply.text
+    with pytest.raises(FewshotError, match="role"):
+        lm.chat_prompt([{"role": "robot", "content": "x"}])
+    with pytest.raises(FewshotError, match="string role and content"):
+        lm.chat_prompt([{"role": "user"}])
