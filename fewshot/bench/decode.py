@@ -13,7 +13,6 @@ early). `decode_cost_by_context` shows what one cached step costs as the cache g
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 

@@ -7,7 +7,6 @@ one-slot queue covers 401, 429 and a graceful SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
