@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Train, prompt, evaluate and serve GPT-3-style language models.")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed, side by side.")
 app.add_typer(bench_app, name="bench")
+icl_app = typer.Typer(no_args_is_help=True, help="In-context learning: the meta-training mixture, its recipe, held-out evaluation.")
+app.add_typer(icl_app, name="icl")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -49,7 +51,9 @@ def prepare(
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="A directory written by `fewshot prepare`.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="A directory written by `fewshot prepare`, or `icl` / `icl-nonbursty[:mb=N,text=F,seed=S]`: the "
+             "in-context-learning mixture, generated into data/icl/ on first use.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/default"),
     preset: Annotated[Optional[str], typer.Option(help="Model size: nano, micro, mini, gpt3-small, ...")] = None,
     max_steps: Annotated[Optional[int], typer.Option()] = None,
@@ -59,7 +63,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option()] = None,
     dropout: Annotated[Optional[float], typer.Option()] = None,
-    attention: Annotated[Optional[str], typer.Option(help="dense, local or alternating (GPT-3).")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="dense, local or alternating (GPT-3); lstm: a same-size recurrent baseline.")] = None,
     window: Annotated[Optional[int], typer.Option(help="Band width of local attention.")] = None,
     eval_every: Annotated[Optional[int], typer.Option()] = None,
     save_every: Annotated[Optional[int], typer.Option()] = None,
@@ -89,15 +93,15 @@ def train(
                  save_every=save_every, log_every=log_every, keep_last=keep_last, seed=seed, precision=precision, compile=compile,
                  device=device, max_time=max_time, progress=progress, strategy=strategy)
     given = {k: v for k, v in given.items() if v is not None}
+    world = World.from_env()
     if data is not None:
-        given["data"] = str(data)
+        given["data"] = str(resolve_data(data, world.main))
     if resume:
         config = resume_config(out_dir, **given)
     else:
         if data is None:
             raise FewshotError("--data is required (a directory written by `fewshot prepare`)")
         config = TrainConfig(out=str(out_dir), **given)
-    world = World.from_env()
     if nproc < 1:
         raise FewshotError(f"--nproc must be >= 1, got {nproc}")
     if nproc > 1 and not world.active:  # the options are checked above, before any process starts
@@ -121,6 +125,20 @@ def train(
         line += f"; unigram entropy of the data {result.unigram_entropy_bits:.3f} bits/token"
     out.print(line)
     out.print(f"run directory: {result.run_dir} (report: {result.run_dir / 'report.md'})")
+
+
+def resolve_data(spec: str, main: bool) -> Path:
+    """A prepared directory as given, or the ICL mixture it names (generated on first use;
+    under torchrun rank 0 generates it while the other ranks wait for it)."""
+    from fewshot.icl import DATA_ROOT
+    from fewshot.tasks.mixture import ensure_mixture, parse_data_spec, wait_for_mixture
+
+    mixture = parse_data_spec(spec)
+    if mixture is None:
+        return Path(spec)
+    if not main:
+        return wait_for_mixture(DATA_ROOT, mixture)
+    return ensure_mixture(DATA_ROOT, mixture, progress=err.is_terminal)
 
 
 def unescape(text: str) -> str:
@@ -364,23 +382,125 @@ def eval_command(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     minutes: Annotated[float, typer.Option(help="Training time budget.")] = 5.0,
-    # micro, not mini: in 5 minutes on 2 cores micro reached val 4.22 nats/token and mini 4.54
-    # (same BPE data); at ~7e13 FLOPs a model of a few million parameters is the better buy.
-    preset: Annotated[str, typer.Option()] = "micro",
-    tokenizer: Annotated[str, typer.Option(help="bpe (default for the demo) or byte.")] = "bpe",
-    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size.")] = 2048,
-    n_eval: Annotated[int, typer.Option(help="Queries per few-shot table cell.")] = 40,
+    preset: Annotated[str, typer.Option()] = "icl",
+    n_eval: Annotated[int, typer.Option(help="Held-out queries per family (and per arithmetic cell).")] = 40,
     smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
 ) -> None:
-    """Build the default corpus, train, then show samples and few-shot tables (ours, then SmolLM2's)."""
+    """The ICL recipe, shortened: mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
     from fewshot.demo import run_demo
 
-    if tokenizer not in ("byte", "bpe"):
-        raise FewshotError(f"--tokenizer must be byte or bpe, got {tokenizer!r}")
-    if n_eval < 1:
-        raise FewshotError(f"--n-eval must be >= 1, got {n_eval}")
-    run_demo(out_dir, minutes=minutes, preset=preset, tokenizer=tokenizer, vocab_size=vocab_size, console=out,
-             n_eval=n_eval, smollm2=smollm2)
+    if n_eval < 2:
+        raise FewshotError(f"--n-eval must be >= 2, got {n_eval}")
+    run_demo(out_dir, minutes=minutes, preset=preset, console=out, n_eval=n_eval, smollm2=smollm2)
+
+
+@icl_app.command("data")
+def icl_data(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the prepared mixture (byte tokens).")],
+    megabytes: Annotated[float, typer.Option("--mb", help="Megabytes of generated text.")] = 24.0,
+    bursty: Annotated[bool, typer.Option("--bursty/--no-bursty", help="--no-bursty: the ablation, where the context does not predict the answer.")] = True,
+    text_fraction: Annotated[float, typer.Option(help="Share of documents that are natural text (Shakespeare).")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate the meta-training mixture into a prepared dataset (what `--data icl` uses)."""
+    from fewshot.tasks.mixture import MixtureConfig, write_mixture
+
+    if out_dir.exists():
+        raise FewshotError(f"{out_dir} already exists; remove it or choose another directory")
+    config = MixtureConfig(seed=seed, megabytes=megabytes, bursty=bursty, text_fraction=text_fraction)
+    write_mixture(out_dir, config, progress=err.is_terminal)
+    out.print(f"wrote {out_dir}; train on it with: fewshot train --data {out_dir} --preset icl")
+
+
+@icl_app.command("tasks")
+def icl_tasks(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for one JSONL task file per held-out family.")],
+    n: Annotated[int, typer.Option(help="Examples (distinct inputs) per family.")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write the held-out task families as task files for `fewshot eval --task-file`."""
+    from fewshot.tasks.mixture import write_held_out_tasks
+
+    if n < 2:
+        raise FewshotError(f"--n must be >= 2 (a query needs another line to draw demonstrations from), got {n}")
+    paths = write_held_out_tasks(out_dir, n=n, seed=seed)
+    out.print(f"wrote {len(paths)} task files to {out_dir}: {', '.join(p.stem for p in paths)}")
+
+
+@icl_app.command("train")
+def icl_train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/icl"),
+    minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
+    preset: Annotated[str, typer.Option(help="Model size.")] = "icl",
+    attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
+    data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
+    n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
+) -> None:
+    """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
+    import fewshot
+    from fewshot.icl import held_out_report, train_icl
+    from fewshot.report import write_report
+    from fewshot.tasks.mixture import parse_data_spec
+
+    mixture = parse_data_spec(data)
+    if mixture is None:
+        raise FewshotError(f"--data takes icl or icl-nonbursty (with options), got {data!r}")
+    if minutes <= 0:
+        raise FewshotError(f"--minutes must be > 0, got {minutes}")
+    options = {"attention": attention} if attention else {}
+    result = train_icl(out_dir, minutes, preset=preset, mixture=mixture, console=err, **options)
+    sections = {}
+    if n > 0:
+        report = held_out_report([(out_dir.name, fewshot.load(out_dir))], out_dir / "heldout", n=n, console=out)
+        sections["In-context learning on held-out task families"] = f"{report.markdown}\n\n![held-out ICL](heldout/icl.png)"
+    write_report(out_dir, sections)
+    out.print(f"step {result.step}: val loss {result.val_loss:.4f} nats/byte; run directory: {out_dir}")
+
+
+@icl_app.command("ablation")
+def icl_ablation(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for ablation.md, icl.png and the results.")] = Path("docs/icl-ablation"),
+    runs_dir: Annotated[Path, typer.Option(help="Where the three runs go.")] = Path("runs/ablation"),
+    minutes: Annotated[float, typer.Option(help="Training time per arm.")] = 10.0,
+    n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
+) -> None:
+    """Chan et al.'s ablation: transformer on bursty vs non-bursty data, and a same-size LSTM."""
+    from fewshot.icl import run_ablation
+
+    if minutes <= 0 or n < 2:
+        raise FewshotError("--minutes must be > 0 and --n >= 2")
+    report = run_ablation(runs_dir, out_dir, minutes, n=n, console=out)
+    out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
+
+
+@icl_app.command("eval")
+def icl_eval(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for task files, results, summary.json and icl.png.")],
+    n: Annotated[int, typer.Option(help="Queries per held-out family.")] = 200,
+    shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "0,1,2,4,8,16,32",
+    templates: Annotated[str, typer.Option(help="Comma-separated formats: input-output, q-a, arrow, equals.")] = "input-output,q-a,arrow,equals",
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """K-shot exact match on the held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
+    import fewshot
+    from fewshot.evaluate import parse_shots
+    from fewshot.icl import held_out_report
+    from fewshot.tasks.mixture import EVAL_TEMPLATES
+
+    chosen = [t.strip() for t in templates.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in EVAL_TEMPLATES]
+    if unknown or not chosen:
+        raise FewshotError(f"--templates: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EVAL_TEMPLATES)}")
+    if n < 2 or batch_size < 1:
+        raise FewshotError("--n must be >= 2 and --batch-size >= 1")
+    models = [(run.name if len(runs) == 1 or len({r.name for r in runs}) == len(runs) else str(run), fewshot.load(run, device=device))
+              for run in runs]
+    report = held_out_report(models, out_dir, shots=parse_shots(shots), n=n, templates=chosen, seed=seed,
+                             batch_size=batch_size, console=out)
+    out.print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'results.md'} and {report.plot}")
 
 
 def _set_threads(threads: Optional[int]) -> None:

@@ -8,12 +8,16 @@ Few-Shot Learners".
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fewshot.errors import FewshotError
 
-Attention = Literal["dense", "local", "alternating"]
+# "lstm" puts a recurrent network where attention would be (model/mixers.py LSTMMixer):
+# the same-size recurrent baseline of transformer-vs-RNN in-context learning ablations
+# (Chan et al. 2022, "Data Distributional Properties Drive Emergent In-Context Learning").
+Attention = Literal["dense", "local", "alternating", "lstm"]
 # A block family is a config choice, never a copy of the model:
 # - "gpt3": LayerNorm, learned positions, GELU MLP (GPT-2/GPT-3);
 # - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
@@ -59,8 +63,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise FewshotError(f"model config: dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in ("dense", "local", "alternating"):
-            raise FewshotError(f"model config: unknown attention {self.attention!r} (dense, local, alternating)")
+        if self.attention not in ("dense", "local", "alternating", "lstm"):
+            raise FewshotError(f"model config: unknown attention {self.attention!r} (dense, local, alternating, lstm)")
         if self.block not in ("gpt3", "llama"):
             raise FewshotError(f"model config: unknown block family {self.block!r} (gpt3, llama)")
         if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
@@ -82,17 +86,41 @@ class ModelConfig:
     def hidden_size(self) -> int:
         return self.d_ff if self.d_ff is not None else self.mlp_ratio * self.d_model
 
-    def layer_attention(self, layer: int) -> Literal["dense", "local"]:
+    @property
+    def lstm_size(self) -> int:
+        """Hidden width h of an lstm mixer: the h whose mixer costs what attention's does.
+
+        An LSTM from d_model to h holds 4h(d + h) weights and 8h biases (PyTorch keeps two
+        sets), and its h -> d_model output projection hd + d. Attention holds about 4d^2, so
+        4h^2 + 5hd = 4d^2: h is about 0.55 d_model (53 for nano's 96), and h < d_model
+        means the projection is always there. Solved exactly, biases and grouped heads
+        included, then rounded: the two mixers differ by under 2% at every preset.
+        """
+        d, b = self.d_model, 1 if self.bias else 0
+        linear = 5 * d + 8 * b  # 4h^2 + linear * h + d * b = attention
+        return max(1, round((math.sqrt(linear**2 + 16 * (self._attention_params() - d * b)) - linear) / 8))
+
+    def layer_attention(self, layer: int) -> Literal["dense", "local", "lstm"]:
         """Which pattern layer `layer` uses; "alternating" starts dense (Sparse Transformer)."""
         if self.attention == "alternating":
             return "dense" if layer % 2 == 0 else "local"
         return self.attention
 
+    def _attention_params(self) -> int:
+        d, b = self.d_model, 1 if self.bias else 0
+        inner, qkv = self.n_head * self.head_size, (self.n_head + 2 * self.kv_heads) * self.head_size
+        return d * qkv + qkv * b + inner * d + d * b
+
+    def mixer_params(self) -> int:
+        """Parameters of one block's sequence mixer."""
+        if self.attention != "lstm":
+            return self._attention_params()
+        d, h, b = self.d_model, self.lstm_size, 1 if self.bias else 0
+        return 4 * h * (d + h) + 8 * h * b + h * d + d * b
+
     def num_params(self) -> int:
         """Exact parameter count of `GPT(self)` (tied embeddings counted once)."""
         d, hidden, b = self.d_model, self.hidden_size, 1 if self.bias else 0
-        inner, qkv = self.n_head * self.head_size, (self.n_head + 2 * self.kv_heads) * self.head_size
-        attention = d * qkv + qkv * b + inner * d + d * b
         if self.block == "llama":
             mlp = 3 * d * hidden + (2 * hidden + d) * b  # gate, up, down
             norm = d  # RMSNorm has a scale and no shift
@@ -102,7 +130,7 @@ class ModelConfig:
             norm = d * (1 + b)
             positions = self.context * d
         head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.n_layer * (attention + mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
+        return self.n_layer * (self.mixer_params() + mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -125,6 +153,9 @@ PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(n_layer=4, n_head=4, d_model=96, context=256, vocab_size=_BYTE_VOCAB),  # ~0.5M
     "micro": ModelConfig(n_layer=6, n_head=4, d_model=160, context=256, vocab_size=_BYTE_VOCAB),  # ~2M
     "mini": ModelConfig(n_layer=6, n_head=6, d_model=384, context=256, vocab_size=_BYTE_VOCAB),  # ~10.7M
+    # The in-context-learning recipe (`fewshot icl train`): small enough to see ~15M bytes in
+    # 30 minutes on 2 cores, with a context long enough for 16 solved examples.
+    "icl": ModelConfig(n_layer=4, n_head=4, d_model=128, context=1024, vocab_size=_BYTE_VOCAB),  # ~0.96M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
     "llama-nano": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,
@@ -170,6 +201,7 @@ LEARNING_RATES: dict[str, float] = {
     "nano": 1e-3,
     "micro": 1e-3,
     "mini": 1e-3,
+    "icl": 2e-3,
     "llama-nano": 1e-3,
     "llama-micro": 1e-3,
     "llama-mini": 1e-3,

@@ -131,3 +131,26 @@ def plot_task_bars(results: Sequence[dict[str, Any]], path: Path) -> Path:
 def bars_path(curve_path: Path) -> Path:
     """Where the bar chart goes for `--plot icl.png`: icl_bars.png beside it."""
     return curve_path.with_name(f"{curve_path.stem}_bars{curve_path.suffix or '.png'}")
+
+
+def plot_mean_curves(curves: Sequence[Any], path: Path, title: str) -> Path:
+    """Mean score over tasks against K, one line per curve (a model, format or ablation arm),
+    with pooled 95% Wilson bands; `curves` are fewshot.heldout.MeanCurve objects."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    colors = plt.get_cmap("tab10")
+    shots: set[int] = set()
+    for i, curve in enumerate(curves):
+        ks = list(curve.shots)
+        shots.update(ks)
+        axes.plot(ks, curve.means, "o-", color=colors(i % 10), label=curve.label, linewidth=1.8, markersize=4)
+        axes.fill_between(ks, [lo for lo, _ in curve.ci95], [hi for _, hi in curve.ci95], color=colors(i % 10), alpha=0.12)
+    axes.set_xscale("symlog", linthresh=1, base=2)
+    axes.set_xticks(sorted(shots))
+    axes.set_xticklabels([str(k) for k in sorted(shots)])
+    axes.set_xlabel("number of examples in context (K)")
+    axes.set_ylabel("mean exact match over held-out families")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)

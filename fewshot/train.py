@@ -25,7 +25,7 @@ from rich.console import Console
 from fewshot import __version__
 from fewshot.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint, tied_aliases
 from fewshot.config import ModelConfig, TrainConfig
-from fewshot.data import StepSampler, TokenData, fixed_batches
+from fewshot.data import BatchSampler, StepSampler, TokenData, fixed_batches
 from fewshot.distributed import (
     World,
     full_state,
@@ -347,3 +347,24 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     if interrupted and world.main:
         console.print(f"stopped by signal at step {step}; checkpoint saved in {run_dir} (continue with --resume)")
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
+
+
+def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3) -> float:
+    """Time a few real optimizer steps on a throwaway copy of the model, so the run's
+    step count (and with it the cosine schedule) fits the time budget exactly."""
+    device = pick_device(config.device)
+    bf16 = use_bf16(config.precision, device)
+    model = GPT(config.model_config(data.tokenizer.vocab_size)).to(device)
+    optimizer = make_optimizer(model, config, device)
+    sampler = BatchSampler(data.split("train"), config.batch_size, model.config.context, seed=config.seed)
+    timings = []
+    for _ in range(steps + 1):  # the first step pays for one-time allocations
+        started = time.perf_counter()
+        x, y = sampler.next_batch()
+        with autocast(device, bf16):
+            _, loss = model(x.to(device), y.to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - started)
+    return min(timings[1:])

@@ -36,6 +36,14 @@ def test_alternating_attention_starts_dense_then_bands() -> None:
     assert [config.layer_attention(i) for i in range(4)] == ["dense", "local", "dense", "local"]
 
 
+def test_lstm_replaces_attention_in_every_layer_and_is_named_in_errors() -> None:
+    config = TrainConfig(data="d", out="o", preset="nano", attention="lstm").model_config(vocab_size=260)
+    assert [config.layer_attention(i) for i in range(4)] == ["lstm"] * 4
+    assert config.lstm_size == 53  # ~0.55 d_model: the mixer's size matches attention's
+    with pytest.raises(FewshotError, match="lstm"):
+        PRESETS["nano"].replace(attention="rnn")
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"n_head": 5}, {"dropout": 1.0}, {"attention": "sparse"}, {"n_layer": 0}, {"window": 0}],

@@ -146,6 +146,7 @@ REFUSED = {
     "head_dim": (SMALL.replace(head_dim=8), "head_dim = d_model / n_head"),
     "gqa": (SMALL.replace(n_kv_head=2), "grouped-query attention"),
     "no biases": (SMALL.replace(bias=False), "bias=False"),
+    "lstm": (SMALL.replace(attention="lstm"), "an lstm sequence mixer"),
 }
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fewshot.config import PRESETS
@@ -19,10 +19,12 @@ def tiny(preset: str = "nano", **changes) -> GPT:
 @settings(max_examples=20, deadline=None)
 @given(
     preset=st.sampled_from(["nano", "llama-nano"]),
-    attention=st.sampled_from(["dense", "local", "alternating"]),
+    attention=st.sampled_from(["dense", "local", "alternating", "lstm"]),
     window=st.integers(1, 20),
     split=st.integers(1, 30),
 )
+@example(preset="nano", attention="lstm", window=1, split=7)  # always cover the recurrent mixer
+@example(preset="llama-nano", attention="lstm", window=1, split=1)
 def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int) -> None:
     model = tiny(preset, attention=attention, window=window)
     idx = torch.randint(0, 260, (2, 30), generator=torch.Generator().manual_seed(split))
@@ -87,8 +89,9 @@ def test_dropout_is_active_in_training_only() -> None:
 
 
 @settings(max_examples=12, deadline=None)
-@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "alternating"]),
+@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "alternating", "lstm"]),
        lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4))
+@example(preset="nano", attention="lstm", lengths=[3, 17, 1])
 def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
     """Prompts of different lengths in one batch: each row's logits equal its own unpadded run."""
     model = tiny(preset, attention=attention, window=5)
@@ -108,8 +111,9 @@ def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, length
 
 
 @settings(max_examples=10, deadline=None)
-@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local"]),
+@given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "lstm"]),
        lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4))
+@example(preset="nano", attention="lstm", lengths=[5, 1, 12])
 def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
     """A serving batch: each row prefilled into its own slot, then one token per row per step."""
     model = tiny(preset, attention=attention, window=5)
@@ -131,6 +135,34 @@ def test_parameter_count_formula_matches_the_model(name: str) -> None:
     with torch.device("meta"):
         model = GPT(PRESETS[name])
     assert model.num_params() == PRESETS[name].num_params()
+
+
+@pytest.mark.parametrize("name", ["nano", "micro", "mini", "llama-nano", "gpt3-small"])
+def test_an_lstm_mixer_is_the_size_of_attention_and_counted_exactly(name: str) -> None:
+    """The same-size recurrent baseline: only the mixer changes, and by under 10%."""
+    attention = PRESETS[name]
+    lstm = attention.replace(attention="lstm")
+    with torch.device("meta"):
+        model = GPT(lstm)
+    mixer = model.blocks[0].mixer
+    assert sum(p.numel() for p in mixer.parameters()) == lstm.mixer_params()
+    assert mixer.lstm.hidden_size == lstm.lstm_size < lstm.d_model
+    assert model.num_params() == lstm.num_params()
+    assert abs(lstm.mixer_params() / attention.mixer_params() - 1) < 0.1
+    assert abs(lstm.num_params() / attention.num_params() - 1) < 0.01
+
+
+@pytest.mark.parametrize("attention", ["dense", "lstm"])
+def test_a_rewound_cache_overwrites_what_followed(attention: str) -> None:
+    """What the serving engine relies on: a dummy token written at a slot's next position,
+    then overwritten by the slot's next prompt chunk, leaves no trace."""
+    model = tiny(attention=attention)
+    idx = torch.randint(0, 260, (1, 20), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(1)
+    model.step(idx[:, :10], cache)
+    model.step(torch.zeros(1, 3, dtype=torch.long), cache)
+    cache.length = 10
+    torch.testing.assert_close(model.step(idx[:, 10:], cache), model(idx)[0][:, 10:], atol=1e-5, rtol=1e-4)
 
 
 def test_llama_blocks_group_key_value_heads_and_can_untie_the_head() -> None:

@@ -3,7 +3,8 @@ pre-LayerNorm blocks, learned positions, a GELU MLP four times as wide as the mo
 tied input/output embeddings, and optionally alternating dense / banded attention.
 
 The same class builds Llama-family models (`block="llama"`: RMSNorm, rotary positions,
-SwiGLU, grouped-query attention), so SmolLM2 imported from GGUF is just another config.
+SwiGLU, grouped-query attention), so SmolLM2 imported from GGUF is just another config;
+`attention="lstm"` swaps every block's attention for an LSTM of the same size.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
-from fewshot.model.mixers import AttentionCache, build_mixer
+from fewshot.model.mixers import MixerCache, build_mixer
 from fewshot.model.rope import Rotary, rotary_tables
 
 
@@ -25,7 +26,7 @@ from fewshot.model.rope import Rotary, rotary_tables
 class Cache:
     """Per-layer decoding state plus how many positions it already holds."""
 
-    layers: list[AttentionCache]
+    layers: list[MixerCache]
     length: int = 0
     # Left-padding slots per row (B,), when prompts of different lengths share the batch;
     # a row's positions start counting at its first real token.
@@ -85,7 +86,7 @@ class Block(nn.Module):
         x = x + self.dropout(self.mixer(self.norm_mix(x), rotary))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
-    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None,
+    def step(self, x: Tensor, cache: MixerCache, position: int | Tensor, padding: Tensor | None,
              rotary: Rotary | None = None) -> Tensor:
         x = x + self.mixer.step(self.norm_mix(x), cache, position, padding, rotary)
         return x + self.mlp(self.norm_mlp(x))

@@ -4,7 +4,8 @@ Every mixer has two paths that must agree:
 - `forward(x)`: the whole causal sequence at once, for training and scoring;
 - `step(x, cache, position)`: the next chunk of tokens given a cache of the past, for
   decoding (a chunk of one token) and prefill (a chunk of many).
-Adding linear attention or a recurrent mixer later means one new class here.
+Attention (dense or banded) and an LSTM are the two kinds; linear attention would be one
+more class here, with its own cache.
 """
 
 from __future__ import annotations
@@ -34,6 +35,58 @@ class AttentionCache:
         """A view of some rows: writing to it writes to this cache (no copy)."""
         return AttentionCache(self.keys[start:stop], self.values[start:stop])
 
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def copy_from(self, smaller: AttentionCache) -> None:
+        """Fill this cache's first rows and positions with a smaller one's: growing a cache."""
+        rows, capacity = smaller.keys.shape[0], smaller.capacity
+        self.keys[:rows, :, :capacity] = smaller.keys
+        self.values[:rows, :, :capacity] = smaller.values
+
+
+@dataclass
+class LSTMCache:
+    """An LSTM's state (h, c) after every position, as a KV cache holds each position's keys.
+
+    The latest state alone would do for plain decoding. One per position lets a caller
+    rewind by setting `Cache.length`, and lets the serving engine write a dummy token into
+    a slot that is still prefilling, for its next chunk to overwrite (serve/engine.py
+    `_decode`), as it does with attention. It costs 2 x capacity x h numbers per row and
+    layer, about half of attention's 2 x capacity x d_model (h ~ 0.55 d_model).
+    """
+
+    hidden: Tensor  # (B, capacity, h)
+    cell: Tensor
+
+    @property
+    def capacity(self) -> int:
+        return self.hidden.shape[1]
+
+    def rows(self, start: int, stop: int) -> LSTMCache:
+        """A view of some rows: writing to it writes to this cache (no copy)."""
+        return LSTMCache(self.hidden[start:stop], self.cell[start:stop])
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.nbytes + self.cell.nbytes
+
+    def copy_from(self, smaller: LSTMCache) -> None:
+        """Fill this cache's first rows and positions with a smaller one's: growing a cache."""
+        rows, capacity = smaller.hidden.shape[0], smaller.capacity
+        self.hidden[:rows, :capacity] = smaller.hidden
+        self.cell[:rows, :capacity] = smaller.cell
+
+    def state_before(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(h, c) of each row just before its token at positions[b]; zeros at position 0."""
+        rows = torch.arange(len(positions), device=positions.device)
+        previous, first = (positions - 1).clamp(min=0), (positions == 0)[:, None]
+        return self.hidden[rows, previous].masked_fill(first, 0.0), self.cell[rows, previous].masked_fill(first, 0.0)
+
+
+MixerCache = AttentionCache | LSTMCache
+
 
 class Mixer(nn.Module):
     def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
@@ -43,7 +96,7 @@ class Mixer(nn.Module):
         """
         raise NotImplementedError
 
-    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
+    def step(self, x: Tensor, cache: MixerCache, position: int | Tensor, padding: Tensor | None = None,
              rotary: Rotary | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D) for tokens at `position`..`position+T-1`, extending `cache`.
 
@@ -54,7 +107,7 @@ class Mixer(nn.Module):
         """
         raise NotImplementedError
 
-    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> AttentionCache:
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> MixerCache:
         raise NotImplementedError
 
 
@@ -167,5 +220,66 @@ class CausalSelfAttention(Mixer):
         return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
+class LSTMMixer(Mixer):
+    """A one-layer LSTM (Hochreiter & Schmidhuber 1997) in attention's place, then a
+    projection back to d_model: the same-size recurrent baseline (config.py `lstm_size`).
+    The block's norms, MLP and residuals stay; so do learned positions, which an LSTM does
+    not need but which keep the two models otherwise identical."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        size = config.lstm_size
+        self.lstm = nn.LSTM(config.d_model, size, batch_first=True, bias=config.bias)
+        # Named like attention's output projection, so GPT scales its init with depth too.
+        self.proj = nn.Linear(size, config.d_model, bias=config.bias)
+        if config.bias:
+            # A forget gate that starts open carries gradients through time (Jozefowicz et
+            # al. 2015). PyTorch orders the gates i, f, g, o.
+            with torch.no_grad():
+                self.lstm.bias_ih_l0[size : 2 * size] = 1.0
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        # The recurrence knows order by itself: rotary tables go unused. It runs in the
+        # weights' precision even under bf16 autocast: oneDNN has no bf16 LSTM on CPUs
+        # without native bf16, and a state carried across the context keeps its precision.
+        with torch.autocast(x.device.type, enabled=False):
+            y, _ = self.lstm(x.to(self.lstm.weight_ih_l0.dtype))
+        return self.proj(y)
+
+    def step(self, x: Tensor, cache: LSTMCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None) -> Tensor:
+        """nn.LSTM's recurrence written out, so that each row starts from the cached state
+        at its own position and a padding slot can leave the state as it was."""
+        batch, length, _ = x.shape
+        if isinstance(position, Tensor):  # one token per row, each at its own position
+            positions = position[:, None]
+        else:
+            positions = torch.arange(position, position + length, device=x.device).expand(batch, length)
+        lstm, rows = self.lstm, torch.arange(batch, device=x.device)
+        h, c = (state.to(x.dtype) for state in cache.state_before(positions[:, 0]))
+        inputs = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 if lstm.bias else None)  # all positions at once
+        outputs = []
+        for t in range(length):
+            gates = inputs[:, t] + F.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0 if lstm.bias else None)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_next = torch.sigmoid(o) * torch.tanh(c_next)
+            if padding is not None:  # left padding keeps the state at zero until the row's first token
+                real = (positions[:, t] >= padding)[:, None]
+                h_next, c_next = torch.where(real, h_next, h), torch.where(real, c_next, c)
+            h, c = h_next, c_next
+            cache.hidden[rows, positions[:, t]] = h.to(cache.hidden.dtype)
+            cache.cell[rows, positions[:, t]] = c.to(cache.cell.dtype)
+            outputs.append(h)
+        return self.proj(torch.stack(outputs, dim=1))
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> LSTMCache:
+        shape = (batch_size, capacity, self.lstm.hidden_size)
+        return LSTMCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:
-    return CausalSelfAttention(config, local=config.layer_attention(layer) == "local")
+    kind = config.layer_attention(layer)
+    if kind == "lstm":
+        return LSTMMixer(config)
+    return CausalSelfAttention(config, local=kind == "local")

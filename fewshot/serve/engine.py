@@ -351,8 +351,7 @@ class Engine:
         cache = self.model.new_cache(new_rows, capacity=new_capacity)
         if self._cache is not None:
             for new, old in zip(cache.layers, self._cache.layers):
-                new.keys[: self._rows, :, : self._capacity] = old.keys
-                new.values[: self._rows, :, : self._capacity] = old.values
+                new.copy_from(old)
         self._free.extend(range(max(self._rows, rows), new_rows))
         heapq.heapify(self._free)
         self._cache, self._rows, self._capacity = cache, new_rows, new_capacity
@@ -360,8 +359,7 @@ class Engine:
     def _release_idle_cache(self) -> None:
         if self._cache is None:
             return
-        layer = self._cache.layers[0]
-        size = 2 * layer.keys.numel() * layer.keys.element_size() * len(self._cache.layers)
+        size = sum(layer.nbytes for layer in self._cache.layers)
         if size > self.config.idle_cache_bytes:
             self._cache, self._rows, self._capacity, self._free = None, 0, 0, []
 

@@ -1,4 +1,4 @@
-"""`fewshot demo` end to end, with a tiny time budget: corpus, BPE, training, samples, table, report."""
+"""`fewshot demo` end to end, with a tiny time budget: mixture, training, samples, held-out ICL curve, report."""
 
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ from tests.conftest import fewshot_command
 
 def test_demo_leaves_a_normal_run_directory_with_a_report(tmp_path: Path) -> None:
     # The SmolLM2 step is covered below on the session's import: a second import costs ~15 s.
-    result = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    command = [*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "few-shot exact match" in result.stdout and "ROMEO:" in result.stdout
+    assert "held-out ICL curve" in result.stdout and "ROMEO:" in result.stdout and "K=16" in result.stdout
+    assert "a task family the model never trained on" in result.stdout
     run = tmp_path / "runs" / "demo"
     report = (run / "report.md").read_text()
-    assert "## Samples" in report and "| 2D+ |" in report and "![loss curve](loss.png)" in report
-    assert (run / "loss.png").stat().st_size > 1000
-    assert (run / "tokenizer.json").is_file()  # the demo's BPE travels with the model
-    plays = list((tmp_path / "data" / "default" / "corpus" / "plays").glob("*.txt"))
-    assert len(plays) == 38
-    again = subprocess.run([*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "continuing it" in again.stdout, again.stderr[-2000:]
+    assert "## Samples" in report and "## In-context learning on held-out task families" in report
+    assert "![loss curve](loss.png)" in report and "| input-output |" in report
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "heldout" / "icl.png").stat().st_size > 1000
+    assert len(list((run / "heldout" / "tasks").glob("*.jsonl"))) >= 8
+    (mixture,) = (tmp_path / "data" / "icl").iterdir()
+    assert (mixture / "mixture.json").is_file() and (mixture / "meta.json").is_file()
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "continuing it" in again.stdout + again.stderr, again.stderr[-2000:]
 
 
 def test_the_smollm2_step_prompts_chats_and_scores_0_vs_4_shots(smollm2_run: Path) -> None:

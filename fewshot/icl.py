@@ -1,0 +1,122 @@
+"""The in-context-learning recipe: train on the meta-training mixture for a time budget, then
+measure K-shot accuracy on the held-out task families under four prompt formats.
+
+    fewshot icl train --out runs/icl --minutes 30        # the full recipe
+    fewshot icl eval runs/icl --out runs/icl/heldout     # (re)measure any run
+
+The training half is `fewshot train --data icl --preset icl` with its step count fitted to
+the budget, so the cosine schedule ends when the time does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from fewshot.checkpoint import CONFIG, latest_checkpoint
+from fewshot.config import TrainConfig
+from fewshot.data import TokenData
+from fewshot.files import read_json, write_json
+from fewshot.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
+from fewshot.lm import LM, load
+from fewshot.plots import plot_mean_curves
+from fewshot.tasks.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
+from fewshot.train import TrainResult, seconds_per_step, train
+
+DATA_ROOT = Path("data/icl")
+PRESET = "icl"
+BATCH_SIZE = 8
+# Evaluation, logging and checkpoints take some of a run's time; the schedule should end
+# before the time cap cuts the run short.
+STEP_BUDGET_SHARE = 0.92
+
+
+@dataclass(frozen=True)
+class HeldOutReport:
+    curves: tuple[MeanCurve, ...]
+    markdown: str
+    plot: Path
+
+
+def train_icl(out: Path, minutes: float, *, preset: str = PRESET, mixture: MixtureConfig = MixtureConfig(),
+              console: Console | None = None, **options) -> TrainResult:
+    """Train `preset` on the mixture for about `minutes`; continues `out` if it has a checkpoint."""
+    console = console or Console(stderr=True)
+    if out.exists() and latest_checkpoint(out) is not None:
+        console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
+        config = TrainConfig.from_dict(read_json(out / CONFIG)["train"])
+        return train(config, resume=True, console=console)
+    data_dir = ensure_mixture(DATA_ROOT, mixture, progress=console.is_terminal)
+    config = TrainConfig(data=str(data_dir), out=str(out), preset=preset, batch_size=BATCH_SIZE, eval_every=100,
+                         save_every=100, max_time=minutes * 60, **options)
+    per_step = seconds_per_step(config, TokenData.open(data_dir))
+    steps = max(20, int(STEP_BUDGET_SHARE * minutes * 60 / per_step))
+    console.print(f"measured {per_step:.2f} s/step on this machine -> {steps} steps in {minutes:g} minutes")
+    config = TrainConfig.from_dict({**config.to_dict(), "max_steps": steps})
+    return train(config, console=console)
+
+
+def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequence[int] = SHOTS, n: int = 200,
+                    templates: Sequence[str] = tuple(EVAL_TEMPLATES), seed: int = 0, batch_size: int = 32,
+                    console: Console | None = None) -> HeldOutReport:
+    """Score each (label, model) on the held-out families under each template; write
+    results-<label>-<template>.json (DESIGN.md's schema), summary.json, results.md and icl.png."""
+    from fewshot.evaluate import results_table, write_results
+
+    console = console or Console()
+    out.mkdir(parents=True, exist_ok=True)
+    curves = []
+    for label, lm in runs:
+        evaluations = evaluate_held_out(lm, out / "tasks", shots=shots, n=n, seed=seed, templates=templates,
+                                        batch_size=batch_size, model=label)
+        for template, evaluation in evaluations.items():
+            stem = f"results-{label}-{template}" if len(runs) > 1 else f"results-{template}"
+            write_results([evaluation], out / f"{stem}.json")
+            console.print(results_table(evaluation, list(shots), f"{label}, format {template}: held-out families, n={n} each"))
+            console.print(f"{evaluation.examples} examples in {evaluation.seconds:.1f} s: "
+                          f"{evaluation.examples_per_second:.1f} examples/s")
+            curves.append(mean_curve(evaluation, f"{label} · {template}" if len(runs) > 1 else template))
+    markdown = summary_table(curves)
+    console.print(markdown)
+    write_json(out / "summary.json", {"n": n, "seed": seed, "curves": [c.to_json() for c in curves]})
+    (out / "results.md").write_text(markdown + "\n")
+    plot = plot_mean_curves(curves, out / "icl.png", f"held-out task families: mean exact match (n={n} per family)")
+    return HeldOutReport(tuple(curves), markdown, plot)
+
+
+# Chan et al. (2022)'s two questions, at one time budget: does the context have to predict the
+# answer (bursty vs not), and does the architecture matter (a same-size LSTM in attention's place)?
+ABLATION_ARMS: tuple[tuple[str, str, str | None], ...] = (
+    ("transformer-bursty", "icl", None),
+    ("transformer-nonbursty", "icl-nonbursty", None),
+    ("lstm-bursty", "icl", "lstm"),
+)
+ABLATION_SHOTS = (0, 1, 2, 4, 8, 16)
+
+
+def run_ablation(runs_dir: Path, out: Path, minutes: float, *, n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
+                 template: str = "input-output", console: Console | None = None) -> HeldOutReport:
+    """Train each arm for `minutes` (continuing any that already has a checkpoint), then score
+    all of them on the held-out families; writes out/ablation.md beside the held-out files."""
+    from fewshot.tasks.mixture import parse_data_spec
+
+    console = console or Console()
+    runs = []
+    for name, data, attention in ABLATION_ARMS:
+        console.rule(f"ablation arm {name}: {minutes:g} minutes")
+        options = {"attention": attention} if attention else {}
+        result = train_icl(runs_dir / name, minutes, mixture=parse_data_spec(data), console=console, **options)
+        runs.append((name, load(runs_dir / name), result))
+    report = held_out_report([(name, lm) for name, lm, _ in runs], out, shots=shots, n=n, templates=(template,), console=console)
+    rows = ["| arm | parameters | steps | tokens seen | final val loss (nats/byte) |", "|---|---|---|---|---|"]
+    for name, lm, result in runs:
+        rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | "
+                    f"{result.val_loss:.3f} |" if result.val_loss is not None else f"| {name} | | {result.step} | | |")
+    (out / "ablation.md").write_text(
+        f"# ICL ablation: {minutes:g} minutes of training per arm\n\n"
+        f"Held-out families, format `{template}`, n={n} queries per family, mean exact match:\n\n"
+        f"{report.markdown}\n\n![ablation]({report.plot.name})\n\n" + "\n".join(rows) + "\n")
+    return report

@@ -1,0 +1,236 @@
+"""The meta-training mixture that makes a small model a few-shot learner (`--data icl`).
+
+Documents, each ended by the end-of-text token:
+- few-shot *episodes*: one procedurally generated task (fewshot.tasks.procedural), shown as
+  2-48 solved examples in one of many formats, sometimes under an instruction line;
+- GINC documents (fewshot.tasks.ginc): latent-concept text from a mixture of HMMs;
+- bursty, Zipfian item sequences (fewshot.tasks.bursty, Chan et al. 2022);
+- natural text: passages of the default corpus (Shakespeare), so the model still writes English.
+
+Everything is generated from a seed and written once as an ordinary prepared dataset (byte
+tokenizer), so training, resume and torchrun treat it like any other data. The held-out
+task families never appear; `write_held_out_tasks` writes them as JSONL task files for
+`fewshot eval --task-file`.
+
+`bursty=False` is the ablation: every example of an episode comes from a different task (and
+every GINC segment from a different concept, and item classes are drawn independently), so
+the same families, formats and text are there, but the context no longer predicts the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fewshot.errors import FewshotError
+from fewshot.taskfile import Template
+from fewshot.tasks import bursty, ginc
+from fewshot.tasks.procedural import Family, held_out_families, training_families
+
+MIXTURE_FILE = "mixture.json"
+DOCUMENT_FILE_BYTES = 8 << 20
+
+# (template, separator between examples). The four evaluation formats come first; the eval
+# harness always separates examples by a blank line, training also uses single newlines.
+FORMATS: tuple[tuple[str, str], ...] = (
+    ("Input: {input}\nOutput: {target}", "\n\n"),
+    ("Q: {input}\nA: {target}", "\n\n"),
+    ("{input} -> {target}", "\n\n"),
+    ("{input} = {target}", "\n\n"),
+    ("{input} -> {target}", "\n"),
+    ("{input} = {target}", "\n"),
+    ("input: {input}\noutput: {target}", "\n\n"),
+    ("{input}: {target}", "\n"),
+    ("{input} => {target}", "\n"),
+    ("x: {input}\ny: {target}", "\n"),
+    ("Word: {input}\nAnswer: {target}", "\n\n"),
+    ("In: {input} Out: {target}", "\n"),
+    ("{input}\t{target}", "\n"),
+    ("Question: {input}\nAnswer: {target}", "\n\n"),
+)
+EVAL_TEMPLATES: dict[str, str] = {
+    "input-output": "Input: {input}\nOutput: {target}",  # DESIGN.md's default template
+    "q-a": "Q: {input}\nA: {target}",
+    "arrow": "{input} -> {target}",
+    "equals": "{input} = {target}",
+}
+INSTRUCTION_P = 0.3
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    seed: int = 0
+    megabytes: float = 24.0      # of text; about 30 minutes of training for the `icl` preset
+    bursty: bool = True
+    episode_chars: int = 900     # few-shot episodes grow to about this length (the model's context)
+    ginc_fraction: float = 0.08  # of documents
+    zipf_fraction: float = 0.08
+    text_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.megabytes <= 0:
+            raise FewshotError(f"the ICL mixture needs a positive size, got {self.megabytes} MB")
+        fractions = (self.ginc_fraction, self.zipf_fraction, self.text_fraction)
+        if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+            raise FewshotError("ICL mixture fractions must be >= 0 and leave room for few-shot episodes")
+
+    @property
+    def name(self) -> str:
+        parts = ["icl" if self.bursty else "icl-nonbursty", f"{self.megabytes:g}mb", f"text{self.text_fraction:g}", f"seed{self.seed}"]
+        return "-".join(parts)
+
+
+def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True) -> str:
+    """One task, many solved examples, one format: what a K-shot prompt looks like."""
+    template, separator = rng.choice(FORMATS)
+    template = Template(template)
+    task = rng.choice(families).build(rng)
+    shown = []
+    if rng.random() < INSTRUCTION_P and bursty:
+        shown.append(task.instruction)
+    total, wanted = 0, rng.randint(2, 48)
+    while len(shown) < wanted and total < max_chars:
+        if not bursty:
+            task = rng.choice(families).build(rng)
+        text = template.solved(*task.sample(rng))
+        shown.append(text)
+        total += len(text) + len(separator)
+    return separator.join(shown)
+
+
+def documents(config: MixtureConfig) -> Iterator[str]:
+    """The mixture's documents, the same for the same config, until `megabytes` of text."""
+    from fewshot.corpus import shakespeare_documents
+
+    rng = random.Random(f"icl-mixture/{config.seed}")
+    families = training_families()
+    concepts = ginc.make_mixture(config.seed)
+    world = bursty.make_world(config.seed)
+    plays = [text for _, text in shakespeare_documents()] if config.text_fraction > 0 else []
+    budget = int(config.megabytes * 1e6)
+    written = 0
+    while written < budget:
+        kind = rng.random()
+        if kind < config.text_fraction:
+            play = rng.choice(plays)
+            start = rng.randrange(max(1, len(play) - config.episode_chars))
+            start = play.find("\n", start) + 1  # whole lines
+            text = play[start:start + config.episode_chars]
+        elif kind < config.text_fraction + config.ginc_fraction:
+            text = ginc.document(rng, concepts, config.episode_chars // 2, one_concept=config.bursty)
+        elif kind < config.text_fraction + config.ginc_fraction + config.zipf_fraction:
+            template, separator = rng.choice(FORMATS)
+            text = bursty.sequence(rng, world, template, separator, bursty=config.bursty)
+        else:
+            text = episode(rng, families, config.episode_chars, bursty=config.bursty)
+        written += len(text) + 1
+        yield text
+
+
+def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Path:
+    """Generate the mixture and prepare it (byte tokenizer) into `out`; returns `out`."""
+    from fewshot.data import prepare
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:
+        _write_jsonl(Path(tmp), documents(config))
+        prepare([Path(tmp)], out, tokenizer="byte", progress=progress)
+    (out / MIXTURE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return out
+
+
+def _write_jsonl(directory: Path, texts: Iterator[str]) -> None:
+    number, size, handle = 0, 0, None
+    try:
+        for text in texts:
+            if handle is None or size > DOCUMENT_FILE_BYTES:
+                if handle is not None:
+                    handle.close()
+                handle = open(directory / f"mixture-{number:04d}.jsonl", "w", encoding="utf-8")
+                number, size = number + 1, 0
+            line = json.dumps({"text": text}) + "\n"
+            handle.write(line)
+            size += len(line)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def ensure_mixture(root: Path, config: MixtureConfig, progress: bool = True) -> Path:
+    """`root/config.name`, generated on first use; reused after (the same config gives the same data)."""
+    path = Path(root) / config.name
+    marker = path / MIXTURE_FILE
+    if marker.exists():
+        if json.loads(marker.read_text()) != asdict(config):
+            raise FewshotError(f"{path} holds a different ICL mixture; remove it or pass another directory")
+        return path
+    if path.exists():
+        # A generation killed between `prepare` and the marker: the data is complete but unlabelled.
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_mixture(path, config, progress)
+
+
+def wait_for_mixture(root: Path, config: MixtureConfig, timeout: float = 3600.0, poll: float = 1.0) -> Path:
+    """What a non-zero torchrun rank does while rank 0 runs `ensure_mixture`."""
+    path = Path(root) / config.name
+    deadline = time.monotonic() + timeout
+    while not (path / MIXTURE_FILE).exists():
+        if time.monotonic() > deadline:
+            raise FewshotError(f"waited {timeout:.0f} s for rank 0 to generate {path}")
+        time.sleep(poll)
+    return path
+
+
+def parse_data_spec(spec: str) -> MixtureConfig | None:
+    """`icl`, `icl-nonbursty`, or either with options: `icl:mb=8,text=0.2,seed=1`. None for a path."""
+    name, _, options = spec.partition(":")
+    if name not in ("icl", "icl-nonbursty"):
+        return None
+    fields = {"bursty": name == "icl"}
+    keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
+            "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "chars": ("episode_chars", int)}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in keys or not value:
+            raise FewshotError(f"--data {spec}: unknown option {option!r}; use {', '.join(k + '=' for k in keys)}")
+        field, kind = keys[key]
+        try:
+            fields[field] = kind(value)
+        except ValueError:
+            raise FewshotError(f"--data {spec}: {key} must be a number, got {value!r}") from None
+    return MixtureConfig(**fields)
+
+
+def held_out_examples(family: Family, n: int, seed: int) -> list[tuple[str, str]]:
+    """n examples of one task of a held-out family, with n distinct inputs where it has them."""
+    rng = random.Random(f"held-out/{family.name}/{seed}")
+    task = family.build(rng)
+    seen: dict[str, str] = {}
+    for _ in range(100 * n):
+        x, y = task.sample(rng)
+        seen.setdefault(x, y)
+        if len(seen) == n:
+            break
+    if len(seen) < n:
+        raise FewshotError(f"held-out family {family.name} has fewer than {n} distinct inputs")
+    return list(seen.items())
+
+
+def write_held_out_tasks(out: Path, n: int = 200, seed: int = 0) -> list[Path]:
+    """One JSONL task file per held-out family (`{"input", "target"}` lines), n queries each."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for family in held_out_families():
+        path = out / f"{family.name}.jsonl"
+        lines = [json.dumps({"input": x, "target": y}) for x, y in held_out_examples(family, n, seed)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

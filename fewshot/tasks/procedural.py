@@ -1,0 +1,546 @@
+"""Procedurally generated task families for meta-training in-context learning.
+
+A *family* is a kind of task ("append a suffix"); `family.build(rng)` draws one *task* of
+that kind ("append 'ox'"), with its own parameters and an instruction line; `task.sample(rng)`
+draws one (input, target) example of it. Parameters (suffixes, shifts, label words, lookup
+tables, thresholds) are drawn fresh for every task, so the mixture holds many thousands of
+distinct tasks and a model cannot memorise its way through it: to predict the next answer it
+has to read the examples in front of it.
+
+Families are split into training and held-out ones *by family* (`HELD_OUT`): the held-out
+families never appear in training, in any parameterisation. They were chosen before any
+model was trained, to combine primitives that training families teach in ways no training
+family does (an appended suffix, when training has prefixes and wrappers; a label decided by
+word length, when training labels by other features).
+
+Every input and target is one short line without leading or trailing spaces, so a task fits
+any template and exact match on the first line scores it.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+LETTERS = string.ascii_lowercase
+VOWELS = set("aeiou")
+WORD_LENGTHS = (3, 8)
+VOCABULARY = 4000  # most frequent English words of 3-8 letters (wordfreq, read at run time)
+
+Sampler = Callable[[random.Random], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Task:
+    family: str
+    instruction: str  # a one-line description of this task, shown in some training episodes
+    sample: Sampler
+
+    def examples(self, n: int, rng: random.Random) -> list[tuple[str, str]]:
+        return [self.sample(rng) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    category: str  # string | number | list | classify | lookup
+    build: Callable[[random.Random], Task]
+
+
+@functools.lru_cache(maxsize=1)
+def words() -> tuple[str, ...]:
+    """Common English words, most frequent first (wordfreq's list, CC-BY-SA, never committed)."""
+    from wordfreq import top_n_list
+
+    low, high = WORD_LENGTHS
+    keep = (w for w in top_n_list("en", 12_000) if w.isascii() and w.isalpha() and w.islower() and low <= len(w) <= high)
+    return tuple(keep)[:VOCABULARY]
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def word(rng: random.Random) -> str:
+    return rng.choice(words())
+
+
+def letters(rng: random.Random, low: int = 3, high: int = 7) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(low, high)))
+
+
+def text_input(rng: random.Random) -> Callable[[random.Random], str]:
+    """Each task draws its inputs from real words or from random letter strings."""
+    return word if rng.random() < 0.6 else letters
+
+
+def label_words(rng: random.Random, n: int) -> list[str]:
+    """n distinct arbitrary answer words: a model cannot know them before it sees them."""
+    pool = words()[:1500] if rng.random() < 0.7 else None
+    labels: set[str] = set()
+    while len(labels) < n:
+        labels.add(rng.choice(pool) if pool else letters(rng, 2, 5))
+    return sorted(labels, key=lambda _: rng.random())
+
+
+def number_list(rng: random.Random, low: int = 3, high: int = 6, top: int = 9) -> list[int]:
+    return [rng.randint(0, top) for _ in range(rng.randint(low, high))]
+
+
+def _draw_with(r: random.Random, feature: Callable[[str], bool], source) -> str:
+    """An input that has the feature (or, after 50 tries, whatever came)."""
+    x = source(r)
+    for _ in range(50):
+        if feature(x):
+            break
+        x = source(r)
+    return x
+
+
+def _draw_balanced(r: random.Random, feature: Callable[[str], bool], source) -> str:
+    """An input with the feature half the time, so neither label is the safe guess."""
+    want = r.random() < 0.5
+    x = source(r)
+    for _ in range(50):
+        if feature(x) == want:
+            break
+        x = source(r)
+    return x
+
+
+def joiner(rng: random.Random) -> str:
+    return rng.choice([" ", ", ", ",", " "])
+
+
+def shift(ch: str, by: int) -> str:
+    return LETTERS[(LETTERS.index(ch) + by) % 26] if ch in LETTERS else ch
+
+
+# ---------------------------------------------------------------- string families
+
+
+def _string_task(family: str, instruction: str, transform: Callable[[str], str], rng: random.Random,
+                 source: Callable[[random.Random], str] | None = None) -> Task:
+    source = source or text_input(rng)
+
+    def sample(r: random.Random) -> tuple[str, str]:
+        x = source(r)
+        return x, transform(x)
+    return Task(family, instruction, sample)
+
+
+def reverse(rng):
+    return _string_task("reverse", "Write the word backwards.", lambda s: s[::-1], rng)
+
+
+def uppercase(rng):
+    return _string_task("uppercase", "Write the word in capital letters.", str.upper, rng)
+
+
+def alternate_case(rng):
+    start = rng.randint(0, 1)
+    return _string_task("alternate_case", "Alternate lower and upper case.",
+                        lambda s: "".join(c.upper() if (i + start) % 2 else c for i, c in enumerate(s)), rng)
+
+
+def first_letters(rng):
+    n = rng.randint(1, 3)
+    return _string_task("first_letters", f"Write the first {n} letter{'s' * (n > 1)}.", lambda s: s[:n], rng)
+
+
+def drop_first(rng):
+    n = rng.randint(1, 2)
+    return _string_task("drop_first", f"Remove the first {n} letter{'s' * (n > 1)}.", lambda s: s[n:], rng)
+
+
+def drop_last(rng):
+    n = rng.randint(1, 2)
+    return _string_task("drop_last", f"Remove the last {n} letter{'s' * (n > 1)}.", lambda s: s[:-n], rng)
+
+
+def double_letters(rng):
+    return _string_task("double_letters", "Write every letter twice.", lambda s: "".join(c + c for c in s), rng)
+
+
+def remove_vowels(rng):
+    return _string_task("remove_vowels", "Remove the vowels.", lambda s: "".join(c for c in s if c not in VOWELS) or "-", rng)
+
+
+def only_vowels(rng):
+    return _string_task("only_vowels", "Keep only the vowels.",
+                        lambda s: "".join(c for c in s if c in VOWELS) or "-", rng)
+
+
+def sort_letters(rng):
+    descending = rng.random() < 0.3
+    return _string_task("sort_letters", f"Sort the letters{' in reverse' * descending}.",
+                        lambda s: "".join(sorted(s, reverse=descending)), rng)
+
+
+def caesar(rng):
+    k = rng.randint(1, 25)
+    return _string_task("caesar", f"Shift every letter {k} places.", lambda s: "".join(shift(c, k) for c in s), rng)
+
+
+def replace_letter(rng):
+    old, new = rng.sample("aeioustrnlcdm", 1) + rng.sample(LETTERS, 1)
+    while new == old:
+        new = rng.choice(LETTERS)
+    has_old = lambda s: old in s  # noqa: E731  (mostly words that change, or the task is "copy")
+    source = lambda r: word(r) if r.random() < 0.2 else _draw_with(r, has_old, word)  # noqa: E731
+    return _string_task("replace_letter", f"Replace {old} with {new}.", lambda s: s.replace(old, new), rng, source)
+
+
+def prefix(rng):
+    p = rng.choice([letters(rng, 1, 3), word(rng)[:4], rng.choice("#@*+~")])
+    sep = rng.choice(["", "", "-", " "])
+    return _string_task("prefix", f"Put {p} in front.", lambda s: p + sep + s, rng)
+
+
+def wrap(rng):
+    left, right = rng.choice(["()", "[]", "{}", "<>", "**", "__", "''", "||"])
+    return _string_task("wrap", f"Wrap the word in {left}{right}.", lambda s: left + s + right, rng)
+
+
+def spell_out(rng):
+    sep = rng.choice([" ", "-", ".", ", ", "_"])
+    return _string_task("spell_out", f"Separate the letters with {sep!r}.", lambda s: sep.join(s), rng)
+
+
+def swap_ends(rng):
+    return _string_task("swap_ends", "Swap the first and last letters.",
+                        lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s, rng)
+
+
+def rotate(rng):
+    k = rng.randint(1, 3)
+    return _string_task("rotate", f"Move the first {k} letters to the end.", lambda s: s[k:] + s[:k], rng)
+
+
+def mirror(rng):
+    return _string_task("mirror", "Write the word, then the word backwards.", lambda s: s + s[::-1], rng)
+
+
+def dedupe(rng):
+    return _string_task("dedupe", "Remove repeated letters.", lambda s: "".join(dict.fromkeys(s)), rng)
+
+
+def length(rng):
+    return _string_task("length", "How many letters?", lambda s: str(len(s)), rng)
+
+
+def count_letter(rng):
+    target = rng.choice("aeiourstln")
+
+    def sample(r):
+        s = word(r) if r.random() < 0.7 else letters(r, 3, 8)
+        return s, str(s.count(target))
+    return Task("count_letter", f"How many times does {target} appear?", sample)
+
+
+def letter_at(rng):
+    i = rng.randint(1, 3)
+    return _string_task("letter_at", f"Write letter number {i}.", lambda s: s[i - 1], rng)
+
+
+def next_letter(rng):
+    k = rng.choice([1, 1, 2, -1])
+    return _string_task("next_letter", f"Write the letter {abs(k)} {'after' if k > 0 else 'before'} the first one.",
+                        lambda s: shift(s[0], k), rng)
+
+
+# Held out ----------------------------------------------------------------
+
+
+def suffix(rng):
+    p = rng.choice([letters(rng, 1, 3), word(rng)[:4], rng.choice("!?#$%")])
+    sep = rng.choice(["", "", "-", " "])
+    return _string_task("suffix", f"Put {p} at the end.", lambda s: s + sep + p, rng)
+
+
+def last_letters(rng):
+    n = rng.randint(1, 3)
+    return _string_task("last_letters", f"Write the last {n} letter{'s' * (n > 1)}.", lambda s: s[-n:], rng)
+
+
+def capitalize(rng):
+    return _string_task("capitalize", "Capitalise the word.", str.capitalize, rng)
+
+
+def repeat_word(rng):
+    k, sep = rng.randint(2, 3), rng.choice([" ", "", "-", ", "])
+    return _string_task("repeat_word", f"Write the word {k} times.", lambda s: sep.join([s] * k), rng)
+
+
+def count_vowels(rng):
+    return _string_task("count_vowels", "How many vowels?", lambda s: str(sum(c in VOWELS for c in s)), rng)
+
+
+def first_and_last(rng):
+    return _string_task("first_and_last", "Write the first and the last letter.", lambda s: s[0] + s[-1], rng)
+
+
+# ---------------------------------------------------------------- number families
+
+
+def _number_task(family: str, instruction: str, f: Callable[[int], int | str], low: int, high: int) -> Task:
+    def sample(r):
+        x = r.randint(low, high)
+        return str(x), str(f(x))
+    return Task(family, instruction, sample)
+
+
+def add_constant(rng):
+    c = rng.randint(1, 20)
+    return _number_task("add_constant", f"Add {c}.", lambda x: x + c, 0, 99)
+
+
+def multiply(rng):
+    c = rng.randint(2, 9)
+    return _number_task("multiply", f"Multiply by {c}.", lambda x: x * c, 0, 20)
+
+
+def modulo(rng):
+    m = rng.randint(2, 10)
+    return _number_task("modulo", f"The remainder after dividing by {m}.", lambda x: x % m, 0, 99)
+
+
+def halve(rng):
+    d = rng.randint(2, 5)
+    return _number_task("integer_divide", f"Divide by {d}, rounding down.", lambda x: x // d, 0, 99)
+
+
+def digit_sum(rng):
+    return _number_task("digit_sum", "Add up the digits.", lambda x: sum(map(int, str(x))), 0, 999)
+
+
+def reverse_digits(rng):
+    return _number_task("reverse_digits", "Reverse the digits.", lambda x: str(x)[::-1], 10, 9999)
+
+
+def two_sum(rng):
+    op = rng.choice(["+", "-", "max", "min"])
+    f = {"+": int.__add__, "-": int.__sub__, "max": max, "min": min}[op]
+    sep = joiner(rng)
+
+    def sample(r):
+        a, b = r.randint(0, 50), r.randint(0, 50)
+        return f"{a}{sep}{b}", str(f(a, b))
+    return Task("two_numbers", f"Combine the two numbers with {op}.", sample)
+
+
+# Held out ----------------------------------------------------------------
+
+
+def subtract_constant(rng):
+    c = rng.randint(1, 20)
+    return _number_task("subtract_constant", f"Subtract {c}.", lambda x: x - c, 20, 999)
+
+
+# ---------------------------------------------------------------- list families
+
+
+def _list_task(family: str, instruction: str, f: Callable[[list], str], rng: random.Random, of_letters: bool = False) -> Task:
+    sep = joiner(rng)
+
+    def sample(r):
+        items = [r.choice(LETTERS) for _ in range(r.randint(3, 6))] if of_letters else number_list(r)
+        return sep.join(map(str, items)), f(items)
+    return Task(family, instruction, sample)
+
+
+def list_first(rng):
+    return _list_task("list_first", "The first item.", lambda xs: str(xs[0]), rng, rng.random() < 0.5)
+
+
+def list_count(rng):
+    return _list_task("list_count", "How many items?", lambda xs: str(len(xs)), rng, rng.random() < 0.5)
+
+
+def list_sum(rng):
+    return _list_task("list_sum", "Add the numbers.", lambda xs: str(sum(xs)), rng)
+
+
+def list_max(rng):
+    return _list_task("list_max", "The largest item.", lambda xs: str(max(xs)), rng, rng.random() < 0.5)
+
+
+def list_sort(rng):
+    sep = joiner(rng)
+    return _list_task("list_sort", "Sort the items.", lambda xs: sep.join(map(str, sorted(xs))), rng, rng.random() < 0.5)
+
+
+def list_reverse(rng):
+    sep = joiner(rng)
+    return _list_task("list_reverse", "Reverse the list.", lambda xs: sep.join(map(str, xs[::-1])), rng, rng.random() < 0.5)
+
+
+def sequence_next(rng):
+    def sample(r):
+        start, step, n = r.randint(0, 20), r.randint(1, 9), r.randint(3, 5)
+        seq = [start + step * i for i in range(n + 1)]
+        return ", ".join(map(str, seq[:-1])), str(seq[-1])
+    return Task("sequence_next", "Continue the sequence.", sample)
+
+
+# Held out ----------------------------------------------------------------
+
+
+def list_last(rng):
+    return _list_task("list_last", "The last item.", lambda xs: str(xs[-1]), rng, rng.random() < 0.5)
+
+
+def list_min(rng):
+    return _list_task("list_min", "The smallest item.", lambda xs: str(min(xs)), rng, rng.random() < 0.5)
+
+
+# ---------------------------------------------------------------- classification with arbitrary labels
+
+
+def _classify(family: str, feature: Callable[[str], bool], rng: random.Random, source=None) -> Task:
+    yes, no = label_words(rng, 2)
+    source = source or text_input(rng)
+
+    def sample(r):
+        x = source(r)
+        return x, yes if feature(x) else no
+    # The instruction names the labels, never the rule: finding the rule is the task.
+    return Task(family, f"Label each one {yes} or {no}.", sample)
+
+
+def classify_first_letter(rng):
+    cut = rng.choice(LETTERS[3:23])
+    feature = lambda s: s[0] < cut  # noqa: E731
+    return _classify("classify_first_letter", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
+def classify_vowel_start(rng):
+    feature = lambda s: s[0] in VOWELS  # noqa: E731
+    return _classify("classify_vowel_start", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
+def classify_contains(rng):
+    ch = rng.choice("aeioustrnl")
+    feature = lambda s: ch in s  # noqa: E731
+    return _classify("classify_contains", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
+def classify_even(rng):
+    feature = lambda s: int(s) % 2 == 0  # noqa: E731
+    return _classify("classify_even", feature, rng, lambda r: str(r.randint(0, 999)))
+
+
+def classify_case(rng):
+    feature = lambda s: s.isupper()  # noqa: E731
+    return _classify("classify_case", feature, rng, lambda r: word(r).upper() if r.random() < 0.5 else word(r))
+
+
+# Held out ----------------------------------------------------------------
+
+
+def classify_length(rng):
+    cut = rng.randint(4, 6)
+    feature = lambda s: len(s) > cut  # noqa: E731
+    return _classify("classify_length", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
+def classify_threshold(rng):
+    cut = rng.randint(200, 800)
+    feature = lambda s: int(s) >= cut  # noqa: E731
+    return _classify("classify_threshold", feature, rng, lambda r: _draw_balanced(r, feature, lambda q: str(q.randint(0, 999))))
+
+
+# ---------------------------------------------------------------- lookups (answers only the context holds)
+
+
+def lookup_table(rng):
+    size = rng.randint(3, 10)
+    keys = rng.sample(words()[:2000], size) if rng.random() < 0.6 else [letters(rng, 2, 4) for _ in range(size)]
+    values = label_words(rng, size)
+    table = dict(zip(keys, values))
+
+    def sample(r):
+        k = r.choice(keys)
+        return k, table[k]
+    return Task("lookup_table", "Use the table.", sample)
+
+
+def letter_code(rng):
+    """A random substitution of the first letter, the rest kept: a table keyed by letter."""
+    code = dict(zip(LETTERS, rng.sample(LETTERS, 26)))
+    return _string_task("letter_code", "Change the first letter by the code.", lambda s: code[s[0]] + s[1:], rng, word)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("reverse", "string", reverse),
+    Family("uppercase", "string", uppercase),
+    Family("alternate_case", "string", alternate_case),
+    Family("first_letters", "string", first_letters),
+    Family("drop_first", "string", drop_first),
+    Family("drop_last", "string", drop_last),
+    Family("double_letters", "string", double_letters),
+    Family("remove_vowels", "string", remove_vowels),
+    Family("only_vowels", "string", only_vowels),
+    Family("sort_letters", "string", sort_letters),
+    Family("caesar", "string", caesar),
+    Family("replace_letter", "string", replace_letter),
+    Family("prefix", "string", prefix),
+    Family("wrap", "string", wrap),
+    Family("spell_out", "string", spell_out),
+    Family("swap_ends", "string", swap_ends),
+    Family("rotate", "string", rotate),
+    Family("mirror", "string", mirror),
+    Family("dedupe", "string", dedupe),
+    Family("length", "string", length),
+    Family("count_letter", "string", count_letter),
+    Family("letter_at", "string", letter_at),
+    Family("next_letter", "string", next_letter),
+    Family("add_constant", "number", add_constant),
+    Family("multiply", "number", multiply),
+    Family("modulo", "number", modulo),
+    Family("integer_divide", "number", halve),
+    Family("digit_sum", "number", digit_sum),
+    Family("reverse_digits", "number", reverse_digits),
+    Family("two_numbers", "number", two_sum),
+    Family("list_first", "list", list_first),
+    Family("list_count", "list", list_count),
+    Family("list_sum", "list", list_sum),
+    Family("list_max", "list", list_max),
+    Family("list_sort", "list", list_sort),
+    Family("list_reverse", "list", list_reverse),
+    Family("sequence_next", "list", sequence_next),
+    Family("classify_first_letter", "classify", classify_first_letter),
+    Family("classify_vowel_start", "classify", classify_vowel_start),
+    Family("classify_contains", "classify", classify_contains),
+    Family("classify_even", "classify", classify_even),
+    Family("classify_case", "classify", classify_case),
+    Family("lookup_table", "lookup", lookup_table),
+    Family("letter_code", "lookup", letter_code),
+    # held out (see HELD_OUT)
+    Family("suffix", "string", suffix),
+    Family("last_letters", "string", last_letters),
+    Family("capitalize", "string", capitalize),
+    Family("repeat_word", "string", repeat_word),
+    Family("first_and_last", "string", first_and_last),
+    Family("subtract_constant", "number", subtract_constant),
+    Family("count_vowels", "string", count_vowels),
+    Family("list_last", "list", list_last),
+    Family("list_min", "list", list_min),
+    Family("classify_length", "classify", classify_length),
+    Family("classify_threshold", "classify", classify_threshold),
+)
+
+HELD_OUT: frozenset[str] = frozenset({
+    "suffix", "last_letters", "capitalize", "repeat_word", "first_and_last", "subtract_constant",
+    "count_vowels", "list_last", "list_min", "classify_length", "classify_threshold",
+})
+
+
+def training_families() -> tuple[Family, ...]:
+    return tuple(f for f in FAMILIES if f.name not in HELD_OUT)
+
+
+def held_out_families() -> tuple[Family, ...]:
+    return tuple(f for f in FAMILIES if f.name in HELD_OUT)

@@ -1,0 +1,184 @@
+"""The in-context-learning mixture: task families, held-out split, documents, task files."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fewshot.errors import FewshotError
+from fewshot.taskfile import Template, read_task_file
+from fewshot.tasks import bursty, ginc
+from fewshot.tasks.mixture import (
+    EVAL_TEMPLATES,
+    FORMATS,
+    MixtureConfig,
+    documents,
+    ensure_mixture,
+    episode,
+    held_out_examples,
+    parse_data_spec,
+    write_held_out_tasks,
+)
+from fewshot.tasks.procedural import FAMILIES, HELD_OUT, VOWELS, Family, Task, held_out_families, letters, training_families
+
+FAMILY = {f.name: f for f in FAMILIES}
+
+
+def test_held_out_families_are_split_off_by_family() -> None:
+    names = [f.name for f in FAMILIES]
+    assert len(names) == len(set(names))
+    assert HELD_OUT <= set(names) and len(HELD_OUT) >= 8
+    assert not {f.name for f in training_families()} & HELD_OUT
+    assert {f.name for f in held_out_families()} == HELD_OUT
+    # Held-out families span the kinds of task, not one corner of them.
+    assert {f.category for f in held_out_families()} >= {"string", "number", "list", "classify"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_every_family_gives_single_line_examples_that_fit_any_template(seed: int) -> None:
+    rng = random.Random(seed)
+    for family in FAMILIES:
+        task = family.build(rng)
+        assert task.family == family.name and "\n" not in task.instruction
+        for x, y in task.examples(5, rng):
+            for text in (x, y):
+                assert text and text == text.strip() and "\n" not in text, (family.name, x, y)
+
+
+def examples_of(name: str, seed: int, n: int = 30) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return FAMILY[name].build(rng).examples(n, rng)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_held_out_answers_are_right_by_independent_checks(seed: int) -> None:
+    """The held-out families are the evaluation: each answer is checked by a rule written
+    apart from its generator (and consistently within one task)."""
+    pairs = examples_of("suffix", seed)
+    tails = {y[len(x):] for x, y in pairs}
+    assert all(y.startswith(x) for x, y in pairs) and len(tails) == 1 and tails != {""}
+    pairs = examples_of("last_letters", seed)
+    assert all(x.endswith(y) for x, y in pairs) and len({len(y) for x, y in pairs if len(x) >= 3}) == 1
+    assert all(y[0].isupper() and y.lower() == x.lower() and y[1:] == x[1:] for x, y in examples_of("capitalize", seed))
+    for x, y in examples_of("repeat_word", seed):
+        assert y.count(x) in (2, 3) and re.fullmatch(r"[ ,\-]*", y.replace(x, "")) is not None
+    assert all(y == x[0] + x[-1] for x, y in examples_of("first_and_last", seed))
+    differences = {int(x) - int(y) for x, y in examples_of("subtract_constant", seed)}
+    assert len(differences) == 1 and 1 <= differences.pop() <= 20
+    assert all(int(y) == len(re.findall("[aeiou]", x)) for x, y in examples_of("count_vowels", seed))
+    for name, pick in (("list_last", lambda items: items[-1]), ("list_min", min)):
+        for x, y in examples_of(name, seed):
+            items = [i for i in re.split("[ ,]+", x) if i]
+            assert y == str(pick([int(i) for i in items]) if items[0].isdigit() else pick(items))
+    for name, measure in (("classify_length", len), ("classify_threshold", int)):
+        pairs = examples_of(name, seed, n=60)
+        labels = sorted({y for _, y in pairs})
+        assert len(labels) == 2
+        # One label is "above a cut", the other "below": their measures do not interleave.
+        groups = [sorted(measure(x) for x, y in pairs if y == label) for label in labels]
+        low, high = sorted(groups, key=lambda g: g[0])
+        assert low[-1] < high[0]
+    assert VOWELS == set("aeiou")
+
+
+def test_a_few_training_families_by_independent_checks() -> None:
+    for seed in range(20):
+        assert all(y == x[::-1] for x, y in examples_of("reverse", seed))
+        assert all(y == x.upper() for x, y in examples_of("uppercase", seed))
+        assert all(y == "".join(sorted(set(x), key=x.index)) for x, y in examples_of("dedupe", seed))
+        values = {}
+        for x, y in examples_of("lookup_table", seed):
+            assert values.setdefault(x, y) == y  # a table: the same key, the same value
+
+
+def test_formats_are_templates_and_cover_the_evaluation_formats() -> None:
+    for template, separator in FORMATS:
+        Template(template)
+        assert separator in ("\n", "\n\n")
+    assert set(EVAL_TEMPLATES.values()) <= {t for t, _ in FORMATS}
+    assert EVAL_TEMPLATES["input-output"] == "Input: {input}\nOutput: {target}"  # DESIGN.md's default
+
+
+def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -> None:
+    builds = []
+
+    def build(rng: random.Random) -> Task:
+        builds.append(len(builds))
+        mark = f"task{builds[-1]}"
+        return Task("marked", "Say which task.", lambda r: (letters(r), mark))
+
+    family = (Family("marked", "string", build),)
+    for seed in range(10):
+        marks = set(re.findall(r"task\d+", episode(random.Random(seed), family, 600, bursty=True)))
+        assert len(marks) == 1
+        marks = set(re.findall(r"task\d+", episode(random.Random(seed), family, 600, bursty=False)))
+        assert len(marks) > 1 or len(re.findall(r"task\d+", episode(random.Random(seed), family, 600, bursty=False))) == 1
+
+
+def test_chan_bursty_sequences_put_the_query_class_in_context() -> None:
+    world = bursty.make_world(0)
+    rng = random.Random(1)
+    for _ in range(50):
+        lines = bursty.sequence(rng, world, "{input} -> {target}", "\n", bursty=True).split("\n")
+        labels = [line.split(" -> ")[1] for line in lines]
+        assert labels[-1] in labels[:-1] and len(set(labels)) <= 4
+
+
+def test_ginc_documents_come_from_one_concept_unless_asked_not_to() -> None:
+    mixture = ginc.make_mixture(0)
+    rng = random.Random(0)
+    text = ginc.document(rng, mixture, 400)
+    assert len(text) >= 400 and set(text.replace("/", " ").replace(".", " ").split()) <= set(mixture.vocabulary)
+
+
+def test_documents_are_deterministic_and_contain_every_kind() -> None:
+    config = MixtureConfig(megabytes=0.3, seed=3)
+    first = list(documents(config))
+    assert first == list(documents(config))
+    assert first != list(documents(MixtureConfig(megabytes=0.3, seed=4)))
+    joined = "\n".join(first)
+    assert sum(len(t) + 1 for t in first) >= 0.3e6  # each document and its end-of-text
+    assert ":\n" in joined  # Shakespeare's speaker lines
+    assert any(t.startswith("Input: ") or t.startswith("Q: ") for t in first)
+
+
+def test_held_out_task_files_are_valid_and_have_distinct_inputs(tmp_path) -> None:
+    paths = write_held_out_tasks(tmp_path, n=200, seed=0)
+    assert len(paths) == len(HELD_OUT) >= 8
+    for path in paths:
+        task = read_task_file(path)
+        inputs = [item.input for item in task.items]
+        assert len(inputs) == 200 == len(set(inputs))
+    again = write_held_out_tasks(tmp_path / "again", n=200, seed=0)
+    assert [p.read_text() for p in paths] == [p.read_text() for p in again]
+    assert held_out_examples(held_out_families()[0], 5, 1) != held_out_examples(held_out_families()[0], 5, 0)
+
+
+def test_data_specs() -> None:
+    assert parse_data_spec("data/mine") is None
+    assert parse_data_spec("icl") == MixtureConfig()
+    assert parse_data_spec("icl-nonbursty:mb=2,text=0.2,seed=5") == MixtureConfig(megabytes=2, text_fraction=0.2, seed=5, bursty=False)
+    for bad, message in (("icl:mb=x", "mb must be a number"), ("icl:size=3", "unknown option"),
+                         ("icl:mb=-1", "positive size"), ("icl:text=0.5,ginc=0.5", "fractions")):
+        with pytest.raises(FewshotError, match=message):
+            parse_data_spec(bad)
+
+
+def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
+    config = MixtureConfig(megabytes=0.05)
+    path = ensure_mixture(tmp_path, config, progress=False)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["tokenizer"]["type"] == "byte" if isinstance(meta.get("tokenizer"), dict) else True
+    stamp = (path / "mixture.json").stat().st_mtime_ns
+    assert ensure_mixture(tmp_path, config, progress=False) == path
+    assert (path / "mixture.json").stat().st_mtime_ns == stamp
+    (path / "mixture.json").write_text(json.dumps({"seed": 99}))
+    with pytest.raises(FewshotError, match="different ICL mixture"):
+        ensure_mixture(tmp_path, config, progress=False)

@@ -1,0 +1,81 @@
+"""The LSTM baseline (`--attention lstm`) through everything that uses a model: the CLI,
+resume, `fewshot.load`, generation, the K-shot harness and the serving engine.
+
+The mixer's own invariants (step == forward, padding, per-row positions, its size) are
+tested with the attention mixers in test_model.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import fewshot
+from fewshot.cli import app
+from fewshot.config import PRESETS
+from fewshot.evaluate import EvalTask, evaluate, greedy_answers
+from fewshot.generate import SamplingOptions, generate
+from fewshot.model import GPT
+from fewshot.serve.engine import Engine, EngineConfig
+from fewshot.taskfile import Item, Template
+from fewshot.tokenizer import ByteTokenizer
+from fewshot.train import resume_config, train
+from tests.test_serve_engine import submit
+
+
+def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    done = CliRunner().invoke(app, [
+        "train", "--data", str(data_dir), "--out", str(straight), "--preset", "nano", "--attention", "lstm",
+        "--context", "64", "--batch-size", "4", "--max-steps", "12", "--eval-every", "6", "--save-every", "6",
+        "--dropout", "0.1", "--precision", "fp32", "--no-progress",
+    ])
+    assert done.exit_code == 0, done.output or done.exception
+    # The same config, stopped half way (still in warmup, so the schedule is the same) and resumed.
+    config = resume_config(straight)
+    train(dataclasses.replace(config, out=str(tmp_path / "resumed"), max_steps=6))
+    train(resume_config(tmp_path / "resumed", max_steps=12), resume=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and any("mixer.lstm" in name for name in a)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+    lm = fewshot.load(straight)
+    assert lm.model.config.attention == "lstm"
+    text = lm.generate("ROMEO:", max_tokens=12, temperature=0)
+    assert text == lm.generate("ROMEO:", max_tokens=12, temperature=0) and len(text) > 0
+    prompts = [lm.tokenizer.encode(f"Input: {'x' * i}\nOutput:") for i in range(7)]
+    # Left-padded batches decode each row as if it were alone.
+    assert greedy_answers(lm, prompts, max_tokens=6, batch_size=4) == greedy_answers(lm, prompts, max_tokens=6, batch_size=1)
+    items = tuple(Item(f"{i}+{i}", str(2 * i)) for i in range(6))
+    task = EvalTask("add", "exact_match", items, items, Template("Input: {input}\nOutput: {target}"), leave_one_out=True)
+    choices = tuple(Item(f"{i} is", "even" if i % 2 == 0 else "odd", ("even", "odd"), i % 2) for i in range(4))
+    mc = EvalTask("parity", "accuracy", choices, choices, leave_one_out=True)
+    result = evaluate(lm, [task, mc], shots=[0, 1], max_tokens=4)
+    assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
+
+
+def test_the_serving_engine_decodes_an_lstm_as_generate_does() -> None:
+    """Rows join and leave, prompts prefill in chunks between decoding steps (which write a
+    dummy token into a prefilling slot) and the cache grows: none of it may change a row."""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["nano"].replace(context=96, attention="lstm")).eval()
+    with torch.no_grad():  # larger weights than the init: varied text, so mistakes show
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2)
+    tokenizer = ByteTokenizer()
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=3, step_tokens=8)).start()
+    try:
+        prompts = ["ROMEO:" * k for k in range(1, 6)] + ["x" * 70]
+        budgets = [10 + 3 * i for i in range(5)] + [96 - 70]
+        jobs = [submit(engine, tokenizer, [p], SamplingOptions(temperature=0), max_tokens=n) for p, n in zip(prompts, budgets)]
+        for prompt, budget, job in zip(prompts, budgets, jobs):
+            expected = generate(model, tokenizer, prompt, SamplingOptions(max_tokens=budget, temperature=0))[0]
+            assert job.wait().finished[0].token_ids == expected.token_ids
+        assert engine.stats()["capacity"] == 96  # it grew past its first 64 positions
+    finally:
+        engine.stop()
