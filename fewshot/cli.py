@@ -381,7 +381,7 @@ def eval_command(
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
-    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 5.0,
+    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 8.0,
     preset: Annotated[str, typer.Option()] = "icl",
     n_eval: Annotated[int, typer.Option(help="Held-out queries per family (and per arithmetic cell).")] = 40,
     smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
@@ -399,7 +399,7 @@ def icl_data(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the prepared mixture (byte tokens).")],
     megabytes: Annotated[float, typer.Option("--mb", help="Megabytes of generated text.")] = 24.0,
     bursty: Annotated[bool, typer.Option("--bursty/--no-bursty", help="--no-bursty: the ablation, where the context does not predict the answer.")] = True,
-    text_fraction: Annotated[float, typer.Option(help="Share of documents that are natural text (Shakespeare).")] = 0.1,
+    text_fraction: Annotated[float, typer.Option(help="Share of documents that are natural text (Shakespeare).")] = 0.05,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Generate the meta-training mixture into a prepared dataset (what `--data icl` uses)."""

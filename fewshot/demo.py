@@ -76,7 +76,7 @@ def held_out_prompt(lm: LM, k: int = 8) -> tuple[str, str, str]:
     return prompt, answer, target
 
 
-def run_demo(out: Path, minutes: float = 5.0, preset: str = "icl", console: Console | None = None, n_eval: int = 40,
+def run_demo(out: Path, minutes: float = 8.0, preset: str = "icl", console: Console | None = None, n_eval: int = 40,
              smollm2: bool = True) -> Path:
     console = console or Console()
     console.rule(f"1-2. the in-context-learning mixture; training `{preset}` for about {minutes:g} minutes")

@@ -147,6 +147,7 @@ REFUSED = {
     "gqa": (SMALL.replace(n_kv_head=2), "grouped-query attention"),
     "no biases": (SMALL.replace(bias=False), "bias=False"),
     "lstm": (SMALL.replace(attention="lstm"), "an lstm sequence mixer"),
+    "qkv_conv": (SMALL.replace(qkv_conv=3), "a q/k/v convolution"),
 }
 
 

@@ -22,6 +22,7 @@ from fewshot.tasks.mixture import (
     episode,
     held_out_examples,
     parse_data_spec,
+    repeats,
     write_held_out_tasks,
 )
 from fewshot.tasks.procedural import FAMILIES, HELD_OUT, VOWELS, Family, Task, held_out_families, letters, training_families
@@ -122,6 +123,14 @@ def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -
         assert len(marks) > 1 or len(re.findall(r"task\d+", episode(random.Random(seed), family, 600, bursty=False))) == 1
 
 
+def test_repeats_repeat_one_line_unless_nonbursty() -> None:
+    for seed in range(20):
+        lines = repeats(random.Random(seed), 400).split("\n")
+        assert len(lines) >= 2 and len(set(lines)) == 1
+        lines = repeats(random.Random(seed), 400, bursty=False).split("\n")
+        assert len(lines) == 1 or len(set(lines)) > 1
+
+
 def test_chan_bursty_sequences_put_the_query_class_in_context() -> None:
     world = bursty.make_world(0)
     rng = random.Random(1)
@@ -164,9 +173,12 @@ def test_held_out_task_files_are_valid_and_have_distinct_inputs(tmp_path) -> Non
 def test_data_specs() -> None:
     assert parse_data_spec("data/mine") is None
     assert parse_data_spec("icl") == MixtureConfig()
+    assert parse_data_spec("icl:repeat=0.2").repeat_fraction == 0.2
+    assert MixtureConfig().name != MixtureConfig(repeat_fraction=0.2).name  # every field names the directory
     assert parse_data_spec("icl-nonbursty:mb=2,text=0.2,seed=5") == MixtureConfig(megabytes=2, text_fraction=0.2, seed=5, bursty=False)
     for bad, message in (("icl:mb=x", "mb must be a number"), ("icl:size=3", "unknown option"),
-                         ("icl:mb=-1", "positive size"), ("icl:text=0.5,ginc=0.5", "fractions")):
+                         ("icl:mb=-1", "positive size"), ("icl:text=0.5,ginc=0.5", "fractions"),
+                         ("icl:repeat=-0.1", "fractions")):
         with pytest.raises(FewshotError, match=message):
             parse_data_spec(bad)
 

@@ -13,7 +13,12 @@ from fewshot.model.mixers import causal_mask
 
 def tiny(preset: str = "nano", **changes) -> GPT:
     torch.manual_seed(0)
-    return GPT(PRESETS[preset].replace(context=48, **changes)).eval()
+    model = GPT(PRESETS[preset].replace(context=48, **changes)).eval()
+    with torch.no_grad():  # a convolution that starts as the identity would hide a wrong one
+        for name, param in model.named_parameters():
+            if name.endswith("mixer.conv"):
+                param.normal_(0.0, 0.5)
+    return model
 
 
 @settings(max_examples=20, deadline=None)
@@ -22,11 +27,15 @@ def tiny(preset: str = "nano", **changes) -> GPT:
     attention=st.sampled_from(["dense", "local", "alternating", "lstm"]),
     window=st.integers(1, 20),
     split=st.integers(1, 30),
+    conv=st.sampled_from([0, 2, 4]),
 )
-@example(preset="nano", attention="lstm", window=1, split=7)  # always cover the recurrent mixer
-@example(preset="llama-nano", attention="lstm", window=1, split=1)
-def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int) -> None:
-    model = tiny(preset, attention=attention, window=window)
+@example(preset="nano", attention="lstm", window=1, split=7, conv=0)  # always cover the recurrent mixer
+@example(preset="llama-nano", attention="lstm", window=1, split=1, conv=0)
+@example(preset="llama-nano", attention="dense", window=1, split=1, conv=3)  # and the convolution
+@example(preset="nano", attention="local", window=4, split=9, conv=4)
+def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int,
+                                                            conv: int) -> None:
+    model = tiny(preset, attention=attention, window=window, qkv_conv=conv)
     idx = torch.randint(0, 260, (2, 30), generator=torch.Generator().manual_seed(split))
     full, _ = model(idx)
     cache = model.new_cache(batch_size=2)
@@ -90,11 +99,12 @@ def test_dropout_is_active_in_training_only() -> None:
 
 @settings(max_examples=12, deadline=None)
 @given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "alternating", "lstm"]),
-       lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4))
-@example(preset="nano", attention="lstm", lengths=[3, 17, 1])
-def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
+       lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4), conv=st.sampled_from([0, 3]))
+@example(preset="nano", attention="lstm", lengths=[3, 17, 1], conv=0)
+@example(preset="llama-nano", attention="dense", lengths=[3, 17, 1], conv=3)
+def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """Prompts of different lengths in one batch: each row's logits equal its own unpadded run."""
-    model = tiny(preset, attention=attention, window=5)
+    model = tiny(preset, attention=attention, window=5, qkv_conv=conv)
     generator = torch.Generator().manual_seed(sum(lengths))
     prompts = [torch.randint(0, 260, (n,), generator=generator) for n in lengths]
     longest = max(lengths)
@@ -112,11 +122,12 @@ def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, length
 
 @settings(max_examples=10, deadline=None)
 @given(preset=st.sampled_from(["nano", "llama-nano"]), attention=st.sampled_from(["dense", "local", "lstm"]),
-       lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4))
-@example(preset="nano", attention="lstm", lengths=[5, 1, 12])
-def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int]) -> None:
+       lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4), conv=st.sampled_from([0, 3]))
+@example(preset="nano", attention="lstm", lengths=[5, 1, 12], conv=0)
+@example(preset="llama-nano", attention="dense", lengths=[5, 1, 12], conv=3)
+def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """A serving batch: each row prefilled into its own slot, then one token per row per step."""
-    model = tiny(preset, attention=attention, window=5)
+    model = tiny(preset, attention=attention, window=5, qkv_conv=conv)
     generator = torch.Generator().manual_seed(sum(lengths))
     prompts = [torch.randint(0, 260, (n,), generator=generator) for n in lengths]
     cache = model.new_cache(len(prompts))
@@ -130,7 +141,7 @@ def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: 
         torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone[0, len(prompt):], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["nano", "llama-nano", "llama-mini", "smollm2-135m"])
+@pytest.mark.parametrize("name", ["nano", "llama-nano", "llama-mini", "smollm2-135m", "icl"])
 def test_parameter_count_formula_matches_the_model(name: str) -> None:
     with torch.device("meta"):
         model = GPT(PRESETS[name])

@@ -126,6 +126,7 @@ def check_exportable(config: ModelConfig, run_dir: Path) -> None:
          f"heads of {config.head_size} x {config.n_head} != d_model {config.d_model}; GPT-2 needs head_dim = d_model / n_head"),
         (not config.bias, "bias=False; GPT-2's linear layers and LayerNorms all have biases"),
         (config.attention == "lstm", "an lstm sequence mixer is not GPT-2's; only dense attention exports"),
+        (config.qkv_conv > 0, f"a q/k/v convolution (qkv_conv={config.qkv_conv}, Primer) is not GPT-2's"),
         (config.attention not in ("dense", "lstm") and not full_band,
          f"{config.attention} attention (window {config.window} < context {config.context}) is not GPT-2's; only dense attention exports"),
     ]

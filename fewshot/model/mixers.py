@@ -26,6 +26,9 @@ class AttentionCache:
 
     keys: Tensor  # (B, key/value heads, capacity, head_size)
     values: Tensor
+    # With `qkv_conv`: the projections before the convolution, (B, capacity, q+k+v width),
+    # because a new position's convolution reads the previous positions' raw projections.
+    raw: Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -33,17 +36,20 @@ class AttentionCache:
 
     def rows(self, start: int, stop: int) -> AttentionCache:
         """A view of some rows: writing to it writes to this cache (no copy)."""
-        return AttentionCache(self.keys[start:stop], self.values[start:stop])
+        raw = None if self.raw is None else self.raw[start:stop]
+        return AttentionCache(self.keys[start:stop], self.values[start:stop], raw)
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+        return self.keys.nbytes + self.values.nbytes + (0 if self.raw is None else self.raw.nbytes)
 
     def copy_from(self, smaller: AttentionCache) -> None:
         """Fill this cache's first rows and positions with a smaller one's: growing a cache."""
         rows, capacity = smaller.keys.shape[0], smaller.capacity
         self.keys[:rows, :, :capacity] = smaller.keys
         self.values[:rows, :, :capacity] = smaller.values
+        if self.raw is not None:
+            self.raw[:rows, :capacity] = smaller.raw
 
 
 @dataclass
@@ -143,25 +149,73 @@ def causal_mask(queries: int, keys: int, offset: int, window: int | None, device
 
 class CausalSelfAttention(Mixer):
     """Multi-head causal attention, dense or locally banded (GPT-3 §2.1), with grouped
-    key/value heads and rotary positions when the config asks for them (llama blocks)."""
+    key/value heads and rotary positions when the config asks for them (llama blocks).
+
+    With `qkv_conv` = k, each channel of the queries, keys and values is first mixed with
+    the same channel at the k-1 previous positions (Primer's multi-dconv-head attention,
+    So et al. 2021). A key then knows the token before it, so one layer can attend "to
+    whatever followed the last occurrence of this token": the induction-head circuit that
+    in-context copying rests on, which otherwise needs two layers to compose and forms late.
+    """
 
     def __init__(self, config: ModelConfig, local: bool) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
+        width = (self.n_head + 2 * self.n_kv_head) * self.head_size
         # One matrix makes queries, keys and values: rows [q; k; v], as in GPT-2's c_attn.
-        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=config.bias)
+        self.qkv = nn.Linear(config.d_model, width, bias=config.bias)
         self.proj = nn.Linear(self.n_head * self.head_size, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         # A band as wide as the context is just dense attention; say so, to take the fast path.
         self.window = config.window if local and config.window < config.context else None
+        self.conv_size = config.qkv_conv
+        if self.conv_size:
+            # (channels, 1, taps), oldest position first; it starts as the identity (all
+            # weight on the current position), so training begins from plain attention.
+            weight = torch.zeros(width, 1, self.conv_size)
+            weight[:, 0, -1] = 1.0
+            self.conv = nn.Parameter(weight)
 
-    def _heads(self, x: Tensor, rotary: Rotary | None) -> tuple[Tensor, Tensor, Tensor]:
-        batch, length, _ = x.shape
+    def _convolve(self, window: Tensor) -> Tensor:
+        """(B, k-1+T, W) raw projections, the k-1 before the chunk first -> (B, T, W).
+
+        k shifted multiply-adds rather than F.conv1d: a depthwise conv1d is several times
+        slower on CPU (training ran at 3.3k instead of 8k tokens/s), and k is 2-4."""
+        length = window.shape[1] - self.conv_size + 1
+        weight = self.conv.to(window.dtype)
+        out = window[:, :length] * weight[:, 0, 0]
+        for tap in range(1, self.conv_size):
+            out = out + window[:, tap:tap + length] * weight[:, 0, tap]
+        return out
+
+    def _mixed(self, x: Tensor) -> Tensor:
+        """Queries, keys and values of a whole sequence, side by side: (B, T, W)."""
+        raw = self.qkv(x)
+        if not self.conv_size:
+            return raw
+        return self._convolve(F.pad(raw, (0, 0, self.conv_size - 1, 0)))  # nothing precedes position 0
+
+    def _heads(self, mixed: Tensor, rotary: Rotary | None) -> tuple[Tensor, Tensor, Tensor]:
+        batch, length, _ = mixed.shape
         sizes = (self.n_head * self.head_size, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size)
-        q, k, v = (part.view(batch, length, -1, self.head_size).transpose(1, 2) for part in self.qkv(x).split(sizes, dim=-1))
+        q, k, v = (part.view(batch, length, -1, self.head_size).transpose(1, 2) for part in mixed.split(sizes, dim=-1))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         return q, k, v  # (B, H, T, head_size); keys and values have n_kv_head heads
+
+    def _cached_mixed(self, x: Tensor, cache: AttentionCache, position: int, padding: Tensor | None) -> Tensor:
+        """`_mixed` for a chunk at `position`, reading (and saving) raw projections in the cache."""
+        raw = self.qkv(x)
+        if not self.conv_size:
+            return raw
+        end = position + x.shape[1]
+        if padding is not None:  # padding slots must not leak into the first real tokens
+            absolute = torch.arange(position, end, device=x.device)
+            raw = raw.masked_fill((absolute[None, :] < padding[:, None])[..., None], 0.0)
+        cache.raw[:, position:end] = raw.to(cache.raw.dtype)
+        start = max(0, position - self.conv_size + 1)
+        window = cache.raw[:, start:end].to(raw.dtype)
+        return self._convolve(F.pad(window, (0, 0, self.conv_size - 1 - (position - start), 0)))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
         grouped = self.n_kv_head != self.n_head
@@ -172,7 +226,7 @@ class CausalSelfAttention(Mixer):
         return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
 
     def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
-        q, k, v = self._heads(x, rotary)
+        q, k, v = self._heads(self._mixed(x), rotary)
         dropout = self.dropout if self.training else 0.0
         if self.window is None:
             y = self._attend(q, k, v, dropout_p=dropout, is_causal=True)
@@ -185,7 +239,7 @@ class CausalSelfAttention(Mixer):
              rotary: Rotary | None = None) -> Tensor:
         if isinstance(position, Tensor):
             return self._step_rows(x, cache, position, rotary)
-        q, k, v = self._heads(x, rotary)
+        q, k, v = self._heads(self._cached_mixed(x, cache, position, padding), rotary)
         end = position + x.shape[1]
         cache.keys[:, :, position:end] = k.to(cache.keys.dtype)
         cache.values[:, :, position:end] = v.to(cache.values.dtype)
@@ -203,8 +257,14 @@ class CausalSelfAttention(Mixer):
 
     def _step_rows(self, x: Tensor, cache: AttentionCache, positions: Tensor, rotary: Rotary | None) -> Tensor:
         """One token per row, row b at position positions[b]."""
-        q, k, v = self._heads(x, rotary)
         rows = torch.arange(x.shape[0], device=x.device)
+        mixed = self.qkv(x)
+        if self.conv_size:
+            cache.raw[rows, positions] = mixed[:, 0].to(cache.raw.dtype)
+            taps = positions[:, None] + torch.arange(1 - self.conv_size, 1, device=x.device)[None, :]  # (B, k)
+            window = cache.raw[rows[:, None], taps.clamp(min=0)].to(mixed.dtype)
+            mixed = self._convolve(window.masked_fill((taps < 0)[..., None], 0.0))
+        q, k, v = self._heads(mixed, rotary)
         cache.keys[rows, :, positions] = k[:, :, 0].to(cache.keys.dtype)
         cache.values[rows, :, positions] = v[:, :, 0].to(cache.values.dtype)
         end = int(positions.max()) + 1
@@ -217,7 +277,10 @@ class CausalSelfAttention(Mixer):
 
     def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> AttentionCache:
         shape = (batch_size, self.n_kv_head, capacity, self.head_size)
-        return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        raw = None
+        if self.conv_size:
+            raw = torch.zeros(batch_size, capacity, self.qkv.out_features, device=device, dtype=dtype)
+        return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), raw)
 
 
 class LSTMMixer(Mixer):

@@ -5,6 +5,7 @@ Documents, each ended by the end-of-text token:
   2-48 solved examples in one of many formats, sometimes under an instruction line;
 - GINC documents (fewshot.tasks.ginc): latent-concept text from a mixture of HMMs;
 - bursty, Zipfian item sequences (fewshot.tasks.bursty, Chan et al. 2022);
+- repeats: a random line shown again and again, the plainest lesson in copying from context;
 - natural text: passages of the default corpus (Shakespeare), so the model still writes English.
 
 Everything is generated from a seed and written once as an ordinary prepared dataset (byte
@@ -19,6 +20,7 @@ the same families, formats and text are there, but the context no longer predict
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from fewshot.errors import FewshotError
 from fewshot.taskfile import Template
-from fewshot.tasks import bursty, ginc
+from fewshot.tasks import bursty, ginc, procedural
 from fewshot.tasks.procedural import Family, held_out_families, training_families
 
 MIXTURE_FILE = "mixture.json"
@@ -69,21 +71,24 @@ class MixtureConfig:
     megabytes: float = 24.0      # of text; about 30 minutes of training for the `icl` preset
     bursty: bool = True
     episode_chars: int = 900     # few-shot episodes grow to about this length (the model's context)
-    ginc_fraction: float = 0.08  # of documents
-    zipf_fraction: float = 0.08
-    text_fraction: float = 0.1
+    ginc_fraction: float = 0.05  # of documents
+    zipf_fraction: float = 0.1
+    text_fraction: float = 0.05
+    repeat_fraction: float = 0.1  # random strings shown again: the plainest lesson in copying from context
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
             raise FewshotError(f"the ICL mixture needs a positive size, got {self.megabytes} MB")
-        fractions = (self.ginc_fraction, self.zipf_fraction, self.text_fraction)
+        fractions = (self.ginc_fraction, self.zipf_fraction, self.text_fraction, self.repeat_fraction)
         if any(f < 0 for f in fractions) or sum(fractions) >= 1:
             raise FewshotError("ICL mixture fractions must be >= 0 and leave room for few-shot episodes")
 
     @property
     def name(self) -> str:
-        parts = ["icl" if self.bursty else "icl-nonbursty", f"{self.megabytes:g}mb", f"text{self.text_fraction:g}", f"seed{self.seed}"]
-        return "-".join(parts)
+        """Directory name: readable, plus a digest of every field, so two mixtures never share one."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        kind = "icl" if self.bursty else "icl-nonbursty"
+        return f"{kind}-{self.megabytes:g}mb-seed{self.seed}-{digest}"
 
 
 def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True) -> str:
@@ -102,6 +107,22 @@ def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bu
         shown.append(text)
         total += len(text) + len(separator)
     return separator.join(shown)
+
+
+def repeats(rng: random.Random, max_chars: int, bursty: bool = True) -> str:
+    """A random line (letters, digits, words), then the same line again, several times: only
+    copying from the context predicts the repeats (in the non-bursty ablation, they are new lines)."""
+    def line() -> str:
+        kind = rng.random()
+        if kind < 0.4:
+            return " ".join(rng.choice(procedural.words()) for _ in range(rng.randint(2, 8)))
+        alphabet = procedural.LETTERS if kind < 0.8 else "0123456789 "
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 40)))
+    first, times = line(), rng.randint(2, 12)
+    shown = [first]
+    while sum(map(len, shown)) < max_chars and len(shown) < times:
+        shown.append(first if bursty else line())
+    return "\n".join(shown)
 
 
 def documents(config: MixtureConfig) -> Iterator[str]:
@@ -127,6 +148,8 @@ def documents(config: MixtureConfig) -> Iterator[str]:
         elif kind < config.text_fraction + config.ginc_fraction + config.zipf_fraction:
             template, separator = rng.choice(FORMATS)
             text = bursty.sequence(rng, world, template, separator, bursty=config.bursty)
+        elif kind < config.text_fraction + config.ginc_fraction + config.zipf_fraction + config.repeat_fraction:
+            text = repeats(rng, config.episode_chars, bursty=config.bursty)
         else:
             text = episode(rng, families, config.episode_chars, bursty=config.bursty)
         written += len(text) + 1
@@ -195,7 +218,7 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
         return None
     fields = {"bursty": name == "icl"}
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
-            "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "chars": ("episode_chars", int)}
+            "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:

@@ -131,6 +131,10 @@ def _string_task(family: str, instruction: str, transform: Callable[[str], str],
     return Task(family, instruction, sample)
 
 
+def copy(rng):
+    return _string_task("copy", "Write the word again.", lambda s: s, rng)
+
+
 def reverse(rng):
     return _string_task("reverse", "Write the word backwards.", lambda s: s[::-1], rng)
 
@@ -474,6 +478,7 @@ def letter_code(rng):
 
 
 FAMILIES: tuple[Family, ...] = (
+    Family("copy", "string", copy),
     Family("reverse", "string", reverse),
     Family("uppercase", "string", uppercase),
     Family("alternate_case", "string", alternate_case),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fewshot.tasks.mixture import MixtureConfig
 from tests.conftest import fewshot_command
 
 
@@ -26,10 +27,10 @@ def icl_run(tmp_path_factory) -> Path:
 
 
 def test_train_generates_the_mixture_once_and_records_where_it_is(icl_run: Path) -> None:
-    data = icl_run / "data" / "icl" / "icl-0.3mb-text0.1-seed1"
+    data = icl_run / "data" / "icl" / MixtureConfig(megabytes=0.3, seed=1).name
     assert json.loads((data / "mixture.json").read_text())["seed"] == 1
     config = json.loads((icl_run / "runs" / "tiny" / "config.json").read_text())
-    assert config["train"]["data"] == "data/icl/icl-0.3mb-text0.1-seed1"
+    assert config["train"]["data"] == f"data/icl/{MixtureConfig(megabytes=0.3, seed=1).name}"
     again = fewshot("train", "--data", "icl:mb=0.3,seed=1", "--preset", "nano", "--max-steps", "2", "--batch-size", "2",
                     "--context", "128", "--out", "runs/again", "--no-progress", cwd=icl_run)
     assert again.returncode == 0, again.stderr[-2000:]
