@@ -53,8 +53,10 @@ def mean_curve(evaluation: Evaluation, label: str) -> MeanCurve:
 def evaluate_held_out(lm: LM, tasks_dir: Path, *, shots: Sequence[int] = SHOTS, n: int = 200, seed: int = 0,
                       templates: Sequence[str] = tuple(EVAL_TEMPLATES), batch_size: int = 32,
                       model: str = "") -> dict[str, Evaluation]:
-    """Write the held-out task files into `tasks_dir`, then score them under each template."""
-    paths = write_held_out_tasks(tasks_dir, n=n, seed=seed)
+    """Write the held-out task files into `tasks_dir`, then score the first n lines of each
+    under each template (a file has at least max(shots) + 1 lines, so every query has its
+    demonstrations among the other lines)."""
+    paths = write_held_out_tasks(tasks_dir, n=max(n, max(shots) + 1), seed=seed)
     results = {}
     for name in templates:
         tasks = [task_from_file(path, n, EVAL_TEMPLATES[name]) for path in paths]

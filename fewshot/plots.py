@@ -47,6 +47,16 @@ def plot_loss(rows: Sequence[dict[str, float | None]], title: str, path: Path,
     return save_figure(figure, path)
 
 
+def _shots_axes(axes, shots: set[int], ylabel: str) -> None:
+    """K on a symlog axis (linear below 1, so K=0 sits next to 1, 2, 4, ...), scores in [0, 1]."""
+    axes.set_xscale("symlog", linthresh=1, base=2)
+    axes.set_xticks(sorted(shots))
+    axes.set_xticklabels([str(k) for k in sorted(shots)])
+    axes.set_xlabel("number of examples in context (K)")
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(-0.02, 1.02)
+
+
 MANY_LINES = 6  # beyond this, bands would hide each other: thin task lines plus a bold mean
 
 
@@ -87,12 +97,7 @@ def plot_icl_curves(results: Sequence[dict[str, Any]], path: Path) -> Path:
             axes.plot(ks, means, "s-", color="black" if len(results) == 1 else colors(index % colors.N), linewidth=2.5,
                       label=f"{result['model']} · mean of {len(result['tasks'])} tasks" if len(results) > 1 else
                       f"mean of {len(result['tasks'])} tasks")
-    axes.set_xscale("symlog", linthresh=1, base=2)
-    axes.set_xticks(sorted(all_shots))
-    axes.set_xticklabels([str(k) for k in sorted(all_shots)])
-    axes.set_xlabel("number of examples in context (K)")
-    axes.set_ylabel("score (exact match / accuracy)")
-    axes.set_ylim(-0.02, 1.02)
+    _shots_axes(axes, all_shots, "score (exact match / accuracy)")
     axes.set_title("in-context learning" + (" (task CIs in results.json)" if many else " (95% Wilson intervals)"))
     axes.grid(alpha=0.3)
     if many:
@@ -144,12 +149,7 @@ def plot_mean_curves(curves: Sequence[Any], path: Path, title: str) -> Path:
         shots.update(ks)
         axes.plot(ks, curve.means, "o-", color=colors(i % 10), label=curve.label, linewidth=1.8, markersize=4)
         axes.fill_between(ks, [lo for lo, _ in curve.ci95], [hi for _, hi in curve.ci95], color=colors(i % 10), alpha=0.12)
-    axes.set_xscale("symlog", linthresh=1, base=2)
-    axes.set_xticks(sorted(shots))
-    axes.set_xticklabels([str(k) for k in sorted(shots)])
-    axes.set_xlabel("number of examples in context (K)")
-    axes.set_ylabel("mean exact match over held-out families")
-    axes.set_ylim(-0.02, 1.02)
+    _shots_axes(axes, shots, "mean exact match over held-out families")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)

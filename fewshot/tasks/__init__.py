@@ -1,4 +1,6 @@
-"""Few-shot tasks: generators of (input, target) examples in GPT-3's formats."""
+"""Few-shot tasks: GPT-3's synthetic tasks (arithmetic, wordscramble, registry), and the
+in-context-learning meta-training mixture (procedural task families, GINC, bursty sequences,
+mixture)."""
 
 from fewshot.tasks.arithmetic import ARITHMETIC_TASKS, Example, arithmetic_examples
 from fewshot.tasks.registry import GROUPS, TASKS, SyntheticTask, resolve_tasks
