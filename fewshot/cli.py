@@ -454,7 +454,8 @@ def icl_train(
         report = held_out_report([(out_dir.name, fewshot.load(out_dir))], out_dir / "heldout", n=n, console=out)
         sections["In-context learning on held-out task families"] = f"{report.markdown}\n\n![held-out ICL](heldout/icl.png)"
     write_report(out_dir, sections)
-    out.print(f"step {result.step}: val loss {result.val_loss:.4f} nats/byte; run directory: {out_dir}")
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/byte"
+    out.print(f"step {result.step}: val loss {val}; run directory: {out_dir}")
 
 
 @icl_app.command("ablation")
