@@ -194,3 +194,15 @@ def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
     (path / "mixture.json").write_text(json.dumps({"seed": 99}))
     with pytest.raises(FewshotError, match="different ICL mixture"):
         ensure_mixture(tmp_path, config, progress=False)
+
+
+def test_documents_do_not_depend_on_the_interpreters_hash_seed() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from fewshot.tasks.mixture import documents, MixtureConfig; "
+            "print(hashlib.sha256(''.join(documents(MixtureConfig(megabytes=0.1))).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(digests) == 1

@@ -21,6 +21,7 @@ the same families, formats and text are there, but the context no longer predict
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import shutil
@@ -136,19 +137,22 @@ def documents(config: MixtureConfig) -> Iterator[str]:
     plays = [text for _, text in shakespeare_documents()] if config.text_fraction > 0 else []
     budget = int(config.megabytes * 1e6)
     written = 0
+    # Cumulative shares: one draw picks the kind; episodes take what is left.
+    text_cut, ginc_cut, zipf_cut, repeat_cut = itertools.accumulate(
+        (config.text_fraction, config.ginc_fraction, config.zipf_fraction, config.repeat_fraction))
     while written < budget:
         kind = rng.random()
-        if kind < config.text_fraction:
+        if kind < text_cut:
             play = rng.choice(plays)
             start = rng.randrange(max(1, len(play) - config.episode_chars))
             start = play.find("\n", start) + 1  # whole lines
             text = play[start:start + config.episode_chars]
-        elif kind < config.text_fraction + config.ginc_fraction:
+        elif kind < ginc_cut:
             text = ginc.document(rng, concepts, config.episode_chars // 2, one_concept=config.bursty)
-        elif kind < config.text_fraction + config.ginc_fraction + config.zipf_fraction:
+        elif kind < zipf_cut:
             template, separator = rng.choice(FORMATS)
             text = bursty.sequence(rng, world, template, separator, bursty=config.bursty)
-        elif kind < config.text_fraction + config.ginc_fraction + config.zipf_fraction + config.repeat_fraction:
+        elif kind < repeat_cut:
             text = repeats(rng, config.episode_chars, bursty=config.bursty)
         else:
             text = episode(rng, families, config.episode_chars, bursty=config.bursty)

@@ -79,10 +79,12 @@ def text_input(rng: random.Random) -> Callable[[random.Random], str]:
 def label_words(rng: random.Random, n: int) -> list[str]:
     """n distinct arbitrary answer words: a model cannot know them before it sees them."""
     pool = words()[:1500] if rng.random() < 0.7 else None
-    labels: set[str] = set()
+    labels: list[str] = []  # a list, not a set: set order follows PYTHONHASHSEED, not the seed
     while len(labels) < n:
-        labels.add(rng.choice(pool) if pool else letters(rng, 2, 5))
-    return sorted(labels, key=lambda _: rng.random())
+        label = rng.choice(pool) if pool else letters(rng, 2, 5)
+        if label not in labels:
+            labels.append(label)
+    return labels
 
 
 def number_list(rng: random.Random, low: int = 3, high: int = 6, top: int = 9) -> list[int]:
