@@ -60,6 +60,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
     context: Annotated[Optional[int], typer.Option(help="Training sequence length (default: the preset's).")] = None,
+    short_context: Annotated[Optional[int], typer.Option(help="Sequence-length warm-up: train on this many tokens of each window first.")] = None,
+    short_context_steps: Annotated[Optional[int], typer.Option(help="Steps of the sequence-length warm-up.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option()] = None,
     dropout: Annotated[Optional[float], typer.Option()] = None,
@@ -88,7 +90,8 @@ def train(
     from fewshot.train import resume_config
     from fewshot.train import train as run_training
 
-    given = dict(preset=preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, context=context, lr=lr,
+    given = dict(preset=preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, context=context,
+                 short_context=short_context, short_context_steps=short_context_steps, lr=lr,
                  warmup_steps=warmup_steps, dropout=dropout, attention=attention, window=window, eval_every=eval_every,
                  save_every=save_every, log_every=log_every, keep_last=keep_last, seed=seed, precision=precision, compile=compile,
                  device=device, max_time=max_time, progress=progress, strategy=strategy)
@@ -432,23 +435,26 @@ def icl_train(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/icl"),
     minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
     preset: Annotated[str, typer.Option(help="Model size.")] = "icl",
+    context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per optimizer step.")] = 4,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
 ) -> None:
     """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
     import fewshot
-    from fewshot.icl import held_out_report, train_icl
+    from fewshot.icl import FULL, held_out_report, train_icl
     from fewshot.report import write_report
     from fewshot.tasks.mixture import parse_data_spec
 
     mixture = parse_data_spec(data)
     if mixture is None:
         raise FewshotError(f"--data takes icl or icl-nonbursty (with options), got {data!r}")
-    if minutes <= 0:
-        raise FewshotError(f"--minutes must be > 0, got {minutes}")
+    if minutes <= 0 or batch_size < 1:
+        raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
-    result = train_icl(out_dir, minutes, preset=preset, mixture=mixture, console=err, **options)
+    recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size, mixture=mixture)
+    result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:
         report = held_out_report([(out_dir.name, fewshot.load(out_dir))], out_dir / "heldout", n=n, console=out)
@@ -462,15 +468,15 @@ def icl_train(
 def icl_ablation(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for ablation.md, icl.png and the results.")] = Path("docs/icl-ablation"),
     runs_dir: Annotated[Path, typer.Option(help="Where the three runs go.")] = Path("runs/ablation"),
-    minutes: Annotated[float, typer.Option(help="Training time per arm.")] = 10.0,
+    minutes: Annotated[float, typer.Option(help="Training time per arm (the demo's recipe: 2 x 512-byte windows per step).")] = 8.0,
     n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
 ) -> None:
     """Chan et al.'s ablation: transformer on bursty vs non-bursty data, and a same-size LSTM."""
-    from fewshot.icl import run_ablation
+    from fewshot.icl import SHORT, run_ablation
 
     if minutes <= 0 or n < 2:
         raise FewshotError("--minutes must be > 0 and --n >= 2")
-    report = run_ablation(runs_dir, out_dir, minutes, n=n, console=out)
+    report = run_ablation(runs_dir, out_dir, SHORT.replace(minutes=minutes), n=n, console=out)
     out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
 
 

@@ -241,6 +241,12 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     context: int | None = None  # None: the model's context
+    # Sequence-length warm-up (Li et al. 2022, "The Stability-Efficiency Dilemma"): the first
+    # `short_context_steps` steps train on the first `short_context` tokens of each window.
+    # Short steps are cheap, so a time budget buys more of them, and copying from the context
+    # (an induction circuit) forms after a number of optimizer steps more than of tokens.
+    short_context: int | None = None
+    short_context_steps: int = 0
     lr: float | None = None  # None: the preset's learning rate
     min_lr_ratio: float = 0.1  # GPT-3 §B: cosine decay down to 10% of the peak
     warmup_steps: int | None = None  # None: 2% of max_steps, at least 10
@@ -276,6 +282,12 @@ class TrainConfig:
             raise FewshotError(f"train: --lr must be > 0, got {self.lr}")
         if self.context is not None and self.context < 2:
             raise FewshotError(f"train: --context must be >= 2, got {self.context}")
+        if self.short_context_steps < 0:
+            raise FewshotError(f"train: --short-context-steps must be >= 0, got {self.short_context_steps}")
+        if self.short_context is not None and self.short_context < 2:
+            raise FewshotError(f"train: --short-context must be >= 2, got {self.short_context}")
+        if self.short_context_steps and self.short_context is None:
+            raise FewshotError("train: --short-context-steps needs --short-context (the warm-up window length)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FewshotError(f"train: --precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.strategy not in ("ddp", "fsdp"):
@@ -287,6 +299,12 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else LEARNING_RATES[self.preset]
+
+    def window_length(self, step: int, context: int) -> int:
+        """Tokens of each training window used at `step` (the sequence-length warm-up)."""
+        if self.short_context is not None and step < self.short_context_steps:
+            return min(self.short_context, context)
+        return context
 
     @property
     def warmup(self) -> int:

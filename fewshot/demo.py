@@ -25,15 +25,14 @@ from fewshot.evaluate import (
     results_table,
     synthetic_tasks,
 )
-from fewshot.icl import held_out_report, train_icl
+from fewshot.icl import SHORT, held_out_report, train_icl
 from fewshot.lm import LM, load
 from fewshot.report import write_report
-from fewshot.tasks.mixture import EVAL_TEMPLATES, MixtureConfig, held_out_examples
+from fewshot.tasks.mixture import EVAL_TEMPLATES, held_out_examples
 from fewshot.tasks.procedural import held_out_families
 from fewshot.taskfile import Template
 
 SAMPLE_PROMPTS = ("ROMEO:\n", "HAMLET:\nTo be")
-DEMO_MIXTURE_MB = 4.0          # more than five minutes of training reads (~2.5M bytes)
 DEMO_SHOTS = (0, 1, 2, 4, 8, 16)
 SMOLLM2_TASKS = ("2D+",)
 SMOLLM2_SHOTS = (0, 4)
@@ -80,7 +79,7 @@ def run_demo(out: Path, minutes: float = 8.0, preset: str = "icl", console: Cons
              smollm2: bool = True) -> Path:
     console = console or Console()
     console.rule(f"1-2. the in-context-learning mixture; training `{preset}` for about {minutes:g} minutes")
-    result = train_icl(out, minutes, preset=preset, mixture=MixtureConfig(megabytes=DEMO_MIXTURE_MB), console=console)
+    result = train_icl(out, SHORT.replace(minutes=minutes, preset=preset), console=console)
 
     console.rule("3. samples")
     lm = load(out)

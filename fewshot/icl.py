@@ -11,8 +11,10 @@ the budget, so the cosine schedule ends when the time does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -27,11 +29,30 @@ from fewshot.tasks.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
 from fewshot.train import TrainResult, seconds_per_step, train
 
 DATA_ROOT = Path("data/icl")
-PRESET = "icl"
-BATCH_SIZE = 4  # 4 x 1024 tokens: more optimizer steps in the budget, which copying needs more than big batches
 # Evaluation, logging and checkpoints take some of a run's time; the schedule should end
 # before the time cap cuts the run short.
 STEP_BUDGET_SHARE = 0.92
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a time budget is spent on the mixture: which model, how long its windows, how big a batch."""
+    minutes: float
+    preset: str = "icl"
+    context: int | None = None  # None: the preset's (1,024 for `icl`)
+    batch_size: int = 4
+    mixture: MixtureConfig = MixtureConfig()
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+
+# Copying from the context (the induction circuit every task here needs) forms after a number
+# of optimizer steps (~1,500-2,000 at lr 3e-3), not tokens, so small batches win (docs/icl/sweep.md).
+# FULL: 30 minutes of 4 x 1,024-byte windows, long enough for 32 solved examples.
+# SHORT: the demo's 8 minutes, in which only 2 x 512-byte windows give ~3,000 steps.
+FULL = Recipe(minutes=30.0)
+SHORT = Recipe(minutes=8.0, context=512, batch_size=2, mixture=MixtureConfig(megabytes=4.0))
 
 
 @dataclass(frozen=True)
@@ -41,20 +62,20 @@ class HeldOutReport:
     plot: Path
 
 
-def train_icl(out: Path, minutes: float, *, preset: str = PRESET, mixture: MixtureConfig = MixtureConfig(),
-              console: Console | None = None, **options) -> TrainResult:
-    """Train `preset` on the mixture for about `minutes`; continues `out` if it has a checkpoint."""
+def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = None, **options: Any) -> TrainResult:
+    """Train `recipe` for about its minutes; continues `out` if it has a checkpoint.
+    `options` are further TrainConfig fields (attention="lstm" for the recurrent baseline)."""
     console = console or Console(stderr=True)
     if out.exists() and latest_checkpoint(out) is not None:
         console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
         config = TrainConfig.from_dict(read_json(out / CONFIG)["train"])
         return train(config, resume=True, console=console)
-    data_dir = ensure_mixture(DATA_ROOT, mixture, progress=console.is_terminal)
-    config = TrainConfig(data=str(data_dir), out=str(out), preset=preset, batch_size=BATCH_SIZE, eval_every=100,
-                         save_every=100, max_time=minutes * 60, **options)
+    data_dir = ensure_mixture(DATA_ROOT, recipe.mixture, progress=console.is_terminal)
+    config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
+                         context=recipe.context, eval_every=100, save_every=100, max_time=recipe.minutes * 60, **options)
     per_step = seconds_per_step(config, TokenData.open(data_dir))
-    steps = max(20, int(STEP_BUDGET_SHARE * minutes * 60 / per_step))
-    console.print(f"measured {per_step:.2f} s/step on this machine -> {steps} steps in {minutes:g} minutes")
+    steps = max(20, int(STEP_BUDGET_SHARE * recipe.minutes * 60 / per_step))
+    console.print(f"measured {per_step:.2f} s/step on this machine -> {steps} steps in {recipe.minutes:g} minutes")
     config = TrainConfig.from_dict({**config.to_dict(), "max_steps": steps})
     return train(config, console=console)
 
@@ -89,34 +110,37 @@ def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequenc
 
 # Chan et al. (2022)'s two questions, at one time budget: does the context have to predict the
 # answer (bursty vs not), and does the architecture matter (a same-size LSTM in attention's place)?
-ABLATION_ARMS: tuple[tuple[str, str, str | None], ...] = (
-    ("transformer-bursty", "icl", None),
-    ("transformer-nonbursty", "icl-nonbursty", None),
-    ("lstm-bursty", "icl", "lstm"),
+# Each arm: (name, bursty data, mixer).
+ABLATION_ARMS: tuple[tuple[str, bool, str | None], ...] = (
+    ("transformer-bursty", True, None),
+    ("transformer-nonbursty", False, None),
+    ("lstm-bursty", True, "lstm"),
 )
 ABLATION_SHOTS = (0, 1, 2, 4, 8, 16)
 
 
-def run_ablation(runs_dir: Path, out: Path, minutes: float, *, n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
+def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = SHORT, *, n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
                  template: str = "input-output", console: Console | None = None) -> HeldOutReport:
-    """Train each arm for `minutes` (continuing any that already has a checkpoint), then score
+    """Train each arm with `recipe` (continuing any that already has a checkpoint), then score
     all of them on the held-out families; writes out/ablation.md beside the held-out files."""
-    from fewshot.tasks.mixture import parse_data_spec
-
     console = console or Console()
     runs = []
-    for name, data, attention in ABLATION_ARMS:
-        console.rule(f"ablation arm {name}: {minutes:g} minutes")
+    for name, bursty, attention in ABLATION_ARMS:
+        console.rule(f"ablation arm {name}: {recipe.minutes:g} minutes")
         options = {"attention": attention} if attention else {}
-        result = train_icl(runs_dir / name, minutes, mixture=parse_data_spec(data), console=console, **options)
+        arm = recipe.replace(mixture=dataclasses.replace(recipe.mixture, bursty=bursty))
+        result = train_icl(runs_dir / name, arm, console=console, **options)
         runs.append((name, load(runs_dir / name), result))
     report = held_out_report([(name, lm) for name, lm, _ in runs], out, shots=shots, n=n, templates=(template,), console=console)
     rows = ["| arm | parameters | steps | tokens seen | final val loss (nats/byte) |", "|---|---|---|---|---|"]
     for name, lm, result in runs:
-        rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | "
-                    f"{result.val_loss:.3f} |" if result.val_loss is not None else f"| {name} | | {result.step} | | |")
+        val = "n/a" if result.val_loss is None else f"{result.val_loss:.3f}"
+        rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | {val} |")
+    context = runs[0][1].model.config.context
     (out / "ablation.md").write_text(
-        f"# ICL ablation: {minutes:g} minutes of training per arm\n\n"
-        f"Held-out families, format `{template}`, n={n} queries per family, mean exact match:\n\n"
+        f"# ICL ablation: {recipe.minutes:g} minutes of training per arm\n\n"
+        f"Recipe: preset `{recipe.preset}`, {recipe.batch_size} x {context}-byte windows per step, "
+        f"{recipe.mixture.megabytes:g} MB mixture. Held-out families, format `{template}`, n={n} queries "
+        f"per family, mean exact match:\n\n"
         f"{report.markdown}\n\n![ablation]({report.plot.name})\n\n" + "\n".join(rows) + "\n")
     return report

@@ -287,14 +287,17 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
 
     metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard) if world.main else None
     # Global batch = micro-batch x accumulation x world size (see StepSampler).
-    tokens_per_step = config.batch_size * config.grad_accum * world.size * context
+    windows_per_step = config.batch_size * config.grad_accum * world.size
     if world.main:
         ranks = f" on each of {world.size} ranks ({config.strategy.upper()})" if world.active else ""
         console.print(
             f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
             f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
-            f"= {tokens_per_step} tokens/step, steps {step}->{config.max_steps}"
+            f"= {windows_per_step * context} tokens/step, steps {step}->{config.max_steps}"
         )
+        if step < config.short_context_steps:
+            console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
+                          f"train on the first {config.window_length(step, context)} tokens of each window")
     model.train()
     train_loss, val_loss, interrupted = float("nan"), None, False
     session_start = time.perf_counter() - elapsed
@@ -307,7 +310,9 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
                 group["lr"] = lr
             total = 0.0
             micro_batches = sampler.next_step()
+            length = config.window_length(step, context)
             for micro, (x, y) in enumerate(micro_batches):
+                x, y = x[:, :length], y[:, :length]
                 # Mean over the global batch: accumulation divides by A here, DDP/FSDP average over ranks.
                 with gradient_sync(wrapped, sync=micro == len(micro_batches) - 1):
                     with autocast(device, bf16):
@@ -318,7 +323,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += tokens_per_step
+            tokens += windows_per_step * length
             elapsed = time.perf_counter() - session_start
             out_of_time = config.max_time is not None and elapsed >= config.max_time
             # One collective per step: the global mean loss, and whether any rank was asked to
@@ -333,7 +338,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
             # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
             if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
                 val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
-            tok_per_s = tokens_per_step / (time.perf_counter() - started)
+            tok_per_s = windows_per_step * length / (time.perf_counter() - started)
             if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
                 metrics.log(step=step, tokens=tokens, train_loss=train_loss, val_loss=val_loss_now, lr=lr,
                             grad_norm=grad_norm, tok_per_s=tok_per_s, elapsed_s=elapsed)
@@ -349,14 +354,15 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
 
 
-def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3) -> float:
+def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3, window: int | None = None) -> float:
     """Time a few real optimizer steps on a throwaway copy of the model, so the run's
-    step count (and with it the cosine schedule) fits the time budget exactly."""
+    step count (and with it the cosine schedule) fits the time budget exactly. `window`
+    times windows shorter than the model's context (a sequence-length warm-up's steps)."""
     device = pick_device(config.device)
     bf16 = use_bf16(config.precision, device)
     model = GPT(config.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = make_optimizer(model, config, device)
-    sampler = BatchSampler(data.split("train"), config.batch_size, model.config.context, seed=config.seed)
+    sampler = BatchSampler(data.split("train"), config.batch_size, window or model.config.context, seed=config.seed)
     timings = []
     for _ in range(steps + 1):  # the first step pays for one-time allocations
         started = time.perf_counter()

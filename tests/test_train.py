@@ -115,3 +115,31 @@ def test_precision_choice_follows_the_flag_and_the_hardware() -> None:
     flags = open("/proc/cpuinfo").read()
     assert cpu_has_native_bf16() == ("avx512_bf16" in flags.split() or "amx_bf16" in flags.split())
     assert use_bf16("auto", cpu) == cpu_has_native_bf16()
+
+
+def test_sequence_length_warm_up_trains_short_windows_first(data_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(data_dir, tmp_path / "run", max_steps=6, short_context=16, short_context_steps=4)
+    assert [config.window_length(step, 64) for step in (0, 3, 4, 5)] == [16, 16, 64, 64]
+    result = train(config)
+    assert result.tokens == 4 * 4 * 16 + 2 * 4 * 64  # warm-up steps x batch x 16, then full windows
+    assert result.val_loss is not None  # validation always uses the full context
+
+
+@pytest.mark.parametrize("stop_at", [2, 6])  # inside the warm-up, and after it
+def test_resume_across_the_sequence_length_warm_up_is_bitwise_exact(data_dir: Path, tmp_path: Path, stop_at: int) -> None:
+    straight = tiny_config(data_dir, tmp_path / "straight", short_context=16, short_context_steps=4)
+    train(straight)
+    train(dataclasses.replace(straight, out=str(tmp_path / "resumed"), max_steps=stop_at))
+    train(resume_config(tmp_path / "resumed", max_steps=12), resume=True)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"short_context": 1, "short_context_steps": 5}, "--short-context must be >= 2"),
+    ({"short_context_steps": 5}, "needs --short-context"),
+    ({"short_context": 16, "short_context_steps": -1}, "--short-context-steps must be >= 0"),
+])
+def test_a_bad_sequence_length_warm_up_is_refused(options: dict, message: str) -> None:
+    with pytest.raises(FewshotError, match=message):
+        TrainConfig(data="d", out="o", **options)

@@ -1,0 +1,49 @@
+"""The ICL recipe's library half: time-budgeted training and the bursty/LSTM ablation, on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fewshot.checkpoint import latest_checkpoint
+from fewshot.icl import ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
+from fewshot.tasks.mixture import MixtureConfig
+
+TINY = Recipe(minutes=0.05, preset="nano", context=64, batch_size=2, mixture=MixtureConfig(megabytes=0.2, seed=3))
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # the mixture goes to ./data/icl
+    return tmp_path
+
+
+def test_the_short_recipe_takes_more_smaller_steps_than_the_full_one() -> None:
+    assert SHORT.minutes < FULL.minutes <= 30
+    assert SHORT.batch_size * (SHORT.context or 1024) < FULL.batch_size * 1024
+    assert SHORT.replace(minutes=2).context == SHORT.context
+
+
+def test_train_icl_fits_steps_to_the_budget_and_continues_a_finished_run(in_tmp: Path) -> None:
+    result = train_icl(in_tmp / "run", TINY)
+    config = json.loads((in_tmp / "run" / "config.json").read_text())
+    assert config["model"]["context"] == 64 and config["train"]["batch_size"] == 2
+    assert config["train"]["max_steps"] >= 20 and result.step >= 1
+    assert result.seconds < 30  # the time cap holds even where 20 steps would take longer
+    again = train_icl(in_tmp / "run", TINY.replace(minutes=5))  # a checkpoint exists: continued, not restarted
+    assert again.step >= result.step and latest_checkpoint(in_tmp / "run") is not None
+
+
+def test_the_ablation_trains_three_arms_and_reports_one_curve_each(in_tmp: Path) -> None:
+    report = run_ablation(in_tmp / "runs", in_tmp / "ablation", TINY, n=3, shots=(0, 1))
+    assert [c.label.split(" · ")[0] for c in report.curves] == [name for name, _, _ in ABLATION_ARMS]
+    arms = {name: json.loads((in_tmp / "runs" / name / "config.json").read_text()) for name, _, _ in ABLATION_ARMS}
+    assert arms["lstm-bursty"]["model"]["attention"] == "lstm"
+    assert arms["transformer-bursty"]["model"]["attention"] == "dense"
+    assert "icl-nonbursty" in arms["transformer-nonbursty"]["train"]["data"]
+    assert "icl-nonbursty" not in arms["transformer-bursty"]["train"]["data"]
+    markdown = (in_tmp / "ablation" / "ablation.md").read_text()
+    assert all(f"| {name} |" in markdown for name, _, _ in ABLATION_ARMS) and "![ablation](icl.png)" in markdown
+    assert (in_tmp / "ablation" / "icl.png").stat().st_size > 1000
