@@ -21,6 +21,7 @@ from rich.console import Console
 from fewshot.checkpoint import CONFIG, latest_checkpoint
 from fewshot.config import TrainConfig
 from fewshot.data import TokenData
+from fewshot.errors import FewshotError
 from fewshot.files import read_json, write_json
 from fewshot.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.lm import LM, load
@@ -69,7 +70,7 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = Non
     if out.exists() and latest_checkpoint(out) is not None:
         console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
         config = TrainConfig.from_dict(read_json(out / CONFIG)["train"])
-        return train(config, resume=True, console=console)
+        return _finished(train(config, resume=True, console=console))
     data_dir = ensure_mixture(DATA_ROOT, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
                          context=recipe.context, eval_every=100, save_every=100, max_time=recipe.minutes * 60, **options)
@@ -77,7 +78,15 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = Non
     steps = max(20, int(STEP_BUDGET_SHARE * recipe.minutes * 60 / per_step))
     console.print(f"measured {per_step:.2f} s/step on this machine -> {steps} steps in {recipe.minutes:g} minutes")
     config = TrainConfig.from_dict({**config.to_dict(), "max_steps": steps})
-    return train(config, console=console)
+    return _finished(train(config, console=console))
+
+
+def _finished(result: TrainResult) -> TrainResult:
+    # Ctrl-C / SIGTERM end the whole command (demo, ablation), not just its training step.
+    if result.interrupted:
+        raise FewshotError(f"stopped by signal at step {result.step}; the checkpoint in {result.run_dir} "
+                           "is kept, and the same command continues it")
+    return result
 
 
 def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequence[int] = SHOTS, n: int = 200,

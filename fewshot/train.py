@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -354,7 +355,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
 
 
-def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3, window: int | None = None) -> float:
+def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8, window: int | None = None) -> float:
     """Time a few real optimizer steps on a throwaway copy of the model, so the run's
     step count (and with it the cosine schedule) fits the time budget exactly. `window`
     times windows shorter than the model's context (a sequence-length warm-up's steps)."""
@@ -364,7 +365,7 @@ def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3, windo
     optimizer = make_optimizer(model, config, device)
     sampler = BatchSampler(data.split("train"), config.batch_size, window or model.config.context, seed=config.seed)
     timings = []
-    for _ in range(steps + 1):  # the first step pays for one-time allocations
+    for _ in range(steps + 2):  # the first steps pay for one-time allocations
         started = time.perf_counter()
         x, y = sampler.next_batch()
         with autocast(device, bf16):
@@ -373,4 +374,6 @@ def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 3, windo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
-    return min(timings[1:])
+    # The median: single steps vary by +-25% on a busy 2-core machine, and the fastest of a
+    # few (what this once returned) made budgets overshoot and runs end mid-schedule.
+    return statistics.median(timings[2:])

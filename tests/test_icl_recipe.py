@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fewshot.checkpoint import latest_checkpoint
+from fewshot.errors import FewshotError
 from fewshot.icl import ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
 from fewshot.tasks.mixture import MixtureConfig
 
@@ -47,3 +52,17 @@ def test_the_ablation_trains_three_arms_and_reports_one_curve_each(in_tmp: Path)
     markdown = (in_tmp / "ablation" / "ablation.md").read_text()
     assert all(f"| {name} |" in markdown for name, _, _ in ABLATION_ARMS) and "![ablation](icl.png)" in markdown
     assert (in_tmp / "ablation" / "icl.png").stat().st_size > 1000
+
+
+def test_a_signal_during_training_ends_the_command_with_the_checkpoint_kept(in_tmp: Path) -> None:
+    run = in_tmp / "run"
+
+    def interrupt_once_training_started() -> None:
+        while not (run / "config.json").exists():  # written after the step-time calibration
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_training_started, daemon=True).start()
+    with pytest.raises(FewshotError, match="stopped by signal at step"):
+        train_icl(run, TINY.replace(minutes=2))
+    assert latest_checkpoint(run) is not None
