@@ -436,7 +436,7 @@ def icl_train(
     minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
     preset: Annotated[str, typer.Option(help="Model size.")] = "icl",
     context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per optimizer step.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per optimizer step (default 4).")] = None,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
@@ -450,10 +450,11 @@ def icl_train(
     mixture = parse_data_spec(data)
     if mixture is None:
         raise FewshotError(f"--data takes icl or icl-nonbursty (with options), got {data!r}")
-    if minutes <= 0 or batch_size < 1:
+    if minutes <= 0 or (batch_size is not None and batch_size < 1):
         raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
-    recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size, mixture=mixture)
+    recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size or FULL.batch_size,
+                          mixture=mixture)
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:

@@ -74,6 +74,8 @@ def test_icl_tasks_and_data_commands(tmp_path: Path) -> None:
     (("icl", "eval", "nowhere", "--out", "e", "--templates", "fancy"), "unknown fancy"),
     (("icl", "train", "--data", "data/mine", "--minutes", "1"), "takes icl or icl-nonbursty"),
     (("icl", "tasks", "t", "--n", "1"), "--n must be >= 2"),
+    (("icl", "train", "--batch-size", "0"), "--batch-size >= 1"),
+    (("train", "--data", "d", "--short-context-steps", "5"), "needs --short-context"),
 ])
 def test_bad_icl_options_get_one_line_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     result = fewshot(*args, cwd=tmp_path)
