@@ -355,15 +355,14 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
 
 
-def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8, window: int | None = None) -> float:
+def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8) -> float:
     """Time a few real optimizer steps on a throwaway copy of the model, so the run's
-    step count (and with it the cosine schedule) fits the time budget exactly. `window`
-    times windows shorter than the model's context (a sequence-length warm-up's steps)."""
+    step count (and with it the cosine schedule) fits the time budget exactly."""
     device = pick_device(config.device)
     bf16 = use_bf16(config.precision, device)
     model = GPT(config.model_config(data.tokenizer.vocab_size)).to(device)
     optimizer = make_optimizer(model, config, device)
-    sampler = BatchSampler(data.split("train"), config.batch_size, window or model.config.context, seed=config.seed)
+    sampler = BatchSampler(data.split("train"), config.batch_size, model.config.context, seed=config.seed)
     timings = []
     for _ in range(steps + 2):  # the first steps pay for one-time allocations
         started = time.perf_counter()
@@ -374,6 +373,6 @@ def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8, windo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
-    # The median: single steps vary by +-25% on a busy 2-core machine, and the fastest of a
-    # few (what this once returned) made budgets overshoot and runs end mid-schedule.
+    # The median: single steps vary by +-25% on a 2-core machine, and the fastest of a few
+    # would overshoot the budget, so the time cap would end the run mid-schedule.
     return statistics.median(timings[2:])
