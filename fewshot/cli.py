@@ -512,13 +512,24 @@ def icl_eval(
 
 
 def _set_threads(threads: Optional[int]) -> None:
-    """The same torch thread count for both sides; default: torch's own (all cores)."""
+    """The same torch thread count for both sides; default: torch's own (all cores).
+
+    Warns when other work already keeps the cores busy: an OpenMP region waits for its
+    slowest thread, so a thread sharing its core with another process stalls every op.
+    """
+    import torch
+
     if threads is not None:
         if threads < 1:
             raise FewshotError(f"--threads must be >= 1, got {threads}")
-        import torch
-
         torch.set_num_threads(threads)
+    from fewshot.bench.timing import busy_cores
+
+    busy, cores = busy_cores()
+    if busy is not None and torch.get_num_threads() > cores - busy:
+        err.print(f"[yellow]warning:[/] other work keeps {busy:.1f} of {cores} cores busy and torch uses "
+                  f"{torch.get_num_threads()} threads: timings will be slow and noisy (--threads "
+                  f"{max(1, round(cores - busy))} avoids the contention).")
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -531,9 +542,20 @@ def _parse_ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def _check_vs(vs: Optional[str]) -> None:
-    if vs not in (None, "hf"):
-        raise FewshotError(f"--vs takes hf (transformers on the same weights), got {vs!r}")
+def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
+    if vs not in (None, *peers):
+        raise FewshotError(f"--vs takes {' or '.join(peers)}, got {vs!r}")
+
+
+def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str) -> None:
+    from fewshot.bench.llamacpp import bench_decode_vs_llamacpp
+    from fewshot.convert.gguf import smollm2_gguf
+
+    path = gguf or smollm2_gguf()
+    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal):
+        out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({r.fewshot_dtype}) "
+                  f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
+                  f"{r.ratio:.2f}x; {r.agreeing_tokens} leading tokens agree", markup=False, highlight=False)
 
 
 @bench_app.command("peak")
@@ -558,20 +580,25 @@ def bench_decode_command(
     tokens: Annotated[Optional[int], typer.Option(help="New tokens (default: 1000; 256 with --vs hf).")] = None,
     context: Annotated[Optional[int], typer.Option(help="Model context; must hold the prompt and all tokens (default 2048; with --vs hf just enough).")] = None,
     repeats: Annotated[int, typer.Option()] = 1,
-    vs: Annotated[Optional[str], typer.Option(help="hf: against transformers' generate on the same weights.")] = None,
-    batch: Annotated[str, typer.Option(help="With --vs hf: comma-separated batch sizes.")] = "1,8",
-    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both.")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    vs: Annotated[Optional[str], typer.Option(help="hf: transformers' generate on the same weights; llamacpp: llama.cpp "
+                                                    "on the same GGUF file (the bench-llamacpp extra).")] = None,
+    batch: Annotated[str, typer.Option(help="With --vs: comma-separated batch sizes.")] = "1,8",
+    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both; with --vs llamacpp: ours.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's); llama.cpp gets as many.")] = None,
+    gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
 ) -> None:
-    """KV-cached decoding against recomputing the whole prefix every token, or (--vs hf) against transformers."""
+    """KV-cached decoding against recomputing the whole prefix every token, or (--vs) against transformers or llama.cpp."""
     import torch
 
     from fewshot.bench import bench_decode
     from fewshot.config import preset as get_preset
     from fewshot.model import GPT
 
-    _check_vs(vs)
+    _check_vs(vs, ("hf", "llamacpp"))
     _set_threads(threads)
+    if vs == "llamacpp":
+        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype)
+        return
     torch.manual_seed(0)
     if vs is None:
         tokens, context = tokens or 1000, context or 2048
@@ -666,14 +693,16 @@ def bench_all_command(
     prepare_mb: Annotated[float, typer.Option(help="Corpus MB for the prepare benchmark (0 skips it).")] = 8.0,
     device: Annotated[str, typer.Option()] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    llamacpp: Annotated[bool, typer.Option(help="Also SmolLM2 vs llama.cpp (when the bench-llamacpp extra is installed).")] = True,
 ) -> None:
-    """Everything: peak, train and decode vs transformers, prepare; bench.json plus a markdown table."""
+    """Everything: peak, train and decode vs transformers (and llama.cpp), prepare; bench.json plus a markdown table."""
     from fewshot.bench.report import bench_all, markdown_table, write_bench
 
     if dtype not in ("auto", "fp32", "bf16"):
         raise FewshotError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     _set_threads(threads)
-    result = bench_all(preset=preset, dtype=dtype, tokens=tokens, prepare_mb=prepare_mb, device=device, progress=err.is_terminal)
+    result = bench_all(preset=preset, dtype=dtype, tokens=tokens, prepare_mb=prepare_mb, device=device, llamacpp=llamacpp,
+                       progress=err.is_terminal)
     written = write_bench(result, out_path)
     out.print(markdown_table(result), markup=False, highlight=False)
     out.print(f"wrote {written[0]} and {written[1]}")

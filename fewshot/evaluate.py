@@ -167,7 +167,7 @@ def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[s
     padding = torch.tensor([longest - len(row) for row in rows], device=lm.device)
     padded = [[tokenizer.eot_id] * (longest - len(row)) + row for row in rows]  # the pad id is never seen
     cache = model.new_cache(len(rows), capacity=longest + max_tokens, padding=padding if padding.any() else None)
-    logits = model.step(torch.tensor(padded, device=lm.device), cache)[:, -1]
+    logits = model.step(torch.tensor(padded, device=lm.device), cache, last_only=True)[:, -1]
     generated: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     for produced in range(1, max_tokens + 1):

@@ -397,7 +397,7 @@ def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options
     rows = [list(window) for _ in range(n)]
     # Room for everything this call can feed, so short generations allocate little.
     cache = model.new_cache(n, capacity=min(config.context, len(window) + options.max_tokens))
-    logits = model.step(torch.tensor(rows, device=device), cache)[:, -1]
+    logits = model.step(torch.tensor(rows, device=device), cache, last_only=True)[:, -1]
     counts = torch.zeros(n, config.vocab_size, device=device)
     batch = torch.arange(n, device=device)
     keep = max(1, config.context // 2)
@@ -419,7 +419,7 @@ def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options
             # cache rather than a rewound one, so mixers with recurrent state stay correct.
             rows = [row[-keep:] for row in rows]
             cache = model.new_cache(n)
-            logits = model.step(torch.tensor(rows, device=device), cache)[:, -1]
+            logits = model.step(torch.tensor(rows, device=device), cache, last_only=True)[:, -1]
 
     for sample in samples:
         if sample.stream.finish():

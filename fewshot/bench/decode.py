@@ -196,7 +196,7 @@ def decode_cost_by_context(model, contexts: tuple[int, ...] = (64, 128, 256), st
             task = bar.add_task("decode cost by context", total=len(contexts))
             for context in contexts:
                 cache = model.new_cache(batch, capacity=context + steps + 1)
-                logits = model.step(prompt[:, :context], cache)[:, -1]
+                logits = model.step(prompt[:, :context], cache, last_only=True)[:, -1]
                 times = []
                 for _ in range(steps + 1):  # the first step warms up
                     elapsed, logits = timed(lambda: model.step(logits.argmax(-1, keepdim=True), cache)[:, -1], device)

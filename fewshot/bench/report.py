@@ -2,7 +2,8 @@
 
 bench.json keys other tools read (keep them stable): peak.fp32_gflops, peak.bf16_gflops,
 train.tok_s, train.hf_tok_s, train.ratio_vs_hf, train.mfu, decode.batch1.ratio_vs_hf,
-decode.batch8.ratio_vs_hf, machine, date. Everything else is there to explain them.
+decode.batch8.ratio_vs_hf, decode.llamacpp_ratio (batch 1, when llama.cpp is installed),
+machine, date. Everything else is there to explain them.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
               train_steps: int = DEFAULTS["train_steps"], dtype: str = "auto", tokens: int = DEFAULTS["tokens"],
               batches: tuple[int, ...] = DEFAULTS["batches"], decode_repeats: int = DEFAULTS["decode_repeats"],
               contexts: tuple[int, ...] = DEFAULTS["contexts"], prepare_mb: float = DEFAULTS["prepare_mb"],
-              device: str = "cpu", peak_sizes: tuple[int, ...] | None = None, progress: bool = False) -> dict[str, Any]:
+              device: str = "cpu", peak_sizes: tuple[int, ...] | None = None, llamacpp: bool = True,
+              progress: bool = False) -> dict[str, Any]:
     """Peak, train vs HF, decode vs HF and prepare; one dict, the shape of bench.json.
 
     dtype "auto" trains in bf16 where the hardware has it (train.use_bf16) and fp32 elsewhere:
     emulated bf16 would only measure the emulation. prepare_mb 0 skips the prepare benchmark.
+    `llamacpp`: also SmolLM2 against llama.cpp on CPU, if the bench-llamacpp extra is installed.
     """
     from fewshot.bench.decode import bench_decode_vs_hf, decode_cost_by_context
     from fewshot.bench.peak import measure_peak
@@ -92,12 +95,34 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
         decode[f"batch{rows}"] = bench_decode_vs_hf(model, peer, rows, tokens, prompt_tokens, repeats=decode_repeats,
                                                     progress=progress).to_json()
     decode["ms_per_token_by_context"] = {str(c): ms for c, ms in decode_cost_by_context(model, contexts, progress=progress).items()}
+    versus = _vs_llamacpp(batches, tokens, decode_repeats, progress) if llamacpp and target.type == "cpu" else None
+    if versus:
+        decode["llamacpp"] = versus
+        decode["llamacpp_ratio"] = versus["batch1"]["ratio"] if "batch1" in versus else None
     result["decode"] = decode
     if prepare_mb > 0:
         result["prepare"] = bench_prepare(prepare_mb, progress=progress).to_json()
     result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _vs_llamacpp(batches: tuple[int, ...], tokens: int, repeats: int, progress: bool) -> dict[str, Any] | None:
+    """SmolLM2-135M against llama.cpp on its GGUF file, when the bench-llamacpp extra is installed."""
+    import importlib.util
+
+    from fewshot.bench.llamacpp import bench_decode_vs_llamacpp
+    from fewshot.convert.gguf import smollm2_gguf
+    from fewshot.errors import FewshotError
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    try:
+        gguf = smollm2_gguf()
+    except FewshotError:
+        return None
+    rows = bench_decode_vs_llamacpp(gguf, batches, tokens, repeats, progress=progress)
+    return {"gguf": gguf.name, **{f"batch{r.batch}": r.to_json() for r in rows}}
 
 
 def write_bench(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
@@ -132,6 +157,11 @@ def markdown_table(result: dict[str, Any]) -> str:
             match = "" if row["outputs_match"] else " (outputs differ)"
             lines.append(f"| decode {decode['preset']} {row['dtype']}, batch {row['batch']}, {row['tokens']} new tokens (tok/s){match} | "
                          f"{row['tok_s']:,.0f} | {row['hf_tok_s']:,.0f} | {row['ratio_vs_hf']:.2f}x |")
+    for key, row in decode.get("llamacpp", {}).items():
+        if key.startswith("batch"):
+            lines.append(f"| decode {decode['llamacpp']['gguf']} (fewshot {row['fewshot_dtype']}, llama.cpp "
+                         f"{'/'.join(row['gguf_types'])}), batch {row['batch']}, {row['tokens']} new tokens (tok/s; "
+                         f"third column: llama.cpp) | {row['tok_s']:,.1f} | {row['llamacpp_tok_s']:,.1f} | {row['ratio']:.2f}x |")
     if "ms_per_token_by_context" in decode:
         costs = ", ".join(f"{c}: {ms:.2f}" for c, ms in decode["ms_per_token_by_context"].items())
         lines.append(f"| decode step, batch 1, ms/token by context ({costs}) | | | |")

@@ -7,6 +7,7 @@ even when the absolute numbers move; the median then ignores the odd stalled rou
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -61,3 +62,40 @@ def median(values: list[float]) -> float:
 def pair_ratios(ours: list[float], peer: list[float]) -> list[float]:
     """Per round: peer seconds over our seconds (> 1: we are faster), from the same round's pair."""
     return [p / o for o, p in zip(ours, peer)]
+
+
+def busy_cores(window: float = 0.25) -> tuple[float | None, int]:
+    """(cores other work keeps busy right now, cores), measured while we wait `window` seconds.
+
+    Linux: from /proc/stat's idle time over the window (the load average lags by a minute,
+    so it would blame a job that just ended). Elsewhere: the 1-minute load average, or None.
+    Under half a core is noise, not contention, and reads as 0.
+    """
+    cores = os.cpu_count() or 1
+    busy = _busy_from_proc_stat(window)
+    if busy is None and hasattr(os, "getloadavg"):
+        busy = os.getloadavg()[0]
+    if busy is None:
+        return None, cores
+    return (busy if busy >= 0.5 else 0.0), cores
+
+
+def _busy_from_proc_stat(window: float) -> float | None:
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal; guest time is already inside user
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(window)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (os.cpu_count() or 1) * (total - idle) / total

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.config import ModelConfig
+from fewshot.model.linear import Linear
 from fewshot.model.rope import Rotary, apply_rotary
 
 
@@ -163,8 +164,8 @@ class CausalSelfAttention(Mixer):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         width = (self.n_head + 2 * self.n_kv_head) * self.head_size
         # One matrix makes queries, keys and values: rows [q; k; v], as in GPT-2's c_attn.
-        self.qkv = nn.Linear(config.d_model, width, bias=config.bias)
-        self.proj = nn.Linear(self.n_head * self.head_size, config.d_model, bias=config.bias)
+        self.qkv = Linear(config.d_model, width, bias=config.bias)
+        self.proj = Linear(self.n_head * self.head_size, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         # A band as wide as the context is just dense attention; say so, to take the fast path.
         self.window = config.window if local and config.window < config.context else None
@@ -294,7 +295,7 @@ class LSTMMixer(Mixer):
         size = config.lstm_size
         self.lstm = nn.LSTM(config.d_model, size, batch_first=True, bias=config.bias)
         # Named like attention's output projection, so GPT scales its init with depth too.
-        self.proj = nn.Linear(size, config.d_model, bias=config.bias)
+        self.proj = Linear(size, config.d_model, bias=config.bias)
         if config.bias:
             # A forget gate that starts open carries gradients through time (Jozefowicz et
             # al. 2015). PyTorch orders the gates i, f, g, o.

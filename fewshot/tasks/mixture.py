@@ -86,8 +86,10 @@ class MixtureConfig:
 
     @property
     def name(self) -> str:
-        """Directory name: readable, plus a digest of every field, so two mixtures never share one."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        """Directory name: readable, plus a digest of every field and of the training families,
+        so two mixtures never share one (nor does a mixture written before a family was added)."""
+        families = [family.name for family in training_families()]
+        digest = hashlib.sha256(json.dumps([asdict(self), families], sort_keys=True).encode()).hexdigest()[:8]
         kind = "icl" if self.bursty else "icl-nonbursty"
         return f"{kind}-{self.megabytes:g}mb-seed{self.seed}-{digest}"
 

@@ -46,7 +46,7 @@ class Task:
 @dataclass(frozen=True)
 class Family:
     name: str
-    category: str  # string | number | list | classify | lookup
+    category: str  # string | phrase | number | list | classify | lookup
     build: Callable[[random.Random], Task]
 
 
@@ -257,6 +257,36 @@ def next_letter(rng):
                         lambda s: shift(s[0], k), rng)
 
 
+def insert_letter(rng):
+    ch, at = rng.choice(LETTERS + "-.*"), rng.randint(1, 2)
+    return _string_task("insert_letter", f"Put {ch} after letter {at}.", lambda s: s[:at] + ch + s[at:], rng)
+
+
+def stutter(rng):
+    n, sep = rng.randint(1, 2), rng.choice(["-", "..", " "])
+    return _string_task("stutter", "Stutter the start of the word.", lambda s: s[:n] + sep + s, rng)
+
+
+def upper_letter_at(rng):
+    i = rng.randint(0, 2)
+    return _string_task("upper_letter_at", f"Capitalise letter number {i + 1}.",
+                        lambda s: s[:i] + s[i:i + 1].upper() + s[i + 1:], rng)
+
+
+def vowel_swap(rng):
+    vowel = rng.choice(sorted(VOWELS))
+    return _string_task("vowel_swap", f"Make every vowel {vowel}.",
+                        lambda s: "".join(vowel if c in VOWELS else c for c in s), rng)
+
+
+def middle_letter(rng):
+    return _string_task("middle_letter", "Write the middle letter.", lambda s: s[len(s) // 2], rng)
+
+
+def swap_halves(rng):
+    return _string_task("swap_halves", "Swap the two halves.", lambda s: s[len(s) // 2:] + s[:len(s) // 2], rng)
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -286,6 +316,43 @@ def count_vowels(rng):
 
 def first_and_last(rng):
     return _string_task("first_and_last", "Write the first and the last letter.", lambda s: s[0] + s[-1], rng)
+
+
+# ---------------------------------------------------------------- phrase families (a few words per input)
+
+
+def phrase(rng: random.Random, low: int = 2, high: int = 4) -> list[str]:
+    return [word(rng) for _ in range(rng.randint(low, high))]
+
+
+def _phrase_task(family: str, instruction: str, transform: Callable[[list[str]], str], low: int = 2, high: int = 4) -> Task:
+    def sample(r):
+        ws = phrase(r, low, high)
+        return " ".join(ws), transform(ws)
+    return Task(family, instruction, sample)
+
+
+def pair_swap(rng):
+    return _phrase_task("pair_swap", "Swap the two words.", lambda ws: f"{ws[1]} {ws[0]}", 2, 2)
+
+
+def pair_join(rng):
+    sep = rng.choice(["", "-", "_", "+", "/"])
+    return _phrase_task("pair_join", f"Join the words with {sep!r}.", sep.join, 2, 3)
+
+
+def longer_word(rng):
+    return _phrase_task("longer_word", "Which word is longer?", lambda ws: max(ws, key=len), 2, 2)
+
+
+def acronym(rng):
+    upper = rng.random() < 0.5
+    return _phrase_task("acronym", "Write the initials.",
+                        lambda ws: "".join(w[0].upper() if upper else w[0] for w in ws), 2, 5)
+
+
+def word_count(rng):
+    return _phrase_task("word_count", "How many words?", lambda ws: str(len(ws)), 1, 7)
 
 
 # ---------------------------------------------------------------- number families
@@ -335,6 +402,24 @@ def two_sum(rng):
         a, b = r.randint(0, 50), r.randint(0, 50)
         return f"{a}{sep}{b}", str(f(a, b))
     return Task("two_numbers", f"Combine the two numbers with {op}.", sample)
+
+
+def round_down(rng):
+    unit = rng.choice([10, 10, 100, 5])
+    return _number_task("round_down", f"Round down to a multiple of {unit}.", lambda x: x - x % unit, 0, 999)
+
+
+def square(rng):
+    return _number_task("square", "Square it.", lambda x: x * x, 0, 20)
+
+
+def digit_product(rng):
+    sep = rng.choice([" ", "*", " x ", ","])
+
+    def sample(r):
+        a, b = r.randint(0, 9), r.randint(0, 9)
+        return f"{a}{sep}{b}", str(a * b)
+    return Task("digit_product", "Multiply the digits.", sample)
 
 
 # Held out ----------------------------------------------------------------
@@ -504,6 +589,17 @@ FAMILIES: tuple[Family, ...] = (
     Family("count_letter", "string", count_letter),
     Family("letter_at", "string", letter_at),
     Family("next_letter", "string", next_letter),
+    Family("insert_letter", "string", insert_letter),
+    Family("stutter", "string", stutter),
+    Family("upper_letter_at", "string", upper_letter_at),
+    Family("vowel_swap", "string", vowel_swap),
+    Family("middle_letter", "string", middle_letter),
+    Family("swap_halves", "string", swap_halves),
+    Family("pair_swap", "phrase", pair_swap),
+    Family("pair_join", "phrase", pair_join),
+    Family("longer_word", "phrase", longer_word),
+    Family("acronym", "phrase", acronym),
+    Family("word_count", "phrase", word_count),
     Family("add_constant", "number", add_constant),
     Family("multiply", "number", multiply),
     Family("modulo", "number", modulo),
@@ -511,6 +607,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("digit_sum", "number", digit_sum),
     Family("reverse_digits", "number", reverse_digits),
     Family("two_numbers", "number", two_sum),
+    Family("round_down", "number", round_down),
+    Family("square", "number", square),
+    Family("digit_product", "number", digit_product),
     Family("list_first", "list", list_first),
     Family("list_count", "list", list_count),
     Family("list_sum", "list", list_sum),
