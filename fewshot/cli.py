@@ -179,6 +179,8 @@ def generate(
     logprobs: Annotated[Optional[int], typer.Option(help="Show per-token logprobs with this many alternatives.")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     stats: Annotated[bool, typer.Option(help="Print load time, tokens/s and peak memory to stderr.")] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Decode through torch.compile: faster per token "
+                                                                          "after 15-60 s of compiling; needs a C compiler.")] = False,
 ) -> None:
     """Sample from a trained model, streaming to the terminal."""
     import time
@@ -194,6 +196,7 @@ def generate(
     SamplingOptions(**options)  # validate before loading the model or printing anything
     start = time.perf_counter()
     lm = fewshot.load(run, device=device)
+    lm.model.compile_decoding(compile)
     loaded, load_rss = time.perf_counter(), peak_rss_bytes()
     text = unescape(prompt)
     stream = n == 1
@@ -212,8 +215,9 @@ def generate(
                 out.print(f"{item.token!r:>12} {item.logprob:8.3f}   {alternatives}", markup=False, highlight=False)
     if stats:
         seconds, tokens = time.perf_counter() - loaded, sum(len(c.token_ids) for c in completions)
+        compiling = " (torch.compile's first compilation included)" if compile else ""
         err.print(f"load {loaded - start:.1f} s (peak RSS {load_rss / 2**20:,.0f} MiB); {tokens} tokens in {seconds:.2f} s "
-                  f"= {tokens / seconds:.1f} tok/s; peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
+                  f"= {tokens / seconds:.1f} tok/s{compiling}; peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
 
 
 @app.command()
@@ -547,13 +551,15 @@ def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
         raise FewshotError(f"--vs takes {' or '.join(peers)}, got {vs!r}")
 
 
-def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str) -> None:
+def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str,
+                           compiled: bool) -> None:
     from fewshot.bench.llamacpp import bench_decode_vs_llamacpp
     from fewshot.convert.gguf import smollm2_gguf
 
     path = gguf or smollm2_gguf()
-    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal):
-        out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({r.fewshot_dtype}) "
+    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled):
+        how = r.fewshot_dtype + (", torch.compile" if r.fewshot_compiled else "")
+        out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({how}) "
                   f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
                   f"{r.ratio:.2f}x; {r.agreeing_tokens} leading tokens agree", markup=False, highlight=False)
 
@@ -586,6 +592,8 @@ def bench_decode_command(
     dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both; with --vs llamacpp: ours.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's); llama.cpp gets as many.")] = None,
     gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
+                                                                          "step through torch.compile.")] = False,
 ) -> None:
     """KV-cached decoding against recomputing the whole prefix every token, or (--vs) against transformers or llama.cpp."""
     import torch
@@ -597,7 +605,7 @@ def bench_decode_command(
     _check_vs(vs, ("hf", "llamacpp"))
     _set_threads(threads)
     if vs == "llamacpp":
-        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype)
+        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile)
         return
     torch.manual_seed(0)
     if vs is None:
@@ -621,10 +629,13 @@ def bench_decode_command(
     model = GPT(config.replace(context=context, dropout=0.0)).to(torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
     peer = hf_peer(model)
     for rows in _parse_ints(batch, "--batch"):
-        r = bench_decode_vs_hf(model, peer, rows, tokens, repeats=max(repeats, 3), progress=err.is_terminal)
+        r = bench_decode_vs_hf(model, peer, rows, tokens, repeats=max(repeats, 3), progress=err.is_terminal, compiled=compile)
+        compiled = "" if r.compiled_tok_s is None else (
+            f"; compiled {r.compiled_tok_s:,.1f} tok/s: {r.compiled_ratio_vs_hf:.2f}x"
+            f"{'' if r.compiled_outputs_match else ' (WARNING: outputs differ)'}")
         out.print(f"{preset} {dtype}, batch {rows}, {tokens} new tokens, {r.threads} threads: fewshot {r.tok_s:,.1f} tok/s, "
                   f"HF generate {r.hf_tok_s:,.1f} tok/s: {r.ratio_vs_hf:.2f}x"
-                  f"{'' if r.outputs_match else ' (WARNING: outputs differ)'}")
+                  f"{'' if r.outputs_match else ' (WARNING: outputs differ)'}{compiled}")
     costs = decode_cost_by_context(model, contexts, progress=err.is_terminal)
     out.print("fewshot cached step, batch 1, ms/token by context: " + ", ".join(f"{c}: {ms:.2f}" for c, ms in costs.items()))
 
@@ -694,6 +705,8 @@ def bench_all_command(
     device: Annotated[str, typer.Option()] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
     llamacpp: Annotated[bool, typer.Option(help="Also SmolLM2 vs llama.cpp (when the bench-llamacpp extra is installed).")] = True,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also decode with our step through torch.compile "
+                                                                          "(a minute or two of compiling).")] = True,
 ) -> None:
     """Everything: peak, train and decode vs transformers (and llama.cpp), prepare; bench.json plus a markdown table."""
     from fewshot.bench.report import bench_all, markdown_table, write_bench
@@ -702,7 +715,7 @@ def bench_all_command(
         raise FewshotError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
     _set_threads(threads)
     result = bench_all(preset=preset, dtype=dtype, tokens=tokens, prepare_mb=prepare_mb, device=device, llamacpp=llamacpp,
-                       progress=err.is_terminal)
+                       compile_decode=compile, progress=err.is_terminal)
     written = write_bench(result, out_path)
     out.print(markdown_table(result), markup=False, highlight=False)
     out.print(f"wrote {written[0]} and {written[1]}")

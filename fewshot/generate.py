@@ -413,7 +413,7 @@ def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options
         if produced == options.max_tokens or all(s.finish_reason for s in samples):
             break
         if cache.length < cache.capacity:
-            logits = model.step(next_ids[:, None], cache)[:, -1]
+            logits = model.decode_step(next_ids[:, None], cache)[:, -1]
         else:
             # The context is full: start over from the last half (module docstring). A fresh
             # cache rather than a rewound one, so mixers with recurrent state stay correct.

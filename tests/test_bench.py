@@ -92,7 +92,8 @@ def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
     from fewshot.bench.report import bench_all, write_bench
 
     result = bench_all(preset="nano", batch=1, seq=16, train_steps=1, dtype="fp32", tokens=4, batches=(1, 8),
-                       decode_repeats=1, contexts=(8, 16), prepare_mb=0, peak_sizes=(128,), llamacpp=False)
+                       decode_repeats=1, contexts=(8, 16), prepare_mb=0, peak_sizes=(128,), llamacpp=False,
+                       compile_decode=False)  # compiled decoding: the next test
     written, table = write_bench(result, tmp_path / "bench.json")
     data = json.loads(written.read_text())
     assert data["peak"]["fp32_gflops"] > 0 and data["peak"]["bf16_gflops"] > 0
@@ -104,6 +105,36 @@ def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
     assert set(data["decode"]["ms_per_token_by_context"]) == {"8", "16"}
     assert {"cpu", "cores", "torch"} <= set(data["machine"]) and data["date"]
     assert "| train nano fp32" in table.read_text()
+
+
+def test_compiled_decoding_chooses_what_eager_and_hf_choose(model) -> None:
+    """torch.compile'd decoding (one compilation, ~20 s) against eager and HF in one benchmark,
+    then sampled text and a slide past the context through the compiled step."""
+    pytest.importorskip("transformers")
+    from fewshot.bench import bench_decode_vs_hf
+    from fewshot.bench.peer import hf_peer
+    from fewshot.bench.report import markdown_table
+    from fewshot.generate import SamplingOptions, generate
+
+    r = bench_decode_vs_hf(model, hf_peer(model), batch=2, tokens=12, prompt_tokens=8, repeats=1, compiled=True)
+    assert r.outputs_match and r.compiled_outputs_match
+    assert r.compiled_tok_s == pytest.approx(2 * 12 / r.compiled_seconds)
+    assert r.compiled_ratio_vs_hf == pytest.approx(r.hf_seconds / r.compiled_seconds)
+    assert not model.decoding_compiled  # the benchmark leaves the model as it found it
+
+    options = SamplingOptions(max_tokens=80, temperature=0.9, n=2, seed=3, stop_at_eot=False)  # 80 > context 64
+    model.compile_decoding()
+    try:
+        compiled = generate(model, ByteTokenizer(), "Hi", options)
+    finally:
+        model.compile_decoding(False)
+    eager = generate(model, ByteTokenizer(), "Hi", options)
+    assert [c.token_ids for c in compiled] == [c.token_ids for c in eager]
+    assert len(set(eager[0].token_ids)) > 5
+
+    result = {"date": "today", "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "2"},
+              "peak": {"fp32_gflops": 1.0, "bf16_gflops": 1.0}, "decode": {"preset": "nano", "batch2": r.to_json()}}
+    assert f"| decode nano fp32 torch.compile, batch 2, 12 new tokens (tok/s) | {r.compiled_tok_s:,.0f} |" in markdown_table(result)
 
 
 def test_bench_prepare_reports_rates(tmp_path) -> None:

@@ -136,14 +136,25 @@ class DecodeVsHF:
     ratio_vs_hf: float
     pair_ratios: list[float]
     outputs_match: bool  # both chose the same tokens (greedy, same weights)
+    # With compiled=True: our decoding through torch.compile, a third contender in the same rounds.
+    compiled_seconds: float | None = None
+    compiled_tok_s: float | None = None
+    compiled_ratio_vs_hf: float | None = None
+    compiled_pair_ratios: list[float] | None = None
+    compiled_outputs_match: bool | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def bench_decode_vs_hf(model, peer, batch: int, tokens: int, prompt_tokens: int = 16, repeats: int = 3,
-                       warmup: int = 1, tokenizer=None, progress: bool = False) -> DecodeVsHF:
-    """Greedy decoding of `tokens` new tokens for `batch` copies of one prompt, ours and HF's, interleaved."""
+                       warmup: int = 1, tokenizer=None, progress: bool = False, compiled: bool = False) -> DecodeVsHF:
+    """Greedy decoding of `tokens` new tokens for `batch` copies of one prompt, ours and HF's, interleaved.
+
+    `compiled`: also ours with `model.compile_decoding()`, in the same rounds (eager, compiled,
+    HF), so both of our numbers meet the same machine load as HF's. The warm-up round pays
+    for the compilation.
+    """
     if min(batch, tokens, prompt_tokens, repeats) < 1 or warmup < 0:
         raise FewshotError(f"bench: batch, tokens, prompt_tokens and repeats must be >= 1, got {batch}, {tokens}, {prompt_tokens}, {repeats}")
     if prompt_tokens + tokens > model.config.context:
@@ -156,8 +167,11 @@ def bench_decode_vs_hf(model, peer, batch: int, tokens: int, prompt_tokens: int 
     eot = getattr(tokenizer, "eot_id", model.config.vocab_size - 1)
     outputs: dict[str, list[list[int]]] = {}
 
-    def ours() -> None:
-        outputs["fewshot"] = [list(c.token_ids) for c in generate(model, tokenizer, prompt_ids, options)]
+    def ours(name: str, compile_decoding: bool) -> Callable[[], None]:
+        def run() -> None:
+            model.compile_decoding(compile_decoding)
+            outputs[name] = [list(c.token_ids) for c in generate(model, tokenizer, prompt_ids, options)]
+        return run
 
     def theirs() -> None:
         with torch.inference_mode():
@@ -166,14 +180,28 @@ def bench_decode_vs_hf(model, peer, batch: int, tokens: int, prompt_tokens: int 
                                 pad_token_id=eot, eos_token_id=eot)
         outputs["hf"] = out[:, prompt_tokens:].tolist()
 
+    runs = {"fewshot": ours("fewshot", False)}
+    if compiled:
+        runs["fewshot compiled"] = ours("fewshot compiled", True)
+    runs["hf"] = theirs
     peer.eval()
-    seconds = interleave({"fewshot": ours, "hf": theirs}, repeats, warmup, device, progress,
-                         label=f"decode batch {batch} vs HF")
+    was_compiled = model.decoding_compiled
+    try:
+        seconds = interleave(runs, repeats, warmup, device, progress, label=f"decode batch {batch} vs HF")
+    finally:
+        model.compile_decoding(was_compiled)
     mine, hf = median(seconds["fewshot"]), median(seconds["hf"])
+    extra = {}
+    if compiled:
+        fast = median(seconds["fewshot compiled"])
+        extra = dict(compiled_seconds=fast, compiled_tok_s=batch * tokens / fast, compiled_ratio_vs_hf=hf / fast,
+                     compiled_pair_ratios=pair_ratios(seconds["fewshot compiled"], seconds["hf"]),
+                     compiled_outputs_match=outputs["fewshot compiled"] == outputs["hf"])
     return DecodeVsHF(
         batch=batch, tokens=tokens, prompt_tokens=prompt_tokens, dtype=_dtype_name(model), threads=torch.get_num_threads(),
         seconds=mine, hf_seconds=hf, tok_s=batch * tokens / mine, hf_tok_s=batch * tokens / hf, ratio_vs_hf=hf / mine,
         pair_ratios=pair_ratios(seconds["fewshot"], seconds["hf"]), outputs_match=outputs["fewshot"] == outputs["hf"],
+        **extra,
     )
 
 

@@ -118,6 +118,7 @@ class DecodeVsLlamaCpp:
     prompt_tokens: int
     threads: int
     fewshot_dtype: str
+    fewshot_compiled: bool  # our decoding step through torch.compile (GPT.compile_decoding)
     gguf_types: list[str]
     seconds: float
     llamacpp_seconds: float
@@ -132,8 +133,12 @@ class DecodeVsLlamaCpp:
 
 
 def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), tokens: int = 64, repeats: int = 3,
-                             warmup: int = 1, dtype: str = "fp32", progress: bool = False) -> list[DecodeVsLlamaCpp]:
-    """fewshot (the file imported, `dtype` weights) against llama.cpp (the file as is), greedy, interleaved."""
+                             warmup: int = 1, dtype: str = "fp32", progress: bool = False,
+                             compiled: bool = False) -> list[DecodeVsLlamaCpp]:
+    """fewshot (the file imported, `dtype` weights) against llama.cpp (the file as is), greedy, interleaved.
+
+    `compiled`: ours decodes through torch.compile; the warm-up round pays for compiling.
+    """
     from fewshot.convert.gguf import import_gguf
     from fewshot.lm import load
 
@@ -144,6 +149,7 @@ def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), toke
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="fewshot-bench-") as scratch:
         lm = load(import_gguf(gguf, Path(scratch) / "run", dtype=dtype))
+        lm.model.compile_decoding(compiled)
         prompt = lm.tokenizer.encode(PROMPT)
         context = len(prompt) + tokens + 1
         if context > lm.model.config.context:
@@ -171,6 +177,7 @@ def _one_batch(lm, peer: LlamaCpp, prompt: list[int], rows: int, tokens: int, re
     mine, theirs_s = median(seconds["fewshot"]), median(seconds["llamacpp"])
     return DecodeVsLlamaCpp(
         batch=rows, tokens=tokens, prompt_tokens=len(prompt), threads=torch.get_num_threads(), fewshot_dtype=dtype,
+        fewshot_compiled=lm.model.decoding_compiled,
         gguf_types=list(lm.config.get("source", {}).get("quantization", [])), seconds=mine, llamacpp_seconds=theirs_s,
         tok_s=rows * tokens / mine, llamacpp_tok_s=rows * tokens / theirs_s, ratio=theirs_s / mine,
         pair_ratios=pair_ratios(seconds["fewshot"], seconds["llamacpp"]),

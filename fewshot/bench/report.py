@@ -57,12 +57,16 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
               batches: tuple[int, ...] = DEFAULTS["batches"], decode_repeats: int = DEFAULTS["decode_repeats"],
               contexts: tuple[int, ...] = DEFAULTS["contexts"], prepare_mb: float = DEFAULTS["prepare_mb"],
               device: str = "cpu", peak_sizes: tuple[int, ...] | None = None, llamacpp: bool = True,
-              progress: bool = False) -> dict[str, Any]:
+              compile_decode: bool = True, progress: bool = False) -> dict[str, Any]:
     """Peak, train vs HF, decode vs HF and prepare; one dict, the shape of bench.json.
 
     dtype "auto" trains in bf16 where the hardware has it (train.use_bf16) and fp32 elsewhere:
     emulated bf16 would only measure the emulation. prepare_mb 0 skips the prepare benchmark.
     `llamacpp`: also SmolLM2 against llama.cpp on CPU, if the bench-llamacpp extra is installed.
+    `compile_decode`: decode vs HF also with our step through torch.compile, in the same rounds
+    (the stable `ratio_vs_hf` keys stay the eager default; `compiled_ratio_vs_hf` sits beside
+    them). SmolLM2 meets llama.cpp eager here: compiling its 30 blocks takes minutes, which
+    `fewshot bench decode --vs llamacpp --compile` spends on request.
     """
     from fewshot.bench.decode import bench_decode_vs_hf, decode_cost_by_context
     from fewshot.bench.peak import measure_peak
@@ -93,6 +97,7 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
     decode: dict[str, Any] = {"preset": preset, "context": context, "tokens": tokens}
     for rows in batches:
         decode[f"batch{rows}"] = bench_decode_vs_hf(model, peer, rows, tokens, prompt_tokens, repeats=decode_repeats,
+                                                    compiled=compile_decode,
                                                     progress=progress).to_json()
     decode["ms_per_token_by_context"] = {str(c): ms for c, ms in decode_cost_by_context(model, contexts, progress=progress).items()}
     versus = _vs_llamacpp(batches, tokens, decode_repeats, progress) if llamacpp and target.type == "cpu" else None
@@ -157,9 +162,15 @@ def markdown_table(result: dict[str, Any]) -> str:
             match = "" if row["outputs_match"] else " (outputs differ)"
             lines.append(f"| decode {decode['preset']} {row['dtype']}, batch {row['batch']}, {row['tokens']} new tokens (tok/s){match} | "
                          f"{row['tok_s']:,.0f} | {row['hf_tok_s']:,.0f} | {row['ratio_vs_hf']:.2f}x |")
+            if row.get("compiled_tok_s") is not None:
+                match = "" if row["compiled_outputs_match"] else " (outputs differ)"
+                lines.append(f"| decode {decode['preset']} {row['dtype']} torch.compile, batch {row['batch']}, {row['tokens']} new "
+                             f"tokens (tok/s){match} | {row['compiled_tok_s']:,.0f} | {row['hf_tok_s']:,.0f} | "
+                             f"{row['compiled_ratio_vs_hf']:.2f}x |")
     for key, row in decode.get("llamacpp", {}).items():
         if key.startswith("batch"):
-            lines.append(f"| decode {decode['llamacpp']['gguf']} (fewshot {row['fewshot_dtype']}, llama.cpp "
+            compiled = " torch.compile" if row.get("fewshot_compiled") else ""
+            lines.append(f"| decode {decode['llamacpp']['gguf']} (fewshot {row['fewshot_dtype']}{compiled}, llama.cpp "
                          f"{'/'.join(row['gguf_types'])}), batch {row['batch']}, {row['tokens']} new tokens (tok/s; "
                          f"third column: llama.cpp) | {row['tok_s']:,.1f} | {row['llamacpp_tok_s']:,.1f} | {row['ratio']:.2f}x |")
     if "ms_per_token_by_context" in decode:
