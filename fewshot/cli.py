@@ -594,6 +594,7 @@ def bench_decode_command(
     gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
                                                                           "step through torch.compile.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (llama.cpp runs on the CPU).")] = "cpu",
 ) -> None:
     """KV-cached decoding against recomputing the whole prefix every token, or (--vs) against transformers or llama.cpp."""
     import torch
@@ -601,8 +602,12 @@ def bench_decode_command(
     from fewshot.bench import bench_decode
     from fewshot.config import preset as get_preset
     from fewshot.model import GPT
+    from fewshot.train import pick_device
 
     _check_vs(vs, ("hf", "llamacpp"))
+    target = pick_device(device)
+    if vs == "llamacpp" and target.type != "cpu":
+        raise FewshotError("--vs llamacpp compares on the CPU; drop --device")
     _set_threads(threads)
     if vs == "llamacpp":
         _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile)
@@ -610,7 +615,7 @@ def bench_decode_command(
     torch.manual_seed(0)
     if vs is None:
         tokens, context = tokens or 1000, context or 2048
-        model = GPT(get_preset(preset).replace(context=context))
+        model = GPT(get_preset(preset).replace(context=context)).to(target)
         result = bench_decode(model, tokens=tokens, repeats=repeats)
         out.print(
             f"{preset} (context {context}), {result.tokens} tokens: cached {result.cached_seconds:.2f} s "
@@ -626,7 +631,7 @@ def bench_decode_command(
     tokens, config = tokens or 256, get_preset(preset)
     contexts = tuple(c for c in (64, 128, 256, 512, 1024) if c <= max(config.context, tokens))
     context = context or max(config.context, 16 + tokens, max(contexts) + 17)
-    model = GPT(config.replace(context=context, dropout=0.0)).to(torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
+    model = GPT(config.replace(context=context, dropout=0.0)).to(target, torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
     peer = hf_peer(model)
     for rows in _parse_ints(batch, "--batch"):
         r = bench_decode_vs_hf(model, peer, rows, tokens, repeats=max(repeats, 3), progress=err.is_terminal, compiled=compile)

@@ -73,6 +73,7 @@ def test_python_dash_m_and_the_library_agree(trained_run: Path) -> None:
         (("generate", "{tmp}", "--top-p", "0"), "top_p"),
         (("generate", "{tmp}", "--logit-bias", "7"), "TOKEN_ID:BIAS"),
         (("prepare", "{tmp}/empty", "--out", "{tmp}/y"), "empty"),
+        (("bench", "decode", "--device", "tpu"), "unknown device"),
     ],
 )
 def test_bad_input_gets_one_line_and_a_nonzero_exit(args: tuple[str, ...], message: str, tmp_path: Path) -> None:
