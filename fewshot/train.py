@@ -113,8 +113,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # Fused: one kernel for the whole update instead of ~6 tensor ops per parameter. On the CPU
+    # (AVX512-BF16, 2 cores, bf16 autocast) it took `mini`'s update from 23 ms (torch's default
+    # per-tensor loop; foreach 26 ms) to 10 ms of a 0.71 s step, and `icl`'s from 3.4 to 1.5 ms.
     return torch.optim.AdamW(
-        groups, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=device.type == "cuda"
+        groups, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        fused=device.type in ("cpu", "cuda"),
     )
 
 

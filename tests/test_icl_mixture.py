@@ -108,6 +108,15 @@ def test_a_few_training_families_by_independent_checks() -> None:
         assert all(y.endswith(" " + x) or y.endswith("-" + x) or y.endswith(".." + x) for x, y in examples_of("stutter", seed))
         # A rotation of the word that ends with its first half.
         assert all(len(y) == len(x) and y in x + x and y.endswith(x[:len(x) // 2]) for x, y in examples_of("swap_halves", seed))
+        # The families that count from the end of the word.
+        assert all(y in (x[-2], x[-3]) for x, y in examples_of("letter_from_end", seed))
+        for x, y in examples_of("upper_letter_from_end", seed):
+            assert y.lower() == x and sum(c.isupper() for c in y) == 1 and y[-3:] != y[-3:].lower()
+        for x, y in examples_of("insert_from_end", seed):
+            assert len(y) == len(x) + 1 and any(y[:-i - 1] + y[-i:] == x for i in (1, 2))
+        assert all(any(y == x[-k:] + x[:-k] for k in (1, 2, 3)) for x, y in examples_of("rotate_back", seed))
+        assert all(y.startswith(x) and y.endswith(x[-2:]) and len(y) - len(x) in (3, 4, 5) for x, y in examples_of("echo_end", seed))
+        assert all(abs((ord(y) - ord(x[-1])) % 26) in (1, 2, 25) for x, y in examples_of("shift_last", seed))
         values = {}
         for x, y in examples_of("lookup_table", seed):
             assert values.setdefault(x, y) == y  # a table: the same key, the same value

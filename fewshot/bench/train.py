@@ -36,8 +36,9 @@ class PrecisionBench:
 
 def bench_train_precision(config, batch_size: int, steps: int = 5, device: str = "cpu") -> PrecisionBench:
     """Time `steps` optimizer steps per precision (after one warm-up), same weights, same batch."""
+    from fewshot.config import TrainConfig
     from fewshot.model import GPT
-    from fewshot.train import autocast
+    from fewshot.train import autocast, make_optimizer
 
     target = torch.device(device)
     x, y = _batch(config, batch_size, config.context, target)
@@ -45,7 +46,7 @@ def bench_train_precision(config, batch_size: int, steps: int = 5, device: str =
     for bf16 in (False, True):
         torch.manual_seed(0)
         model = GPT(config).to(target)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = make_optimizer(model, TrainConfig(data="-", out="-"), target)  # the one training uses
         timings = []
         for step in range(steps + 1):
             synchronize(target)

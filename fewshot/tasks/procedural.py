@@ -287,6 +287,44 @@ def swap_halves(rng):
     return _string_task("swap_halves", "Swap the two halves.", lambda s: s[len(s) // 2:] + s[:len(s) // 2], rng)
 
 
+# The families above mostly count from the start of the word; these count from its end, so
+# that finding "the end of the input" is a skill training asks for as often as finding its start.
+
+
+def letter_from_end(rng):
+    i = rng.randint(2, 3)
+    return _string_task("letter_from_end", f"Write letter number {i} from the end.", lambda s: s[-i], rng)
+
+
+def upper_letter_from_end(rng):
+    i = rng.randint(1, 3)
+    return _string_task("upper_letter_from_end", f"Capitalise letter number {i} from the end.",
+                        lambda s: s[:-i] + s[-i].upper() + s[len(s) - i + 1:], rng)
+
+
+def insert_from_end(rng):
+    ch, at = rng.choice(LETTERS + "-.*"), rng.randint(1, 2)
+    return _string_task("insert_from_end", f"Put {ch} before the last {at} letter{'s' * (at > 1)}.",
+                        lambda s: s[:-at] + ch + s[-at:], rng)
+
+
+def rotate_back(rng):
+    k = rng.randint(1, 3)
+    return _string_task("rotate_back", f"Move the last {k} letter{'s' * (k > 1)} to the front.",
+                        lambda s: s[-k:] + s[:-k], rng)
+
+
+def echo_end(rng):
+    n, sep = rng.randint(2, 3), rng.choice(["-", "..", " "])
+    return _string_task("echo_end", "Echo the end of the word.", lambda s: s + sep + s[-n:], rng)
+
+
+def shift_last(rng):
+    k = rng.choice([1, 1, 2, -1])
+    return _string_task("shift_last", f"Write the letter {abs(k)} {'after' if k > 0 else 'before'} the last one.",
+                        lambda s: shift(s[-1], k), rng)
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -507,6 +545,12 @@ def classify_first_letter(rng):
     return _classify("classify_first_letter", feature, rng, lambda r: _draw_balanced(r, feature, word))
 
 
+def classify_last_letter(rng):
+    cut = rng.choice(LETTERS[3:23])
+    feature = lambda s: s[-1] < cut  # noqa: E731
+    return _classify("classify_last_letter", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
 def classify_vowel_start(rng):
     feature = lambda s: s[0] in VOWELS  # noqa: E731
     return _classify("classify_vowel_start", feature, rng, lambda r: _draw_balanced(r, feature, word))
@@ -595,6 +639,12 @@ FAMILIES: tuple[Family, ...] = (
     Family("vowel_swap", "string", vowel_swap),
     Family("middle_letter", "string", middle_letter),
     Family("swap_halves", "string", swap_halves),
+    Family("letter_from_end", "string", letter_from_end),
+    Family("upper_letter_from_end", "string", upper_letter_from_end),
+    Family("insert_from_end", "string", insert_from_end),
+    Family("rotate_back", "string", rotate_back),
+    Family("echo_end", "string", echo_end),
+    Family("shift_last", "string", shift_last),
     Family("pair_swap", "phrase", pair_swap),
     Family("pair_join", "phrase", pair_join),
     Family("longer_word", "phrase", longer_word),
@@ -618,6 +668,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("list_reverse", "list", list_reverse),
     Family("sequence_next", "list", sequence_next),
     Family("classify_first_letter", "classify", classify_first_letter),
+    Family("classify_last_letter", "classify", classify_last_letter),
     Family("classify_vowel_start", "classify", classify_vowel_start),
     Family("classify_contains", "classify", classify_contains),
     Family("classify_even", "classify", classify_even),
