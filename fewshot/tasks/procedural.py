@@ -251,10 +251,15 @@ def letter_at(rng):
     return _string_task("letter_at", f"Write letter number {i}.", lambda s: s[i - 1], rng)
 
 
-def next_letter(rng):
+def _shifted_letter(family: str, which: str, at: int, rng: random.Random) -> Task:
+    """The letter k places after (or before) the word's letter `at`, named `which` in the instruction."""
     k = rng.choice([1, 1, 2, -1])
-    return _string_task("next_letter", f"Write the letter {abs(k)} {'after' if k > 0 else 'before'} the first one.",
-                        lambda s: shift(s[0], k), rng)
+    return _string_task(family, f"Write the letter {abs(k)} {'after' if k > 0 else 'before'} the {which} one.",
+                        lambda s: shift(s[at], k), rng)
+
+
+def next_letter(rng):
+    return _shifted_letter("next_letter", "first", 0, rng)
 
 
 def insert_letter(rng):
@@ -267,10 +272,13 @@ def stutter(rng):
     return _string_task("stutter", "Stutter the start of the word.", lambda s: s[:n] + sep + s, rng)
 
 
+def capitalise_at(s: str, i: int) -> str:
+    return s[:i] + s[i:i + 1].upper() + s[i + 1:]
+
+
 def upper_letter_at(rng):
     i = rng.randint(0, 2)
-    return _string_task("upper_letter_at", f"Capitalise letter number {i + 1}.",
-                        lambda s: s[:i] + s[i:i + 1].upper() + s[i + 1:], rng)
+    return _string_task("upper_letter_at", f"Capitalise letter number {i + 1}.", lambda s: capitalise_at(s, i), rng)
 
 
 def vowel_swap(rng):
@@ -299,7 +307,7 @@ def letter_from_end(rng):
 def upper_letter_from_end(rng):
     i = rng.randint(1, 3)
     return _string_task("upper_letter_from_end", f"Capitalise letter number {i} from the end.",
-                        lambda s: s[:-i] + s[-i].upper() + s[len(s) - i + 1:], rng)
+                        lambda s: capitalise_at(s, len(s) - i), rng)
 
 
 def insert_from_end(rng):
@@ -320,9 +328,7 @@ def echo_end(rng):
 
 
 def shift_last(rng):
-    k = rng.choice([1, 1, 2, -1])
-    return _string_task("shift_last", f"Write the letter {abs(k)} {'after' if k > 0 else 'before'} the last one.",
-                        lambda s: shift(s[-1], k), rng)
+    return _shifted_letter("shift_last", "last", -1, rng)
 
 
 # Held out ----------------------------------------------------------------
