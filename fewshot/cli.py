@@ -444,6 +444,8 @@ def icl_train(
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: ~1.25x the steps "
+                                                                        "on a CPU; needs a C compiler.")] = True,
 ) -> None:
     """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
     import fewshot
@@ -458,7 +460,7 @@ def icl_train(
         raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
     recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size or FULL.batch_size,
-                          mixture=mixture)
+                          mixture=mixture, compile=compile)
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:
@@ -477,11 +479,11 @@ def icl_ablation(
     n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
 ) -> None:
     """Chan et al.'s ablation: transformer on bursty vs non-bursty data, and a same-size LSTM."""
-    from fewshot.icl import SHORT, run_ablation
+    from fewshot.icl import ABLATION, run_ablation
 
     if minutes <= 0 or n < 2:
         raise FewshotError("--minutes must be > 0 and --n >= 2")
-    report = run_ablation(runs_dir, out_dir, SHORT.replace(minutes=minutes), n=n, console=out)
+    report = run_ablation(runs_dir, out_dir, ABLATION.replace(minutes=minutes), n=n, console=out)
     out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
 
 

@@ -269,6 +269,9 @@ class TrainConfig:
     device: str = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     max_time: float | None = None  # seconds; stop (and save) once spent
+    # With max_time, single process: at 5% and 25% of the time, refit max_steps from the step
+    # time measured so far, so that the schedule ends when the time does (fewshot.train.StepFit).
+    fit_steps_to_time: bool = False
     progress: bool = True
     tensorboard: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)

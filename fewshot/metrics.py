@@ -93,6 +93,9 @@ class TrainingProgress:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.progress.__exit__(kind, error, trace)
 
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+
     def update(self, step: int, loss: float, val_loss: float | None, tok_per_s: float) -> None:
         self.progress.update(
             self.task, completed=step, loss=f"{loss:.3f}", val="-" if val_loss is None else f"{val_loss:.3f}", speed=f"{tok_per_s:,.0f}"

@@ -306,6 +306,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     model.train()
     train_loss, val_loss, interrupted = float("nan"), None, False
     session_start = time.perf_counter() - elapsed
+    fit = StepFit(step) if config.fit_steps_to_time and config.max_time and not world.active else None
     progress_bar = TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
     with stop_requests() as stop, progress_bar as progress:
         while step < config.max_steps:
@@ -338,7 +339,15 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
             if not math.isfinite(train_loss):
                 raise FewshotError(f"training diverged at step {step} (loss {train_loss}); lower --lr or raise --warmup-steps")
             interrupted, out_of_time = stops > 0, timeouts > 0
-            last = step == config.max_steps or interrupted or out_of_time
+            if fit is not None and (fitted := fit.observe(step, elapsed, config)) is not None:
+                console.print(f"step {step}: {fit.seconds_per_step:.3f} s/step so far -> {fitted} steps "
+                              f"fit the {config.max_time:.0f} s budget (planned {config.max_steps})")
+                config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
+                _save_fitted_config(run_dir, config)  # a resumed run keeps the fitted schedule
+                progress.set_total(fitted)
+                if fit.done:
+                    fit = None
+            last = step >= config.max_steps or interrupted or out_of_time
             val_loss_now = None
             # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
             if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
@@ -359,24 +368,70 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
 
 
+class StepFit:
+    """Refits a run's step count to its time budget from the steps it has actually run: a
+    few calibration steps before the run misjudge a noisy 2-core machine by 20-30% either
+    way (the schedule then ends early, wasting time, or the time cap cuts it short)."""
+
+    SKIP = 5              # steps that pay for compilation and allocations, left out of the measurement
+    AT = (0.05, 0.25)     # of the budget: when to refit. The second absorbs a slow spell early in the
+                          # run (another process); the learning rate is still near its peak at both
+    SHARE = 0.96          # of the remaining time: the rest absorbs noise, the last eval and save
+
+    def __init__(self, first_step: int) -> None:
+        self.start_step = first_step + self.SKIP
+        self.start_time: float | None = None
+        self.pending = list(self.AT)
+        self.seconds_per_step = float("nan")
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def observe(self, step: int, elapsed: float, config: TrainConfig) -> int | None:
+        """The refitted max_steps at the first step after each of AT of the budget that has a
+        validation and a checkpoint among its measured steps (they are part of a step's cost); else None."""
+        if step == self.start_step:
+            self.start_time = elapsed
+        measured = step - self.start_step
+        if (self.done or self.start_time is None or measured < max(config.eval_every, config.save_every)
+                or elapsed < self.pending[0] * config.max_time):
+            return None
+        self.pending.pop(0)
+        self.seconds_per_step = (elapsed - self.start_time) / measured
+        remaining = self.SHARE * (config.max_time - elapsed)
+        return max(step + 1, step + int(remaining / self.seconds_per_step))
+
+
+def _save_fitted_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = read_json(run_dir / CONFIG)
+    write_json(run_dir / CONFIG, {**saved, "train": config.to_dict()})
+
+
 def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8) -> float:
     """Time a few real optimizer steps on a throwaway copy of the model, so the run's
-    step count (and with it the cosine schedule) fits the time budget exactly."""
+    step count (and with it the cosine schedule) fits the time budget exactly. The steps are
+    the loop's: the same forward (compiled if the run compiles), clipping and loss read-back."""
     device = pick_device(config.device)
     bf16 = use_bf16(config.precision, device)
     model = GPT(config.model_config(data.tokenizer.vocab_size)).to(device)
+    forward = torch.compile(model) if config.compile else model
     optimizer = make_optimizer(model, config, device)
     sampler = BatchSampler(data.split("train"), config.batch_size, model.config.context, seed=config.seed)
+    # The first steps pay for one-time allocations (and torch.compile's compilation).
+    warmup = 3 if config.compile else 2
     timings = []
-    for _ in range(steps + 2):  # the first steps pay for one-time allocations
+    for _ in range(steps + warmup):
         started = time.perf_counter()
         x, y = sampler.next_batch()
         with autocast(device, bf16):
-            _, loss = model(x.to(device), y.to(device))
+            _, loss = forward(x.to(device), y.to(device))
         loss.backward()
+        loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
     # The median: single steps vary by +-25% on a 2-core machine, and the fastest of a few
     # would overshoot the budget, so the time cap would end the run mid-schedule.
-    return statistics.median(timings[2:])
+    return statistics.median(timings[warmup:])

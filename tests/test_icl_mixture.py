@@ -41,6 +41,28 @@ def test_held_out_families_are_split_off_by_family() -> None:
     assert {f.category for f in held_out_families()} >= {"string", "number", "list", "classify"}
 
 
+def test_no_training_task_computes_a_held_out_task() -> None:
+    """Split by family means by function: no training task, in any parameterisation drawn here,
+    may give a held-out task's answers. Caught before: `upper_letter_at` capitalising letter 1
+    was `capitalize`. Two tasks agree on every input both drew (>= 20, of more than one length:
+    on 3-letter words alone "copy" is "the last 3 letters")."""
+    held_out = []
+    for family in held_out_families():
+        for seed in range(4):
+            rng = random.Random(f"leak/{family.name}/{seed}")
+            task = family.build(rng)
+            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    for family in training_families():
+        for seed in range(12):
+            rng = random.Random(f"leak/{family.name}/{seed}")
+            task = family.build(rng)
+            answers = dict(task.examples(800, rng))
+            for instruction, held_answers in held_out:
+                shared = answers.keys() & held_answers.keys()
+                if len(shared) >= 20 and len({len(x) for x in shared}) > 1:
+                    assert any(answers[x] != held_answers[x] for x in shared), (task.instruction, instruction)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_family_gives_single_line_examples_that_fit_any_template(seed: int) -> None:
@@ -117,9 +139,35 @@ def test_a_few_training_families_by_independent_checks() -> None:
         assert all(any(y == x[-k:] + x[:-k] for k in (1, 2, 3)) for x, y in examples_of("rotate_back", seed))
         assert all(y.startswith(x) and y.endswith(x[-2:]) and len(y) - len(x) in (3, 4, 5) for x, y in examples_of("echo_end", seed))
         assert all(abs((ord(y) - ord(x[-1])) % 26) in (1, 2, 25) for x, y in examples_of("shift_last", seed))
+        for x, y in examples_of("each_word", seed):
+            assert len(y.split()) == len(x.split())
+        assert all(y[0] == x[0] and sum(c.isupper() for c in y) == 1 for x, y in examples_of("upper_letter_at", seed))
         values = {}
         for x, y in examples_of("lookup_table", seed):
             assert values.setdefault(x, y) == y  # a table: the same key, the same value
+
+
+REWRITES = {  # what a compose instruction's steps say, done another way
+    "write it backwards": lambda s: "".join(reversed(s)),
+    "write it in capitals": lambda s: "".join(chr(ord(c) - 32) if "a" <= c <= "z" else c for c in s),
+    "double every letter": lambda s: re.sub(r"(.)", r"\1\1", s),
+    "remove the vowels": lambda s: re.sub("[aeiou]", "", s),
+    "sort the letters": lambda s: "".join(sorted(s)),
+}
+
+
+def test_compose_does_what_its_instruction_says() -> None:
+    checked = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        task = FAMILY["compose"].build(rng)
+        first, _, then = task.instruction.rstrip(".").partition(", then ")
+        if first.lower() in REWRITES and then in REWRITES:
+            for x, y in task.examples(20, rng):
+                expected = REWRITES[then](REWRITES[first.lower()](x))
+                assert y == (expected or "-"), (task.instruction, x, y)
+            checked += 1
+    assert checked >= 5
 
 
 def test_formats_are_templates_and_cover_the_evaluation_formats() -> None:

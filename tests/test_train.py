@@ -143,3 +143,26 @@ def test_resume_across_the_sequence_length_warm_up_is_bitwise_exact(data_dir: Pa
 def test_a_bad_sequence_length_warm_up_is_refused(options: dict, message: str) -> None:
     with pytest.raises(FewshotError, match=message):
         TrainConfig(data="d", out="o", **options)
+
+
+def test_fit_steps_to_time_refits_the_schedule_once_and_a_resume_keeps_it(data_dir: Path, tmp_path: Path) -> None:
+    """Planned far too many steps for 3 seconds: at 5% of the time the run measures itself and
+    shortens the schedule to what the rest of the budget holds, and says so in config.json."""
+    from fewshot.files import read_json
+
+    run = tmp_path / "run"
+    config = tiny_config(data_dir, run, max_steps=1_000_000, max_time=3.0, fit_steps_to_time=True,
+                         eval_every=10, save_every=10)
+    result = train(config)
+    saved = read_json(run / "config.json")["train"]
+    assert 20 < saved["max_steps"] < 1_000_000 and saved["fit_steps_to_time"] is False
+    # The fitted schedule ends with the budget, its cosine at the floor (on a quiet machine; under
+    # load the rest of the run can be slower than its start, and the cap ends it instead).
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    if result.step == saved["max_steps"]:
+        assert float(rows[-1]["lr"]) < 1.05 * config.peak_lr * config.min_lr_ratio
+    else:
+        assert result.seconds >= 3.0
+    # A resume continues the fitted schedule instead of refitting (or restoring the plan).
+    again = train(resume_config(run, max_time=60.0), resume=True)
+    assert again.step == saved["max_steps"]

@@ -34,7 +34,7 @@ from pathlib import Path
 from fewshot.errors import FewshotError
 from fewshot.taskfile import Template
 from fewshot.tasks import bursty, ginc, procedural
-from fewshot.tasks.procedural import Family, held_out_families, training_families
+from fewshot.tasks.procedural import Family, held_out_families, pick_family, training_families
 
 MIXTURE_FILE = "mixture.json"
 DOCUMENT_FILE_BYTES = 8 << 20
@@ -98,14 +98,14 @@ def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bu
     """One task, many solved examples, one format: what a K-shot prompt looks like."""
     template, separator = rng.choice(FORMATS)
     template = Template(template)
-    task = rng.choice(families).build(rng)
+    task = pick_family(rng, families).build(rng)
     shown = []
     if rng.random() < INSTRUCTION_P and bursty:
         shown.append(task.instruction)
     total, wanted = 0, rng.randint(2, 48)
     while len(shown) < wanted and total < max_chars:
         if not bursty:
-            task = rng.choice(families).build(rng)
+            task = pick_family(rng, families).build(rng)
         text = template.solved(*task.sample(rng))
         shown.append(text)
         total += len(text) + len(separator)

@@ -48,6 +48,11 @@ class Family:
     name: str
     category: str  # string | phrase | number | list | classify | lookup
     build: Callable[[random.Random], Task]
+    weight: float = 1.0  # how often an episode shows it, relative to other families
+
+
+def pick_family(rng: random.Random, families: tuple[Family, ...]) -> Family:
+    return rng.choices(families, weights=[f.weight for f in families])[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -277,7 +282,7 @@ def capitalise_at(s: str, i: int) -> str:
 
 
 def upper_letter_at(rng):
-    i = rng.randint(0, 2)
+    i = rng.randint(1, 2)  # not letter 1: capitalising the first letter is `capitalize`, held out
     return _string_task("upper_letter_at", f"Capitalise letter number {i + 1}.", lambda s: capitalise_at(s, i), rng)
 
 
@@ -397,6 +402,94 @@ def acronym(rng):
 
 def word_count(rng):
     return _phrase_task("word_count", "How many words?", lambda ws: str(len(ws)), 1, 7)
+
+
+# Two rewrites in a row: thousands of tasks that no single family above is, so a model has to
+# read what the examples do rather than recognise which family they come from. The pool holds
+# whole-word rewrites only: no constant is added (a prefix then reversing would be a suffix),
+# no part is picked out (reversing then the first letters would be the last letters) and
+# nothing is counted, so no composition computes a held-out family (the test suite checks).
+Rewrite = tuple[str, Callable[[str], str]]
+
+
+def _rewrite(rng: random.Random) -> Rewrite:
+    """One whole-word rewrite, its parameters drawn: (what the instruction calls it, the rewrite)."""
+    kind = rng.randrange(14)
+    if kind == 0:
+        return "write it backwards", lambda s: s[::-1]
+    if kind == 1:
+        return "write it in capitals", str.upper
+    if kind == 2:
+        return "double every letter", lambda s: "".join(c + c for c in s)
+    if kind == 3:
+        return "remove the vowels", lambda s: "".join(c for c in s if c not in VOWELS)
+    if kind == 4:
+        k = rng.randint(1, 3)
+        return f"shift every letter {k} places", lambda s: "".join(shift(c, k) for c in s)
+    if kind == 5:
+        vowel = rng.choice(sorted(VOWELS))
+        return f"make every vowel {vowel}", lambda s: "".join(vowel if c in VOWELS else c for c in s)
+    if kind == 6:
+        return "sort the letters", lambda s: "".join(sorted(s))
+    if kind == 7:
+        return "remove repeated letters", lambda s: "".join(dict.fromkeys(s))
+    if kind == 8:
+        return "swap the first and last letters", lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s
+    if kind == 9:
+        k = rng.randint(1, 2)
+        return f"move the first {k} to the end", lambda s: s[k:] + s[:k]
+    if kind == 10:
+        k = rng.randint(1, 2)
+        return f"move the last {k} to the front", lambda s: s[-k:] + s[:-k]
+    if kind == 11:
+        n = rng.randint(1, 2)
+        return f"remove the first {n}", lambda s: s[n:]
+    if kind == 12:
+        n = rng.randint(1, 2)
+        return f"remove the last {n}", lambda s: s[:-n]
+    old, new = rng.choice("aeioustrnl"), rng.choice(LETTERS)
+    return f"replace {old} with {new}", lambda s: s.replace(old, new)
+
+
+def _last_rewrite(rng: random.Random) -> Rewrite:
+    """The second step may also reshape the word (separators, brackets): nothing reads it after."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        sep = rng.choice(["-", ".", "_", " "])
+        return f"separate the letters with {sep!r}", sep.join
+    if kind == 1:
+        left, right = rng.choice(["()", "[]", "{}", "<>", "**"])
+        return f"wrap it in {left}{right}", lambda s: left + s + right
+    return _rewrite(rng)
+
+
+def _redrawn_until_nonempty(family: str, instruction: str, transform: Callable[[str], str],
+                            source: Callable[[random.Random], str]) -> Task:
+    """Inputs are redrawn until the answer is a non-empty line: removing letters can leave nothing."""
+    def sample(r: random.Random) -> tuple[str, str]:
+        for _ in range(50):
+            x = source(r)
+            y = transform(x)
+            if y.strip():
+                break
+        return x, y.strip() or "-"
+    return Task(family, instruction, sample)
+
+
+def compose(rng):
+    (first_says, first), (then_says, then) = _rewrite(rng), _last_rewrite(rng)
+    return _redrawn_until_nonempty("compose", f"{first_says.capitalize()}, then {then_says}.",
+                                   lambda s: then(first(s)), text_input(rng))
+
+
+def each_word(rng):
+    """One rewrite applied to every word of a short phrase."""
+    says, rewrite = _rewrite(rng)
+
+    def transform(text: str) -> str:
+        return " ".join(rewrite(w) or "-" for w in text.split())
+    return _redrawn_until_nonempty("each_word", f"For each word, {says}.", transform,
+                                   lambda r: " ".join(phrase(r, 2, 3)))
 
 
 # ---------------------------------------------------------------- number families
@@ -656,6 +749,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("longer_word", "phrase", longer_word),
     Family("acronym", "phrase", acronym),
     Family("word_count", "phrase", word_count),
+    # Each of these two is hundreds of tasks, not one: shown as often as a few families.
+    Family("compose", "string", compose, weight=3.0),
+    Family("each_word", "phrase", each_word, weight=2.0),
     Family("add_constant", "number", add_constant),
     Family("multiply", "number", multiply),
     Family("modulo", "number", modulo),
