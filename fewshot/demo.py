@@ -76,10 +76,10 @@ def held_out_prompt(lm: LM, k: int = 8) -> tuple[str, str, str]:
 
 
 def run_demo(out: Path, minutes: float = 8.0, preset: str = "icl", console: Console | None = None, n_eval: int = 40,
-             smollm2: bool = True) -> Path:
+             smollm2: bool = True, compile: bool = True) -> Path:
     console = console or Console()
     console.rule(f"1-2. the in-context-learning mixture; training `{preset}` for about {minutes:g} minutes")
-    result = train_icl(out, SHORT.replace(minutes=minutes, preset=preset), console=console)
+    result = train_icl(out, SHORT.replace(minutes=minutes, preset=preset, compile=compile), console=console)
 
     console.rule("3. samples")
     lm = load(out)
