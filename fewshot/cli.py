@@ -23,6 +23,9 @@ icl_app = typer.Typer(no_args_is_help=True, help="In-context learning: the meta-
 app.add_typer(icl_app, name="icl")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+# `demo` and `icl train`: the ICL recipes train compiled unless told not to.
+RecipeCompile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: ~1.25x the "
+                                                                            "steps on a CPU; needs a C compiler.")]
 
 
 @app.command()
@@ -392,8 +395,7 @@ def demo(
     preset: Annotated[str, typer.Option()] = "icl",
     n_eval: Annotated[int, typer.Option(help="Held-out queries per family (and per arithmetic cell).")] = 40,
     smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: ~1.25x the steps "
-                                                                        "on a CPU; needs a C compiler.")] = True,
+    compile: RecipeCompile = True,
 ) -> None:
     """The ICL recipe, shortened: mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
     from fewshot.demo import run_demo
@@ -446,8 +448,7 @@ def icl_train(
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: ~1.25x the steps "
-                                                                        "on a CPU; needs a C compiler.")] = True,
+    compile: RecipeCompile = True,
 ) -> None:
     """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
     import fewshot
