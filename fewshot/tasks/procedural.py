@@ -125,6 +125,40 @@ def shift(ch: str, by: int) -> str:
     return LETTERS[(LETTERS.index(ch) + by) % 26] if ch in LETTERS else ch
 
 
+# Whole-word rewrites that single families teach and `compose` / `each_word` chain.
+def backwards(s: str) -> str:
+    return s[::-1]
+
+
+def doubled(s: str) -> str:
+    return "".join(c + c for c in s)
+
+
+def without_vowels(s: str) -> str:
+    return "".join(c for c in s if c not in VOWELS)
+
+
+def shifted(s: str, by: int) -> str:
+    return "".join(shift(c, by) for c in s)
+
+
+def vowels_made(s: str, vowel: str) -> str:
+    return "".join(vowel if c in VOWELS else c for c in s)
+
+
+def deduped(s: str) -> str:
+    return "".join(dict.fromkeys(s))
+
+
+def ends_swapped(s: str) -> str:
+    return s[-1] + s[1:-1] + s[0] if len(s) > 1 else s
+
+
+def rotated(s: str, by: int) -> str:
+    """The first `by` letters moved to the end; a negative `by` moves the last ones to the front."""
+    return s[by:] + s[:by]
+
+
 # ---------------------------------------------------------------- string families
 
 
@@ -143,7 +177,7 @@ def copy(rng):
 
 
 def reverse(rng):
-    return _string_task("reverse", "Write the word backwards.", lambda s: s[::-1], rng)
+    return _string_task("reverse", "Write the word backwards.", backwards, rng)
 
 
 def uppercase(rng):
@@ -172,11 +206,11 @@ def drop_last(rng):
 
 
 def double_letters(rng):
-    return _string_task("double_letters", "Write every letter twice.", lambda s: "".join(c + c for c in s), rng)
+    return _string_task("double_letters", "Write every letter twice.", doubled, rng)
 
 
 def remove_vowels(rng):
-    return _string_task("remove_vowels", "Remove the vowels.", lambda s: "".join(c for c in s if c not in VOWELS) or "-", rng)
+    return _string_task("remove_vowels", "Remove the vowels.", lambda s: without_vowels(s) or "-", rng)
 
 
 def only_vowels(rng):
@@ -192,7 +226,7 @@ def sort_letters(rng):
 
 def caesar(rng):
     k = rng.randint(1, 25)
-    return _string_task("caesar", f"Shift every letter {k} places.", lambda s: "".join(shift(c, k) for c in s), rng)
+    return _string_task("caesar", f"Shift every letter {k} places.", functools.partial(shifted, by=k), rng)
 
 
 def replace_letter(rng):
@@ -221,21 +255,20 @@ def spell_out(rng):
 
 
 def swap_ends(rng):
-    return _string_task("swap_ends", "Swap the first and last letters.",
-                        lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s, rng)
+    return _string_task("swap_ends", "Swap the first and last letters.", ends_swapped, rng)
 
 
 def rotate(rng):
     k = rng.randint(1, 3)
-    return _string_task("rotate", f"Move the first {k} letters to the end.", lambda s: s[k:] + s[:k], rng)
+    return _string_task("rotate", f"Move the first {k} letters to the end.", functools.partial(rotated, by=k), rng)
 
 
 def mirror(rng):
-    return _string_task("mirror", "Write the word, then the word backwards.", lambda s: s + s[::-1], rng)
+    return _string_task("mirror", "Write the word, then the word backwards.", lambda s: s + backwards(s), rng)
 
 
 def dedupe(rng):
-    return _string_task("dedupe", "Remove repeated letters.", lambda s: "".join(dict.fromkeys(s)), rng)
+    return _string_task("dedupe", "Remove repeated letters.", deduped, rng)
 
 
 def length(rng):
@@ -288,8 +321,7 @@ def upper_letter_at(rng):
 
 def vowel_swap(rng):
     vowel = rng.choice(sorted(VOWELS))
-    return _string_task("vowel_swap", f"Make every vowel {vowel}.",
-                        lambda s: "".join(vowel if c in VOWELS else c for c in s), rng)
+    return _string_task("vowel_swap", f"Make every vowel {vowel}.", functools.partial(vowels_made, vowel=vowel), rng)
 
 
 def middle_letter(rng):
@@ -324,7 +356,7 @@ def insert_from_end(rng):
 def rotate_back(rng):
     k = rng.randint(1, 3)
     return _string_task("rotate_back", f"Move the last {k} letter{'s' * (k > 1)} to the front.",
-                        lambda s: s[-k:] + s[:-k], rng)
+                        functools.partial(rotated, by=-k), rng)
 
 
 def echo_end(rng):
@@ -416,31 +448,31 @@ def _rewrite(rng: random.Random) -> Rewrite:
     """One whole-word rewrite, its parameters drawn: (what the instruction calls it, the rewrite)."""
     kind = rng.randrange(14)
     if kind == 0:
-        return "write it backwards", lambda s: s[::-1]
+        return "write it backwards", backwards
     if kind == 1:
         return "write it in capitals", str.upper
     if kind == 2:
-        return "double every letter", lambda s: "".join(c + c for c in s)
+        return "double every letter", doubled
     if kind == 3:
-        return "remove the vowels", lambda s: "".join(c for c in s if c not in VOWELS)
+        return "remove the vowels", without_vowels
     if kind == 4:
         k = rng.randint(1, 3)
-        return f"shift every letter {k} places", lambda s: "".join(shift(c, k) for c in s)
+        return f"shift every letter {k} places", functools.partial(shifted, by=k)
     if kind == 5:
         vowel = rng.choice(sorted(VOWELS))
-        return f"make every vowel {vowel}", lambda s: "".join(vowel if c in VOWELS else c for c in s)
+        return f"make every vowel {vowel}", functools.partial(vowels_made, vowel=vowel)
     if kind == 6:
         return "sort the letters", lambda s: "".join(sorted(s))
     if kind == 7:
-        return "remove repeated letters", lambda s: "".join(dict.fromkeys(s))
+        return "remove repeated letters", deduped
     if kind == 8:
-        return "swap the first and last letters", lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s
+        return "swap the first and last letters", ends_swapped
     if kind == 9:
         k = rng.randint(1, 2)
-        return f"move the first {k} to the end", lambda s: s[k:] + s[:k]
+        return f"move the first {k} to the end", functools.partial(rotated, by=k)
     if kind == 10:
         k = rng.randint(1, 2)
-        return f"move the last {k} to the front", lambda s: s[-k:] + s[:-k]
+        return f"move the last {k} to the front", functools.partial(rotated, by=-k)
     if kind == 11:
         n = rng.randint(1, 2)
         return f"remove the first {n}", lambda s: s[n:]
