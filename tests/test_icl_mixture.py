@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -265,6 +266,19 @@ def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
     (path / "mixture.json").write_text(json.dumps({"seed": 99}))
     with pytest.raises(FewshotError, match="different ICL mixture"):
         ensure_mixture(tmp_path, config, progress=False)
+
+
+def test_a_changed_family_is_new_data_even_under_its_old_name(monkeypatch) -> None:
+    # A family whose parameters are edited keeps its name; the mixture on disk must not be reused.
+    from fewshot.tasks import mixture, procedural
+
+    config = MixtureConfig(megabytes=0.05)
+    before = config.name
+    assert config.name == before and MixtureConfig(megabytes=0.05, seed=1).name != before
+    edited = tuple(dataclasses.replace(f, build=procedural.uppercase) if f.name == "reverse" else f
+                   for f in training_families())
+    monkeypatch.setattr(mixture, "training_families", lambda: edited)
+    assert config.name != before
 
 
 def test_documents_do_not_depend_on_the_interpreters_hash_seed() -> None:

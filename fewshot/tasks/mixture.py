@@ -86,12 +86,25 @@ class MixtureConfig:
 
     @property
     def name(self) -> str:
-        """Directory name: readable, plus a digest of every field and of the training families,
-        so two mixtures never share one (nor does a mixture written before a family was added)."""
-        families = [family.name for family in training_families()]
-        digest = hashlib.sha256(json.dumps([asdict(self), families], sort_keys=True).encode()).hexdigest()[:8]
+        """Directory name: readable, plus a digest of every field and of what the generators
+        write, so two mixtures never share one, and a mixture written before a family was added
+        *or changed* is not reused (a digest of names alone missed edited parameters)."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for text in generator_fingerprint(self):
+            digest.update(text.encode())
         kind = "icl" if self.bursty else "icl-nonbursty"
-        return f"{kind}-{self.megabytes:g}mb-seed{self.seed}-{digest}"
+        return f"{kind}-{self.megabytes:g}mb-seed{self.seed}-{digest.hexdigest()[:8]}"
+
+
+def generator_fingerprint(config: MixtureConfig, documents_shown: int = 300, tasks_per_family: int = 3) -> Iterator[str]:
+    """The mixture's first documents and a few tasks of every training family, with their
+    examples: a cheap sample (~0.1 s) that changes when any generator does."""
+    yield from itertools.islice(documents(config), documents_shown)
+    for family in training_families():
+        rng = random.Random(f"fingerprint/{family.name}")
+        for _ in range(tasks_per_family):
+            task = family.build(rng)
+            yield json.dumps([family.name, task.instruction, task.examples(4, rng)])
 
 
 def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True) -> str:
