@@ -269,7 +269,7 @@ class TrainConfig:
     device: str = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     max_time: float | None = None  # seconds; stop (and save) once spent
-    # With max_time, single process: at 5% and 25% of the time, refit max_steps from the step
+    # With max_time, single process: at 5%, 25%, 50% and 75% of the time, refit max_steps from the step
     # time measured so far, so that the schedule ends when the time does (fewshot.train.StepFit).
     fit_steps_to_time: bool = False
     progress: bool = True
