@@ -69,7 +69,10 @@ def test_a_signal_during_training_ends_the_command_with_the_checkpoint_kept(in_t
     run = in_tmp / "run"
 
     def interrupt_once_training_started() -> None:
-        while not (run / "config.json").exists():  # written after the step-time calibration
+        # A logged step: the loop, whose signal handlers save and stop, has begun. (config.json
+        # comes earlier, before the handlers: a signal there raced them and ended the test run.)
+        metrics = run / "metrics.csv"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) > 1):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
