@@ -260,107 +260,111 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
         torch.manual_seed(_rank_seed(config.seed, world.rank, step))
     if world.active:
         torch.distributed.barrier()
-    if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # config.json first: once it exists the run can be resumed, so a kill at any later
-        # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
-        write_json(run_dir / CONFIG, {
-            "fewshot_version": __version__,
-            "model": model_config.to_dict(),
-            "tokenizer": tokenizer.spec(),
-            "train": config.to_dict(),
-            "data": {"path": str(config.data), "meta": data.meta},
-        })
-        tokenizer.save(run_dir)
-    forward = torch.compile(wrapped) if config.compile else wrapped
+    # The handlers go in before anything is written: from the first file on, a SIGINT or SIGTERM
+    # must end in a checkpoint and a clean exit (the loop runs at least one step, then saves), not
+    # in a KeyboardInterrupt half-way through the set-up.
+    with stop_requests() as stop:
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # config.json first: once it exists the run can be resumed, so a kill at any later
+            # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
+            write_json(run_dir / CONFIG, {
+                "fewshot_version": __version__,
+                "model": model_config.to_dict(),
+                "tokenizer": tokenizer.spec(),
+                "train": config.to_dict(),
+                "data": {"path": str(config.data), "meta": data.meta},
+            })
+            tokenizer.save(run_dir)
+        forward = torch.compile(wrapped) if config.compile else wrapped
 
-    def checkpoint() -> None:
-        # Consolidated on rank 0 in the single-process format, so any world size can resume it.
-        weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
-        rng_ranks = gather(_rng_state(device), world)
-        if not world.main:
-            return
-        trainer_state = {
-            "step": step, "tokens": tokens, "elapsed": elapsed,
-            "sampler": sampler.state_dict(), "rng_cpu": torch.get_rng_state(),
-        }
-        if device.type == "cuda":
-            trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        if world.active:
-            trainer_state["rng_ranks"] = rng_ranks
-        save_checkpoint(run_dir, step, weights, optimizer_state, trainer_state, config.keep_last)
+        def checkpoint() -> None:
+            # Consolidated on rank 0 in the single-process format, so any world size can resume it.
+            weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
+            rng_ranks = gather(_rng_state(device), world)
+            if not world.main:
+                return
+            trainer_state = {
+                "step": step, "tokens": tokens, "elapsed": elapsed,
+                "sampler": sampler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            }
+            if device.type == "cuda":
+                trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            if world.active:
+                trainer_state["rng_ranks"] = rng_ranks
+            save_checkpoint(run_dir, step, weights, optimizer_state, trainer_state, config.keep_last)
 
-    metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard) if world.main else None
-    # Global batch = micro-batch x accumulation x world size (see StepSampler).
-    windows_per_step = config.batch_size * config.grad_accum * world.size
-    if world.main:
-        ranks = f" on each of {world.size} ranks ({config.strategy.upper()})" if world.active else ""
-        console.print(
-            f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
-            f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
-            f"= {windows_per_step * context} tokens/step, steps {step}->{config.max_steps}"
-        )
-        if step < config.short_context_steps:
-            console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
-                          f"train on the first {config.window_length(step, context)} tokens of each window")
-    model.train()
-    train_loss, val_loss, interrupted = float("nan"), None, False
-    session_start = time.perf_counter() - elapsed
-    fit = StepFit(step) if config.fit_steps_to_time and config.max_time and not world.active else None
-    progress_bar = TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
-    with stop_requests() as stop, progress_bar as progress:
-        while step < config.max_steps:
-            started = time.perf_counter()
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            total = 0.0
-            micro_batches = sampler.next_step()
-            length = config.window_length(step, context)
-            for micro, (x, y) in enumerate(micro_batches):
-                x, y = x[:, :length], y[:, :length]
-                # Mean over the global batch: accumulation divides by A here, DDP/FSDP average over ranks.
-                with gradient_sync(wrapped, sync=micro == len(micro_batches) - 1):
-                    with autocast(device, bf16):
-                        _, loss = forward(x.to(device), y.to(device))
-                    (loss / config.grad_accum).backward()
-                total += loss.item()
-            grad_norm = plain_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += windows_per_step * length
-            elapsed = time.perf_counter() - session_start
-            out_of_time = config.max_time is not None and elapsed >= config.max_time
-            # One collective per step: the global mean loss, and whether any rank was asked to
-            # stop or ran out of time, so that all ranks leave the loop at the same step.
-            loss_sum, stops, timeouts = sum_over_ranks([total / config.grad_accum, stop.is_set(), out_of_time], world, device)
-            train_loss = loss_sum / world.size
-            if not math.isfinite(train_loss):
-                raise FewshotError(f"training diverged at step {step} (loss {train_loss}); lower --lr or raise --warmup-steps")
-            interrupted, out_of_time = stops > 0, timeouts > 0
-            if fit is not None and (fitted := fit.observe(step, elapsed, config)) is not None:
-                console.print(f"step {step}: {fit.seconds_per_step:.3f} s/step so far -> {fitted} steps "
-                              f"fit the {config.max_time:.0f} s budget (planned {config.max_steps})")
-                config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
-                _save_fitted_config(run_dir, config)  # a resumed run keeps the fitted schedule
-                progress.set_total(fitted)
-                if fit.done:
-                    fit = None
-            last = step >= config.max_steps or interrupted or out_of_time
-            val_loss_now = None
-            # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
-            if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
-                val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
-            tok_per_s = windows_per_step * length / (time.perf_counter() - started)
-            if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
-                metrics.log(step=step, tokens=tokens, train_loss=train_loss, val_loss=val_loss_now, lr=lr,
-                            grad_norm=grad_norm, tok_per_s=tok_per_s, elapsed_s=elapsed)
-            progress.update(step, train_loss, val_loss, tok_per_s)
-            if step % config.save_every == 0 or last:
-                checkpoint()
-            if interrupted or out_of_time:
-                break
+        metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard) if world.main else None
+        # Global batch = micro-batch x accumulation x world size (see StepSampler).
+        windows_per_step = config.batch_size * config.grad_accum * world.size
+        if world.main:
+            ranks = f" on each of {world.size} ranks ({config.strategy.upper()})" if world.active else ""
+            console.print(
+                f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
+                f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
+                f"= {windows_per_step * context} tokens/step, steps {step}->{config.max_steps}"
+            )
+            if step < config.short_context_steps:
+                console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
+                              f"train on the first {config.window_length(step, context)} tokens of each window")
+        model.train()
+        train_loss, val_loss, interrupted = float("nan"), None, False
+        session_start = time.perf_counter() - elapsed
+        fit = StepFit(step) if config.fit_steps_to_time and config.max_time and not world.active else None
+        progress_bar = TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
+        with progress_bar as progress:
+            while step < config.max_steps:
+                started = time.perf_counter()
+                lr = learning_rate(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                total = 0.0
+                micro_batches = sampler.next_step()
+                length = config.window_length(step, context)
+                for micro, (x, y) in enumerate(micro_batches):
+                    x, y = x[:, :length], y[:, :length]
+                    # Mean over the global batch: accumulation divides by A here, DDP/FSDP average over ranks.
+                    with gradient_sync(wrapped, sync=micro == len(micro_batches) - 1):
+                        with autocast(device, bf16):
+                            _, loss = forward(x.to(device), y.to(device))
+                        (loss / config.grad_accum).backward()
+                    total += loss.item()
+                grad_norm = plain_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens += windows_per_step * length
+                elapsed = time.perf_counter() - session_start
+                out_of_time = config.max_time is not None and elapsed >= config.max_time
+                # One collective per step: the global mean loss, and whether any rank was asked to
+                # stop or ran out of time, so that all ranks leave the loop at the same step.
+                loss_sum, stops, timeouts = sum_over_ranks([total / config.grad_accum, stop.is_set(), out_of_time], world, device)
+                train_loss = loss_sum / world.size
+                if not math.isfinite(train_loss):
+                    raise FewshotError(f"training diverged at step {step} (loss {train_loss}); lower --lr or raise --warmup-steps")
+                interrupted, out_of_time = stops > 0, timeouts > 0
+                if fit is not None and (fitted := fit.observe(step, elapsed, config)) is not None:
+                    console.print(f"step {step}: {fit.seconds_per_step:.3f} s/step so far -> {fitted} steps "
+                                  f"fit the {config.max_time:.0f} s budget (planned {config.max_steps})")
+                    config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
+                    _save_fitted_config(run_dir, config)  # a resumed run keeps the fitted schedule
+                    progress.set_total(fitted)
+                    if fit.done:
+                        fit = None
+                last = step >= config.max_steps or interrupted or out_of_time
+                val_loss_now = None
+                # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
+                if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
+                    val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
+                tok_per_s = windows_per_step * length / (time.perf_counter() - started)
+                if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
+                    metrics.log(step=step, tokens=tokens, train_loss=train_loss, val_loss=val_loss_now, lr=lr,
+                                grad_norm=grad_norm, tok_per_s=tok_per_s, elapsed_s=elapsed)
+                progress.update(step, train_loss, val_loss, tok_per_s)
+                if step % config.save_every == 0 or last:
+                    checkpoint()
+                if interrupted or out_of_time:
+                    break
     if metrics is not None:
         metrics.close()
     if interrupted and world.main:

@@ -166,3 +166,30 @@ def test_fit_steps_to_time_refits_the_schedule_once_and_a_resume_keeps_it(data_d
     # A resume continues the fitted schedule instead of refitting (or restoring the plan).
     again = train(resume_config(run, max_time=60.0), resume=True)
     assert again.step == saved["max_steps"]
+
+
+def test_a_signal_during_set_up_saves_a_checkpoint_instead_of_raising(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    # The signal lands after config.json is written and before the loop starts (the tokenizer
+    # is saved in between): it used to end the run with a KeyboardInterrupt traceback.
+    import os
+    import signal
+
+    from fewshot.checkpoint import latest_checkpoint
+    from fewshot.data import TokenData
+
+    tokenizer_class = type(TokenData.open(data_dir).tokenizer)
+    save = tokenizer_class.save
+
+    def save_then_interrupt(self, directory: Path) -> None:
+        assert (Path(directory) / "config.json").is_file()
+        os.kill(os.getpid(), signal.SIGINT)
+        save(self, directory)
+
+    monkeypatch.setattr(tokenizer_class, "save", save_then_interrupt)
+    run = tmp_path / "run"
+    result = train(tiny_config(data_dir, run, max_steps=50))
+    assert result.interrupted and result.step == 1
+    assert latest_checkpoint(run) is not None
+    monkeypatch.undo()
+    resumed = train(resume_config(run), resume=True)
+    assert resumed.step == 50 and not resumed.interrupted
