@@ -67,6 +67,7 @@ def train(
     short_context_steps: Annotated[Optional[int], typer.Option(help="Steps of the sequence-length warm-up.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option()] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw (GPT-3), or muon: Muon for the blocks' matrices, AdamW for the rest.")] = None,
     dropout: Annotated[Optional[float], typer.Option()] = None,
     attention: Annotated[Optional[str], typer.Option(help="dense, local or alternating (GPT-3); lstm: a same-size recurrent baseline.")] = None,
     window: Annotated[Optional[int], typer.Option(help="Band width of local attention.")] = None,
@@ -95,7 +96,7 @@ def train(
 
     given = dict(preset=preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, context=context,
                  short_context=short_context, short_context_steps=short_context_steps, lr=lr,
-                 warmup_steps=warmup_steps, dropout=dropout, attention=attention, window=window, eval_every=eval_every,
+                 warmup_steps=warmup_steps, optimizer=optimizer, dropout=dropout, attention=attention, window=window, eval_every=eval_every,
                  save_every=save_every, log_every=log_every, keep_last=keep_last, seed=seed, precision=precision, compile=compile,
                  device=device, max_time=max_time, progress=progress, strategy=strategy)
     given = {k: v for k, v in given.items() if v is not None}
@@ -446,6 +447,8 @@ def icl_train(
     context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per optimizer step (default 4).")] = None,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="muon (the recipe's) or adamw.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, 6e-3 with muon).")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
     compile: RecipeCompile = True,
@@ -463,7 +466,8 @@ def icl_train(
         raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
     recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size or FULL.batch_size,
-                          mixture=mixture, compile=compile)
+                          mixture=mixture, compile=compile, optimizer=optimizer or FULL.optimizer,
+                          lr=lr if lr is not None else FULL.lr if optimizer in (None, FULL.optimizer) else None)
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:

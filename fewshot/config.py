@@ -23,6 +23,7 @@ Attention = Literal["dense", "local", "alternating", "lstm"]
 # - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
 Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
+Optimizer = Literal["adamw", "muon"]  # fewshot.optim
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ class TrainConfig:
     beta2: float = 0.95  # GPT-3 §B
     eps: float = 1e-8  # GPT-3 §B
     grad_clip: float = 1.0  # GPT-3 §B
+    # adamw (GPT-3 §B) or muon: Muon for the blocks' matrices, AdamW for the rest (fewshot.optim)
+    optimizer: Optimizer = "adamw"
     dropout: float = 0.0
     attention: Attention | None = None  # None: the preset's
     window: int | None = None
@@ -293,6 +296,11 @@ class TrainConfig:
             raise FewshotError("train: --short-context-steps needs --short-context (the warm-up window length)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FewshotError(f"train: --precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise FewshotError(f"train: --optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            # Muon orthogonalises whole matrices; FSDP gives each rank a shard of one.
+            raise FewshotError("train: --optimizer muon needs whole matrices on every rank: use --strategy ddp")
         if self.strategy not in ("ddp", "fsdp"):
             raise FewshotError(f"train: --strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.max_time is not None and self.max_time <= 0:

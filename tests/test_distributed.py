@@ -12,7 +12,7 @@ from fewshot.data import BatchSampler, StepSampler
 from fewshot.distributed import World, full_state, gradient_sync, load_optimizer_state, sum_over_ranks
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
-from fewshot.train import make_optimizer
+from fewshot.optim import make_optimizer
 
 
 class Positions:

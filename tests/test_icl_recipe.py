@@ -41,13 +41,15 @@ def test_train_icl_fits_steps_to_the_budget_and_continues_a_finished_run(in_tmp:
     assert again.step >= result.step and latest_checkpoint(in_tmp / "run") is not None
 
 
-def test_the_recipes_compile_and_a_compiled_run_trains(in_tmp: Path) -> None:
-    """FULL and SHORT train through torch.compile (about 1.25x the steps on a CPU); the
-    ablation's arms stay eager, like the run docs/icl-ablation reports."""
+def test_the_recipes_compile_with_muon_and_such_a_run_trains(in_tmp: Path) -> None:
+    """FULL and SHORT train through torch.compile (about 1.25x the steps on a CPU) with Muon; the
+    ablation's arms stay eager with AdamW, like the run docs/icl-ablation reports."""
     assert FULL.compile and SHORT.compile and not ABLATION.compile
-    result = train_icl(in_tmp / "run", TINY.replace(minutes=0.2, compile=True))
+    assert FULL.optimizer == SHORT.optimizer == "muon" and ABLATION.optimizer == "adamw" and ABLATION.lr is None
+    result = train_icl(in_tmp / "run", TINY.replace(minutes=0.2, compile=True, optimizer="muon", lr=6e-3))
     saved = json.loads((in_tmp / "run" / "config.json").read_text())["train"]
     assert saved["compile"] and not saved["fit_steps_to_time"]  # the step count was refitted during the run
+    assert saved["optimizer"] == "muon" and saved["lr"] == 6e-3
     assert result.step == saved["max_steps"] or result.seconds >= 12
     assert result.val_loss is not None and result.val_loss < 5.0
 

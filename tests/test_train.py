@@ -10,7 +10,8 @@ from fewshot.config import TrainConfig
 from fewshot.errors import FewshotError
 from fewshot.memory import estimate_training_memory
 from fewshot.config import PRESETS
-from fewshot.train import learning_rate, make_optimizer, resume_config, train
+from fewshot.optim import make_optimizer
+from fewshot.train import learning_rate, resume_config, train
 from tests.conftest import tiny_config
 
 
@@ -52,10 +53,10 @@ def test_training_lowers_the_loss_and_writes_a_run_directory(data_dir: Path, tmp
         assert (run / name).exists(), name
 
 
-@pytest.mark.parametrize("preset", ["nano", "llama-nano"])
-def test_resume_is_bitwise_identical_to_an_uninterrupted_run(data_dir: Path, tmp_path: Path, preset: str) -> None:
+@pytest.mark.parametrize("preset, optimizer", [("nano", "adamw"), ("llama-nano", "adamw"), ("llama-nano", "muon")])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(data_dir: Path, tmp_path: Path, preset: str, optimizer: str) -> None:
     # dropout > 0 makes the result depend on the restored RNG state too
-    straight = tiny_config(data_dir, tmp_path / "straight", dropout=0.1, preset=preset)
+    straight = tiny_config(data_dir, tmp_path / "straight", dropout=0.1, preset=preset, optimizer=optimizer)
     train(straight)
     first_half = dataclasses.replace(straight, out=str(tmp_path / "resumed"), max_steps=6)
     train(first_half)

@@ -38,7 +38,8 @@ def bench_train_precision(config, batch_size: int, steps: int = 5, device: str =
     """Time `steps` optimizer steps per precision (after one warm-up), same weights, same batch."""
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
-    from fewshot.train import autocast, make_optimizer
+    from fewshot.optim import make_optimizer
+    from fewshot.train import autocast
 
     target = torch.device(device)
     x, y = _batch(config, batch_size, config.context, target)
@@ -111,12 +112,13 @@ def bench_train_vs_hf(config, batch: int, seq: int, dtype: str = "fp32", steps: 
 
     Both take the same step: forward in `dtype` (bf16 = autocast), cross-entropy on float32
     logits against the same targets, backward, gradient clipping at 1.0 and GPT-3's AdamW
-    (train.make_optimizer). `config.context` becomes `seq`, so both have n_positions = seq.
+    (optim.make_optimizer). `config.context` becomes `seq`, so both have n_positions = seq.
     """
     from fewshot.bench.peer import hf_peer, logits_gap
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
-    from fewshot.train import autocast, make_optimizer
+    from fewshot.optim import make_optimizer
+    from fewshot.train import autocast
 
     if dtype not in ("fp32", "bf16"):
         raise FewshotError(f"--dtype must be fp32 or bf16, got {dtype!r}")

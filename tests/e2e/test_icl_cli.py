@@ -21,7 +21,7 @@ def icl_run(tmp_path_factory) -> Path:
     """A few steps on the generated mixture: `--data icl:...` generates it in ./data/icl first."""
     root = tmp_path_factory.mktemp("icl")
     result = fewshot("train", "--data", "icl:mb=0.3,seed=1", "--preset", "nano", "--max-steps", "3", "--batch-size", "2",
-                     "--context", "128", "--out", "runs/tiny", "--no-progress", cwd=root)
+                     "--context", "128", "--optimizer", "muon", "--out", "runs/tiny", "--no-progress", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -31,6 +31,7 @@ def test_train_generates_the_mixture_once_and_records_where_it_is(icl_run: Path)
     assert json.loads((data / "mixture.json").read_text())["seed"] == 1
     config = json.loads((icl_run / "runs" / "tiny" / "config.json").read_text())
     assert config["train"]["data"] == f"data/icl/{MixtureConfig(megabytes=0.3, seed=1).name}"
+    assert config["train"]["optimizer"] == "muon"
     again = fewshot("train", "--data", "icl:mb=0.3,seed=1", "--preset", "nano", "--max-steps", "2", "--batch-size", "2",
                     "--context", "128", "--out", "runs/again", "--no-progress", cwd=icl_run)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -75,6 +76,8 @@ def test_icl_tasks_and_data_commands(tmp_path: Path) -> None:
     (("icl", "train", "--data", "data/mine", "--minutes", "1"), "takes icl or icl-nonbursty"),
     (("icl", "tasks", "t", "--n", "1"), "--n must be >= 2"),
     (("icl", "train", "--batch-size", "0"), "--batch-size >= 1"),
+    (("icl", "train", "--optimizer", "sgd"), "--optimizer must be adamw or muon"),
+    (("train", "--data", "d", "--optimizer", "lion"), "--optimizer must be adamw or muon"),
     (("train", "--data", "d", "--short-context-steps", "5"), "needs --short-context"),
 ])
 def test_bad_icl_options_get_one_line_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -1,0 +1,92 @@
+"""Optimizers: AdamW (GPT-3 §B), or Muon for the hidden matrices with AdamW for the rest.
+
+Muon (Jordan et al. 2024; torch.optim.Muon) orthogonalises each matrix's momentum before the
+update, so every direction of a weight matrix moves at the same rate. It only applies to the
+2-D weights inside the blocks: embeddings, the output head, gains and the q/k/v convolution
+stay with AdamW, as in the original recipe. Moonshot's learning-rate adjustment
+("match_rms_adamw") scales Muon's update to AdamW's RMS, so the two share one schedule and
+one peak learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fewshot.config import TrainConfig
+from fewshot.errors import FewshotError
+
+class Combined:
+    """Several optimizers stepped as one: the training loop sets `lr` on `param_groups`, steps,
+    zeroes and checkpoints it like a single torch optimizer. The state dict has the single
+    optimizer layout (parameters numbered across all groups in order), so a checkpoint holds
+    one file either way."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[int, Any] = {}
+        groups: list[dict[str, Any]] = []
+        offset = 0
+        for optimizer in self.optimizers:
+            own = optimizer.state_dict()
+            state.update({offset + index: value for index, value in own["state"].items()})
+            groups += [{**group, "params": [offset + index for index in group["params"]]} for group in own["param_groups"]]
+            offset += sum(len(group["params"]) for group in optimizer.param_groups)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        shapes = [len(group["params"]) for optimizer in self.optimizers for group in optimizer.param_groups]
+        if [len(group["params"]) for group in saved["param_groups"]] != shapes:
+            raise FewshotError("the checkpoint's optimizer state does not match this optimizer (another --optimizer?)")
+        groups = iter(saved["param_groups"])
+        offset = 0
+        for optimizer in self.optimizers:
+            own_groups = [next(groups) for _ in optimizer.param_groups]
+            count = sum(len(group["params"]) for group in own_groups)
+            optimizer.load_state_dict({
+                "state": {int(i) - offset: value for i, value in saved["state"].items() if offset <= int(i) < offset + count},
+                "param_groups": [{**group, "params": [i - offset for i in group["params"]]} for group in own_groups],
+            })
+            offset += count
+
+
+def _adamw(groups: list[dict[str, Any]], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # Fused: one kernel for the whole update instead of ~6 tensor ops per parameter. On the CPU
+    # (AVX512-BF16, 2 cores, bf16 autocast) it took `mini`'s update from 23 ms (torch's default
+    # per-tensor loop; foreach 26 ms) to 10 ms of a 0.71 s step, and `icl`'s from 3.4 to 1.5 ms.
+    return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                             fused=device.type in ("cpu", "cuda"))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer | Combined:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    # Decay matrices (embeddings included) but not biases or norm gains: shrinking those
+    # towards zero only fights the normalisation.
+    plain = [p for _, p in named if p.dim() < 2]
+    if config.optimizer == "adamw":
+        matrices = [p for _, p in named if p.dim() >= 2]
+        return _adamw([{"params": matrices, "weight_decay": config.weight_decay},
+                       {"params": plain, "weight_decay": 0.0}], config, device)
+    hidden = [p for name, p in named if p.dim() == 2 and name.startswith("blocks.")]
+    chosen = {id(p) for p in hidden}
+    others = [p for _, p in named if p.dim() >= 2 and id(p) not in chosen]
+    adamw = _adamw([{"params": others, "weight_decay": config.weight_decay},
+                    {"params": plain, "weight_decay": 0.0}], config, device)
+    muon = torch.optim.Muon(hidden, lr=config.peak_lr, weight_decay=config.weight_decay, momentum=0.95,
+                            adjust_lr_fn="match_rms_adamw")
+    return Combined(adamw, muon)

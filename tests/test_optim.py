@@ -1,0 +1,94 @@
+import copy
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.config import PRESETS, TrainConfig
+from fewshot.errors import FewshotError
+from fewshot.model import GPT
+from fewshot.optim import Combined, make_optimizer
+from fewshot.train import resume_config, train
+from tests.conftest import tiny_config
+
+
+def muon_config(**changes) -> TrainConfig:
+    return TrainConfig(data="d", out="o", optimizer="muon", **changes)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else() -> None:
+    model = GPT(PRESETS["icl"])
+    optimizer = make_optimizer(model, muon_config(), torch.device("cpu"))
+    assert isinstance(optimizer, Combined)
+    adamw, muon = optimizer.optimizers
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): name for name, p in model.named_parameters()}
+    in_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
+    in_adamw = {names[id(p)] for group in adamw.param_groups for p in group["params"]}
+    assert not in_muon & in_adamw and in_muon | in_adamw == set(names.values())
+    assert in_muon == {name for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")}
+    assert "token_embedding.weight" in in_adamw and "blocks.0.mixer.conv" in in_adamw  # 2-D outside blocks, 3-D conv
+    # one schedule drives both: the loop sets lr on every group it sees
+    for group in optimizer.param_groups:
+        group["lr"] = 0.5
+    assert all(group["lr"] == 0.5 for o in (adamw, muon) for group in o.param_groups)
+
+
+def test_the_combined_state_round_trips_into_a_fresh_optimizer() -> None:
+    torch.manual_seed(0)
+    model = GPT(PRESETS["llama-nano"])
+    optimizer = make_optimizer(model, muon_config(), torch.device("cpu"))
+    x = torch.randint(0, 256, (2, 32))
+
+    def step(opt) -> None:
+        _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step(optimizer)
+    saved = copy.deepcopy(optimizer.state_dict())  # torch hands out the live state tensors
+    assert sorted(saved["state"]) == list(range(len(saved["state"])))  # one numbering across both optimizers
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    step(optimizer)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    fresh = make_optimizer(model, muon_config(), torch.device("cpu"))
+    fresh.load_state_dict(saved)
+    step(fresh)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_an_adamw_checkpoint_does_not_load_into_muon() -> None:
+    model = GPT(PRESETS["llama-nano"])
+    adamw_state = make_optimizer(model, TrainConfig(data="d", out="o"), torch.device("cpu")).state_dict()
+    with pytest.raises(FewshotError, match="another --optimizer"):
+        make_optimizer(model, muon_config(), torch.device("cpu")).load_state_dict(adamw_state)
+
+
+def test_muon_trains(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, max_steps=40, eval_every=20, batch_size=8, preset="llama-nano", optimizer="muon"))
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < first - 1.0, (first, last)
+    assert resume_config(run).optimizer == "muon"  # saved with the run, so --resume keeps it
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optimizer": "sgd"}, "--optimizer must be adamw or muon"),
+    ({"optimizer": "muon", "strategy": "fsdp"}, "--strategy ddp"),
+])
+def test_bad_optimizer_options_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(FewshotError, match=message):
+        TrainConfig(data="d", out="o", **changes)
+
+
+def test_a_run_resumes_only_under_its_own_optimizer(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, max_steps=2, optimizer="muon"))
+    with pytest.raises(FewshotError, match="trained with --optimizer muon"):
+        resume_config(run, optimizer="adamw")
+    assert resume_config(run, optimizer="muon").optimizer == "muon"
