@@ -465,9 +465,11 @@ def icl_train(
     if minutes <= 0 or (batch_size is not None and batch_size < 1):
         raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
+    # The recipe's 6e-3 is Muon's; another optimizer without --lr takes the preset's own rate.
+    recipe_lr = FULL.lr if optimizer in (None, FULL.optimizer) else None
     recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size or FULL.batch_size,
                           mixture=mixture, compile=compile, optimizer=optimizer or FULL.optimizer,
-                          lr=lr if lr is not None else FULL.lr if optimizer in (None, FULL.optimizer) else None)
+                          lr=lr if lr is not None else recipe_lr)
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:
