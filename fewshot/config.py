@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fewshot.errors import FewshotError
 
@@ -24,6 +24,12 @@ Attention = Literal["dense", "local", "alternating", "lstm"]
 Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
 Optimizer = Literal["adamw", "muon"]  # fewshot.optim
+
+
+def check_optimizer(name: str) -> None:
+    """One check for every entry point that takes --optimizer (TrainConfig, the ICL Recipe)."""
+    if name not in get_args(Optimizer):
+        raise FewshotError(f"--optimizer must be {' or '.join(get_args(Optimizer))}, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -296,8 +302,7 @@ class TrainConfig:
             raise FewshotError("train: --short-context-steps needs --short-context (the warm-up window length)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FewshotError(f"train: --precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise FewshotError(f"train: --optimizer must be adamw or muon, got {self.optimizer!r}")
+        check_optimizer(self.optimizer)
         if self.optimizer == "muon" and self.strategy == "fsdp":
             # Muon orthogonalises whole matrices; FSDP gives each rank a shard of one.
             raise FewshotError("train: --optimizer muon needs whole matrices on every rank: use --strategy ddp")

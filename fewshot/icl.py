@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from fewshot.checkpoint import CONFIG, latest_checkpoint
-from fewshot.config import Optimizer, TrainConfig
+from fewshot.config import Optimizer, TrainConfig, check_optimizer
 from fewshot.data import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import read_json, write_json
@@ -53,8 +53,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         # Checked here, before the mixture is generated for a run that cannot start.
-        if self.optimizer not in ("adamw", "muon"):
-            raise FewshotError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        check_optimizer(self.optimizer)
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
