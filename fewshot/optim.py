@@ -82,9 +82,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         matrices = [p for _, p in named if p.dim() >= 2]
         return _adamw([{"params": matrices, "weight_decay": config.weight_decay},
                        {"params": plain, "weight_decay": 0.0}], config, device)
-    hidden = [p for name, p in named if p.dim() == 2 and name.startswith("blocks.")]
-    chosen = {id(p) for p in hidden}
-    others = [p for _, p in named if p.dim() >= 2 and id(p) not in chosen]
+    def under_muon(name: str, p: torch.Tensor) -> bool:
+        return p.dim() == 2 and name.startswith("blocks.")
+
+    hidden = [p for name, p in named if under_muon(name, p)]
+    others = [p for name, p in named if p.dim() >= 2 and not under_muon(name, p)]
     adamw = _adamw([{"params": others, "weight_decay": config.weight_decay},
                     {"params": plain, "weight_decay": 0.0}], config, device)
     muon = torch.optim.Muon(hidden, lr=config.peak_lr, weight_decay=config.weight_decay, momentum=0.95,
