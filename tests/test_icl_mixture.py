@@ -171,6 +171,77 @@ def test_compose_does_what_its_instruction_says() -> None:
     assert checked >= 5
 
 
+
+def _piece_by_hand(says: str, x: str) -> str | None:
+    """What one piece of a `program` instruction says to write, or None if not read here."""
+    if says.startswith("'"):
+        return says[1:-1]
+    says, upper = (says[:-len(" in capitals")], True) if says.endswith(" in capitals") else (says, False)
+    says, flip = (says[:-len(" backwards")], True) if says.endswith(" backwards") else (says, False)
+    patterns = [
+        (r"the word", lambda: x),
+        (r"the first (\d) letters", lambda n: x[:n]),
+        (r"the last (\d) letters", lambda n: x[len(x) - n:] if n <= len(x) else x),
+        (r"the word without its first (\d)", lambda n: x[n:]),
+        (r"the word without its last (\d)", lambda n: x[:max(len(x) - n, 0)]),
+        (r"letter (\d)", lambda n: x[n - 1] if n <= len(x) else ""),
+        (r"letter (\d) from the end", lambda n: x[len(x) - n] if n <= len(x) else ""),
+    ]
+    for pattern, part in patterns:
+        if m := re.fullmatch(pattern, says):
+            out = part(*map(int, m.groups()))
+            out = out.upper() if upper else out
+            return out[::-1] if flip else out
+    return None
+
+
+def test_program_does_what_its_instruction_says() -> None:
+    checked = 0
+    for seed in range(600):
+        rng = random.Random(f"program/{seed}")
+        task = FAMILY["program"].build(rng)
+        pieces = re.findall(r"'[^']*'|[^,]+", task.instruction.removeprefix("Write ").rstrip("."))
+        pieces = [p.strip().removeprefix("then ") for p in pieces if p.strip()]
+        for x, y in task.examples(10, rng):
+            parts = [_piece_by_hand(p, x) for p in pieces]
+            if None in parts:
+                break
+            assert y == ("".join(parts).strip() or "-"), (task.instruction, x, y)
+        else:
+            checked += 1
+    assert checked >= 100
+
+
+def test_programs_are_thousands_of_tasks_none_of_them_held_out() -> None:
+    from fewshot.tasks.procedural import _computes_held_out
+
+    # The filter knows each held-out string family in any parameterisation...
+    for held_out in (lambda s: s + "-ox", lambda s: s + "!", lambda s: s[-2:], lambda s: s[:1].upper() + s[1:],
+                     lambda s: f"{s}, {s}, {s}", lambda s: s + s, lambda s: s[0] + s[-1]):
+        assert _computes_held_out(held_out)
+    # ...and lets their neighbours through.
+    for neighbour in (lambda s: s + s[-1], lambda s: s[0] + s[-2], lambda s: s.upper() + "-" + s, lambda s: s[-2:] + "!"):
+        assert not _computes_held_out(neighbour)
+    # Programs drawn never agree with a held-out task on the inputs both draw.
+    held_out = []
+    for family in held_out_families():
+        for seed in range(6):
+            rng = random.Random(f"leak/{family.name}/{seed}")
+            task = family.build(rng)
+            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    instructions = set()
+    for seed in range(1500):
+        rng = random.Random(f"leak/program/{seed}")
+        task = FAMILY["program"].build(rng)
+        instructions.add(task.instruction)
+        if seed < 300:
+            answers = dict(task.examples(400, rng))
+            for instruction, held_answers in held_out:
+                shared = answers.keys() & held_answers.keys()
+                if len(shared) >= 20:
+                    assert any(answers[x] != held_answers[x] for x in shared), (task.instruction, instruction)
+    assert len(instructions) > 1300
+
 def test_formats_are_templates_and_cover_the_evaluation_formats() -> None:
     for template, separator in FORMATS:
         Template(template)
