@@ -524,91 +524,6 @@ def each_word(rng):
                                    lambda r: " ".join(phrase(r, 2, 3)))
 
 
-# ---------------------------------------------------------------- programs: pieces of the input, joined
-# FlashFill-style string programs (Gulwani 2011; RobustFill's DSL): the answer joins two or three
-# pieces, each a part of the input (its first or last k letters, all but those, letter i from
-# either end, or the whole word rewritten), a constant, and each part possibly rewritten again.
-# Tens of thousands of programs before their parameters, so no single one is worth memorising:
-# the model has to read from the shots which pieces the answer is made of. Kirsch et al. (2022)
-# found that the number of distinct training tasks, not their count, makes a meta-learner
-# generalise. Programs that compute a held-out task in any parameterisation are redrawn
-# (`_computes_held_out`), so the split stays by function.
-
-
-def _input_piece(rng: random.Random) -> Rewrite:
-    """A part of the input word, then possibly a rewrite of that part."""
-    kind, k = rng.randrange(7), rng.randint(1, 3)
-    if kind == 0:
-        says, part = f"the first {k + 1} letters", lambda s: s[:k + 1]
-    elif kind == 1:
-        says, part = f"the last {k + 1} letters", lambda s: s[-(k + 1):]
-    elif kind == 2:
-        says, part = f"the word without its first {k}", lambda s: s[k:]
-    elif kind == 3:
-        says, part = f"the word without its last {k}", lambda s: s[:-k]
-    elif kind == 4:
-        says, part = f"letter {k}", lambda s: s[k - 1:k]
-    elif kind == 5:
-        says, part = f"letter {k} from the end", lambda s: s[-k] if k <= len(s) else ""
-    else:
-        if rng.random() < 0.4:
-            return "the word", lambda s: s
-        rewrite_says, rewrite = _rewrite(rng)
-        return f"the word ({rewrite_says})", rewrite
-    if rng.random() < 0.5:
-        return says, part
-    then_says, then = rng.choice([("in capitals", str.upper), ("backwards", backwards), ("doubled", doubled),
-                                  ("shifted by one", functools.partial(shifted, by=1))])
-    return f"{says} {then_says}", lambda s: then(part(s))
-
-
-def _constant_piece(rng: random.Random) -> Rewrite:
-    text = rng.choice([rng.choice("-_.:/!#+"), letters(rng, 1, 2), word(rng)[:3], rng.choice(["()", "--", ". "])])
-    return repr(text), lambda s: text
-
-
-def _computes_held_out(answer: Callable[[str], str]) -> bool:
-    """Whether `answer` is, on a fixed set of probe words, some parameterisation of a held-out
-    string family: suffix, last_letters, capitalize, repeat_word or first_and_last (the others
-    answer with numbers, lists or labels, which no program writes)."""
-    pairs = [(x, answer(x)) for x in _probe_words()]
-    tails = {y[len(x):] for x, y in pairs}
-
-    def repeated(x: str, y: str) -> bool:  # x, k times, joined by one separator
-        for k in (2, 3):
-            gap, rest = divmod(len(y) - k * len(x), k - 1)
-            if gap >= 0 and not rest and y == y[len(x):len(x) + gap].join([x] * k):
-                return True
-        return False
-    return (all(y.startswith(x) for x, y in pairs) and len(tails) == 1
-            or any(all(y == x[-n:] for x, y in pairs) for n in range(1, 9))
-            or all(y == x[:1].upper() + x[1:] for x, y in pairs)
-            or all(repeated(x, y) for x, y in pairs)
-            or all(y == x[0] + x[-1] for x, y in pairs))
-
-
-@functools.lru_cache(maxsize=1)
-def _probe_words() -> tuple[str, ...]:
-    rng = random.Random("probe words")
-    return tuple(sorted({word(rng) for _ in range(40)} | {letters(rng, 3, 8) for _ in range(20)}))
-
-
-def program(rng):
-    while True:
-        n = rng.choice([2, 2, 3])
-        pieces = [_input_piece(rng)] + [_input_piece(rng) if rng.random() < 0.6 else _constant_piece(rng)
-                                        for _ in range(n - 1)]
-        rng.shuffle(pieces)
-        parts = [part for _, part in pieces]
-
-        def answer(s: str, parts=parts) -> str:
-            return "".join(part(s) for part in parts)
-        if not _computes_held_out(answer):
-            break
-    instruction = "Write " + ", then ".join(says for says, _ in pieces) + "."
-    return _redrawn_until_nonempty("program", instruction, answer, text_input(rng))
-
-
 # ---------------------------------------------------------------- number families
 
 
@@ -866,10 +781,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("longer_word", "phrase", longer_word),
     Family("acronym", "phrase", acronym),
     Family("word_count", "phrase", word_count),
-    # Each of these three is hundreds of tasks (or more), not one: shown as often as a few families.
+    # Each of these two is hundreds of tasks, not one: shown as often as a few families.
     Family("compose", "string", compose, weight=3.0),
     Family("each_word", "phrase", each_word, weight=2.0),
-    Family("program", "string", program, weight=4.0),
     Family("add_constant", "number", add_constant),
     Family("multiply", "number", multiply),
     Family("modulo", "number", modulo),
