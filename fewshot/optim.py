@@ -17,6 +17,7 @@ import torch
 from fewshot.config import TrainConfig
 from fewshot.errors import FewshotError
 
+
 class Combined:
     """Several optimizers stepped as one: the training loop sets `lr` on `param_groups`, steps,
     zeroes and checkpoints it like a single torch optimizer. The state dict has the single
@@ -75,20 +76,17 @@ def _adamw(groups: list[dict[str, Any]], config: TrainConfig, device: torch.devi
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer | Combined:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+    def under_muon(name: str, p: torch.Tensor) -> bool:
+        return config.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")
+
     # Decay matrices (embeddings included) but not biases or norm gains: shrinking those
     # towards zero only fights the normalisation.
-    plain = [p for _, p in named if p.dim() < 2]
+    adamw = _adamw([{"params": [p for name, p in named if p.dim() >= 2 and not under_muon(name, p)],
+                     "weight_decay": config.weight_decay},
+                    {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}], config, device)
     if config.optimizer == "adamw":
-        matrices = [p for _, p in named if p.dim() >= 2]
-        return _adamw([{"params": matrices, "weight_decay": config.weight_decay},
-                       {"params": plain, "weight_decay": 0.0}], config, device)
-    def under_muon(name: str, p: torch.Tensor) -> bool:
-        return p.dim() == 2 and name.startswith("blocks.")
-
-    hidden = [p for name, p in named if under_muon(name, p)]
-    others = [p for name, p in named if p.dim() >= 2 and not under_muon(name, p)]
-    adamw = _adamw([{"params": others, "weight_decay": config.weight_decay},
-                    {"params": plain, "weight_decay": 0.0}], config, device)
-    muon = torch.optim.Muon(hidden, lr=config.peak_lr, weight_decay=config.weight_decay, momentum=0.95,
-                            adjust_lr_fn="match_rms_adamw")
+        return adamw
+    muon = torch.optim.Muon([p for name, p in named if under_muon(name, p)], lr=config.peak_lr,
+                            weight_decay=config.weight_decay, momentum=0.95, adjust_lr_fn="match_rms_adamw")
     return Combined(adamw, muon)
