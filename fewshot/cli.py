@@ -443,7 +443,7 @@ def icl_tasks(
 def icl_train(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/icl"),
     minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
-    preset: Annotated[str, typer.Option(help="Model size.")] = "icl",
+    preset: Annotated[Optional[str], typer.Option(help="Model size (default: the recipe's, icl-deep).")] = None,
     context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Windows per optimizer step (default 4).")] = None,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
@@ -467,7 +467,7 @@ def icl_train(
     options = {"attention": attention} if attention else {}
     # The recipe's 6e-3 is Muon's; another optimizer without --lr takes the preset's own rate.
     recipe_lr = FULL.lr if optimizer in (None, FULL.optimizer) else None
-    recipe = FULL.replace(minutes=minutes, preset=preset, context=context, batch_size=batch_size or FULL.batch_size,
+    recipe = FULL.replace(minutes=minutes, preset=preset or FULL.preset, context=context, batch_size=batch_size or FULL.batch_size,
                           mixture=mixture, compile=compile, optimizer=optimizer or FULL.optimizer,
                           lr=lr if lr is not None else recipe_lr)
     result = train_icl(out_dir, recipe, console=err, **options)

@@ -172,6 +172,10 @@ PRESETS: dict[str, ModelConfig] = {
     # gave no copying at all.
     "icl": ModelConfig(n_layer=4, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
                        block="llama", bias=False, qkv_conv=3),  # ~0.83M
+    # Six of the same blocks: the 30-minute recipe's model. It takes ~1.5x the time per step, and
+    # at 30 minutes it still came out ahead (docs/icl/sweep.md); the 8-minute demo keeps `icl`.
+    "icl-deep": ModelConfig(n_layer=6, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
+                            block="llama", bias=False, qkv_conv=3),  # ~1.23M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
     "llama-nano": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,

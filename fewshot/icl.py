@@ -4,8 +4,8 @@ measure K-shot accuracy on the held-out task families under four prompt formats.
     fewshot icl train --out runs/icl --minutes 30        # the full recipe
     fewshot icl eval runs/icl --out runs/icl/heldout     # (re)measure any run
 
-The training half is `fewshot train --data icl --preset icl` with its step count fitted to
-the budget, so the cosine schedule ends when the time does.
+The training half is `fewshot train --data icl --preset icl-deep` (`icl` for the 8-minute demo)
+with its step count fitted to the budget, so the cosine schedule ends when the time does.
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ class Recipe:
 
 # Copying from the context (the induction circuit every task here needs) forms after a number
 # of optimizer steps (~1,500-2,000 at lr 3e-3), not tokens, so small batches win (docs/icl/sweep.md).
-# FULL: 30 minutes of 4 x 1,024-byte windows, long enough for 32 solved examples.
+# FULL: 30 minutes of 4 x 1,024-byte windows, long enough for 32 solved examples, on six blocks:
+# 1.5x the time per step, and still the best held-out ICL at 30 minutes (docs/icl/sweep.md).
 # SHORT: the demo's 8 minutes, in which only 2 x 512-byte windows give ~3,000 steps.
 # Both with Muon at 6e-3: the 8-minute demo went from 29% to 43% at K=16 with it; at 30 minutes
 # two runs per optimizer were level within their spread (docs/icl/sweep.md).
-FULL = Recipe(minutes=30.0, compile=True, optimizer="muon", lr=6e-3)
+FULL = Recipe(minutes=30.0, preset="icl-deep", compile=True, optimizer="muon", lr=6e-3)
 SHORT = Recipe(minutes=8.0, context=512, batch_size=2, mixture=MixtureConfig(megabytes=4.0), compile=True,
                optimizer="muon", lr=6e-3)
 

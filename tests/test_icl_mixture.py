@@ -64,6 +64,23 @@ def test_no_training_task_computes_a_held_out_task() -> None:
                     assert any(answers[x] != held_answers[x] for x in shared), (task.instruction, instruction)
 
 
+def test_skill_families_never_compute_the_held_out_family_they_teach_towards() -> None:
+    """The test above samples 12 parameterisations of each family, so a rare leaky one can slip
+    past it. These families sit next to a held-out one by design: every task drawn, in 300
+    draws, must disagree with every parameterisation of its held-out neighbour somewhere."""
+    repeats = lambda x: {sep.join([x] * k) for sep in (" ", "", "-", ", ") for k in (2, 3)}  # noqa: E731
+    neighbours = {
+        "two_letters": lambda x: {x[0] + x[-1]},  # first_and_last
+        "count_among": lambda x: {str(sum(c in VOWELS for c in x))},  # count_vowels
+        "repeat_letter": repeats,  # repeat_word
+        "echo_rewrite": repeats,
+    }
+    for name, held_out_answers in neighbours.items():
+        for seed in range(300):
+            pairs = examples_of(name, seed)
+            assert not all(y in held_out_answers(x) for x, y in pairs), (name, seed, pairs[:3])
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_family_gives_single_line_examples_that_fit_any_template(seed: int) -> None:
@@ -143,6 +160,27 @@ def test_a_few_training_families_by_independent_checks() -> None:
         for x, y in examples_of("each_word", seed):
             assert len(y.split()) == len(x.split())
         assert all(y[0] == x[0] and sum(c.isupper() for c in y) == 1 for x, y in examples_of("upper_letter_at", seed))
+        # Skills on their own: two letters at once, a class of letters counted, things written k times.
+        for x, y in examples_of("two_letters", seed):
+            assert len(y) == 2 and y[0] in x[:3] and y[1] in x[-3:]
+        assert all(0 <= int(y) <= len(x) for x, y in examples_of("count_among", seed))
+        for x, y in examples_of("repeat_letter", seed):
+            letters_written = y.replace("-", "").replace(" ", "")
+            assert 2 <= len(letters_written) <= 4 and len(set(letters_written)) == 1 and letters_written[0] in x
+        for x, y in examples_of("echo_rewrite", seed):
+            assert y.startswith(x) and y[len(x):].strip(" ,-") != x and len(y) > 2 * len(x) - 1
+        for x, y in examples_of("sequence_next", seed):
+            terms = [int(t) for t in x.split(", ")] + [int(y)]
+            assert len({b - a for a, b in zip(terms, terms[1:])}) == 1 and min(terms) >= 0
+        # A classifier's label is a function of its rule, worked out here another way.
+        for name, rule in [("classify_order", lambda x: int(re.findall(r"\d+", x)[0]) > int(re.findall(r"\d+", x)[1])),
+                           ("classify_vowel_count", lambda x: len(re.findall("[aeiou]", x)))]:
+            by_label: dict[str, set] = {}
+            for x, y in examples_of(name, seed):
+                by_label.setdefault(y, set()).add(rule(x))
+            assert len(by_label) == 2
+            low, high = sorted(by_label.values(), key=min)
+            assert max(low) < min(high)
         values = {}
         for x, y in examples_of("lookup_table", seed):
             assert values.setdefault(x, y) == y  # a table: the same key, the same value

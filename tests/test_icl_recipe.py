@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.checkpoint import latest_checkpoint
+from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
 from fewshot.tasks.mixture import MixtureConfig
@@ -29,6 +30,12 @@ def test_the_short_recipe_takes_more_smaller_steps_than_the_full_one() -> None:
     assert SHORT.minutes < FULL.minutes <= 30
     assert SHORT.batch_size * (SHORT.context or 1024) < FULL.batch_size * 1024
     assert SHORT.replace(minutes=2).context == SHORT.context
+
+
+def test_the_full_recipe_trains_the_demos_blocks_six_deep() -> None:
+    deep, demo = PRESETS[FULL.preset], PRESETS[SHORT.preset]
+    assert (deep.n_layer, demo.n_layer) == (6, 4)
+    assert deep.replace(n_layer=demo.n_layer) == demo
 
 
 def test_train_icl_fits_steps_to_the_budget_and_continues_a_finished_run(in_tmp: Path) -> None:

@@ -368,6 +368,39 @@ def shift_last(rng):
     return _shifted_letter("shift_last", "last", -1, rng)
 
 
+# Skills the families above never asked for on their own: two letters picked at once, counting
+# a class of letters rather than one letter, and writing something several times. None of them
+# computes a held-out family: the pair is never (first, last), the class is never the vowels,
+# and what is repeated is a letter, or the word next to a rewrite of itself that never leaves
+# the word as it was.
+
+
+def two_letters(rng):
+    i, j = rng.choice([(i, j) for i in (1, 2, 3) for j in (1, 2, 3) if (i, j) != (1, 1)])
+    return _string_task("two_letters", f"Write letter {i}, then letter {j} from the end.", lambda s: s[i - 1] + s[-j], rng)
+
+
+def count_among(rng):
+    chosen = rng.sample(LETTERS, rng.randint(2, 3))
+    return _string_task("count_among", f"How many letters are {' or '.join(chosen)}?",
+                        lambda s: str(sum(c in chosen for c in s)), rng)
+
+
+def repeat_letter(rng):
+    at, which = rng.choice([(0, "first"), (-1, "last"), (1, "second")])
+    k, sep = rng.randint(2, 4), rng.choice(["", "", " ", "-"])
+    return _string_task("repeat_letter", f"Write the {which} letter {k} times.", lambda s: sep.join([s[at]] * k), rng)
+
+
+def echo_rewrite(rng):
+    """The word, then the word rewritten: only rewrites that change every word, or it would be `repeat_word`."""
+    sep = rng.choice([" ", "-", ", ", ""])
+    says, rewrite = rng.choice([("in capitals", str.upper), ("with every letter doubled", doubled),
+                                ("shifted one place", functools.partial(shifted, by=1)),
+                                ("shifted two places", functools.partial(shifted, by=2))])
+    return _string_task("echo_rewrite", f"Write the word, then the word {says}.", lambda s: s + sep + rewrite(s), rng)
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -536,7 +569,8 @@ def _number_task(family: str, instruction: str, f: Callable[[int], int | str], l
 
 def add_constant(rng):
     c = rng.randint(1, 20)
-    return _number_task("add_constant", f"Add {c}.", lambda x: x + c, 0, 99)
+    top = rng.choice([99, 999])  # three digits too: carrying past the tens is a skill of its own
+    return _number_task("add_constant", f"Add {c}.", lambda x: x + c, 0, top)
 
 
 def multiply(rng):
@@ -639,7 +673,8 @@ def list_reverse(rng):
 
 def sequence_next(rng):
     def sample(r):
-        start, step, n = r.randint(0, 20), r.randint(1, 9), r.randint(3, 5)
+        step, n = r.choice([-1, 1]) * r.randint(1, 9), r.randint(3, 5)
+        start = r.randint(0, 20) if step > 0 else r.randint(50, 99)  # counting down stays above 0
         seq = [start + step * i for i in range(n + 1)]
         return ", ".join(map(str, seq[:-1])), str(seq[-1])
     return Task("sequence_next", "Continue the sequence.", sample)
@@ -701,6 +736,23 @@ def classify_even(rng):
 def classify_case(rng):
     feature = lambda s: s.isupper()  # noqa: E731
     return _classify("classify_case", feature, rng, lambda r: word(r).upper() if r.random() < 0.5 else word(r))
+
+
+def classify_vowel_count(rng):
+    cut = rng.randint(2, 3)
+    feature = lambda s: sum(c in VOWELS for c in s) >= cut  # noqa: E731
+    return _classify("classify_vowel_count", feature, rng, lambda r: _draw_balanced(r, feature, word))
+
+
+def classify_order(rng):
+    """Two numbers, labelled by which is larger: comparing numbers, with no threshold to find."""
+    sep = joiner(rng)
+
+    def feature(s: str) -> bool:
+        first, second = map(int, s.replace(",", " ").split())
+        return first > second
+    return _classify("classify_order", feature, rng,
+                     lambda r: _draw_balanced(r, feature, lambda q: f"{q.randint(0, 999)}{sep}{q.randint(0, 999)}"))
 
 
 # Held out ----------------------------------------------------------------
@@ -776,6 +828,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("rotate_back", "string", rotate_back),
     Family("echo_end", "string", echo_end),
     Family("shift_last", "string", shift_last),
+    Family("two_letters", "string", two_letters),
+    Family("count_among", "string", count_among),
+    Family("repeat_letter", "string", repeat_letter),
+    Family("echo_rewrite", "string", echo_rewrite),
     Family("pair_swap", "phrase", pair_swap),
     Family("pair_join", "phrase", pair_join),
     Family("longer_word", "phrase", longer_word),
@@ -807,6 +863,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("classify_contains", "classify", classify_contains),
     Family("classify_even", "classify", classify_even),
     Family("classify_case", "classify", classify_case),
+    Family("classify_vowel_count", "classify", classify_vowel_count),
+    Family("classify_order", "classify", classify_order),
     Family("lookup_table", "lookup", lookup_table),
     Family("letter_code", "lookup", letter_code),
     # held out (see HELD_OUT)
