@@ -161,6 +161,9 @@ class ModelConfig:
 
 # Tiny sizes for one CPU. Vocabulary 260 = the byte tokenizer (256 bytes + 4 specials).
 _BYTE_VOCAB = 260
+# The in-context-learning recipe's blocks (`fewshot icl train`); the presets below say why.
+_ICL = ModelConfig(n_layer=4, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
+                   block="llama", bias=False, qkv_conv=3)
 PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(n_layer=4, n_head=4, d_model=96, context=256, vocab_size=_BYTE_VOCAB),  # ~0.5M
     "micro": ModelConfig(n_layer=6, n_head=4, d_model=160, context=256, vocab_size=_BYTE_VOCAB),  # ~2M
@@ -170,12 +173,10 @@ PRESETS: dict[str, ModelConfig] = {
     # and Primer's q/k/v convolution, both of which make copying from the context (induction
     # heads) form sooner: with learned absolute positions and no convolution, 30 minutes
     # gave no copying at all.
-    "icl": ModelConfig(n_layer=4, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
-                       block="llama", bias=False, qkv_conv=3),  # ~0.83M
+    "icl": _ICL,  # ~0.83M
     # Six of the same blocks: the 30-minute recipe's model. It takes ~1.5x the time per step, and
     # at 30 minutes it still came out ahead (docs/icl/sweep.md); the 8-minute demo keeps `icl`.
-    "icl-deep": ModelConfig(n_layer=6, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
-                            block="llama", bias=False, qkv_conv=3),  # ~1.23M
+    "icl-deep": _ICL.replace(n_layer=6),  # ~1.23M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
     "llama-nano": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,
