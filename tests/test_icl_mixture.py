@@ -73,6 +73,7 @@ def test_skill_families_never_compute_the_held_out_family_they_teach_towards() -
         "two_letters": lambda x: {x[0] + x[-1]},  # first_and_last
         "count_among": lambda x: {str(sum(c in VOWELS for c in x))},  # count_vowels
         "repeat_letter": repeats,  # repeat_word
+        "repeat_part": repeats,
         "echo_rewrite": repeats,
     }
     for name, held_out_answers in neighbours.items():

@@ -392,6 +392,16 @@ def repeat_letter(rng):
     return _string_task("repeat_letter", f"Write the {which} letter {k} times.", lambda s: sep.join([s[at]] * k), rng)
 
 
+def repeat_part(rng):
+    """The first or last 2-3 letters written 2-4 times: a chunk written k times, never the whole word."""
+    n, k, sep = rng.randint(2, 3), rng.randint(2, 4), rng.choice([" ", "", "-", ", "])
+    at_end = rng.random() < 0.5
+    part = (lambda s: s[-n:]) if at_end else (lambda s: s[:n])
+    longer_than_part = functools.partial(_draw_with, feature=lambda s: len(s) > n + 1, source=text_input(rng))
+    return _string_task("repeat_part", f"Write the {'last' if at_end else 'first'} {n} letters {k} times.",
+                        lambda s: sep.join([part(s)] * k), rng, longer_than_part)
+
+
 def echo_rewrite(rng):
     """The word, then the word rewritten: only rewrites that change every word, or it would be `repeat_word`."""
     sep = rng.choice([" ", "-", ", ", ""])
@@ -600,9 +610,10 @@ def two_sum(rng):
     op = rng.choice(["+", "-", "max", "min"])
     f = {"+": int.__add__, "-": int.__sub__, "max": max, "min": min}[op]
     sep = joiner(rng)
+    top_a, top_b = rng.choice([50, 999]), rng.choice([50, 999])  # 873 - 17 is subtraction with a borrow
 
     def sample(r):
-        a, b = r.randint(0, 50), r.randint(0, 50)
+        a, b = r.randint(0, top_a), r.randint(0, top_b)
         return f"{a}{sep}{b}", str(f(a, b))
     return Task("two_numbers", f"Combine the two numbers with {op}.", sample)
 
@@ -831,6 +842,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("two_letters", "string", two_letters),
     Family("count_among", "string", count_among),
     Family("repeat_letter", "string", repeat_letter),
+    Family("repeat_part", "string", repeat_part),
     Family("echo_rewrite", "string", echo_rewrite),
     Family("pair_swap", "phrase", pair_swap),
     Family("pair_join", "phrase", pair_join),
