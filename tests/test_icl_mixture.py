@@ -168,6 +168,27 @@ def test_a_few_training_families_by_independent_checks() -> None:
         for x, y in examples_of("repeat_letter", seed):
             letters_written = y.replace("-", "").replace(" ", "")
             assert 2 <= len(letters_written) <= 4 and len(set(letters_written)) == 1 and letters_written[0] in x
+        for x, y in examples_of("repeat_part", seed):
+            written = re.sub("[ ,-]", "", y)
+            assert any(written == part * k for part in {x[:2], x[:3], x[-2:], x[-3:]} - {x} for k in (2, 3, 4)), (x, y)
+        for x, y in examples_of("two_numbers", seed):
+            a, b = map(int, re.findall(r"\d+", x))
+            assert int(y) in (a + b, a - b, max(a, b), min(a, b))
+        # Breadth: words picked, ordered and interleaved; numbers padded and coded.
+        assert all(y in x.split()[:2] + x.split()[-2:] for x, y in examples_of("pick_word", seed))
+        assert all(y in x.split() and len(y) == min(map(len, x.split())) for x, y in examples_of("shortest_word", seed))
+        assert all(y.split() in (sorted(x.split()), sorted(x.split())[::-1]) for x, y in examples_of("sort_words", seed))
+        assert all(y.split() == x.split()[::-1] for x, y in examples_of("reverse_words", seed))
+        for x, y in examples_of("interleave", seed):
+            a, b = x.split()
+            shared = 2 * min(len(a), len(b))
+            assert y[:shared:2] == a[:shared // 2] and y[1:shared:2] == b[:shared // 2] and sorted(y) == sorted(a + b)
+        assert all(y.lstrip("0") == x.lstrip("0") and len(y) in (3, 4, 5) and y[0] == "0" for x, y in examples_of("zero_pad", seed))
+        code: dict[str, str] = {}
+        for x, y in examples_of("digits_to_letters", seed):
+            assert len(y) == len(x) and all(code.setdefault(d, c) == c for d, c in zip(x, y))
+        assert len(set(code.values())) == len(code)  # one letter per digit
+        assert all(int(y) - 1 in (ord(x[0]) - ord("a"), ord(x[-1]) - ord("a")) for x, y in examples_of("alphabet_position", seed))
         for x, y in examples_of("echo_rewrite", seed):
             assert y.startswith(x) and y[len(x):].strip(" ,-") != x and len(y) > 2 * len(x) - 1
         for x, y in examples_of("sequence_next", seed):
@@ -182,6 +203,8 @@ def test_a_few_training_families_by_independent_checks() -> None:
             assert len(by_label) == 2
             low, high = sorted(by_label.values(), key=min)
             assert max(low) < min(high)
+        pairs = examples_of("classify_multiple", seed)  # two labels, one for the multiples of some d
+        assert any(len({(int(x) % d == 0, y) for x, y in pairs}) == 2 for d in (3, 4, 5, 10))
         values = {}
         for x, y in examples_of("lookup_table", seed):
             assert values.setdefault(x, y) == y  # a table: the same key, the same value

@@ -20,6 +20,7 @@ any template and exact match on the first line scores it.
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 import string
 from collections.abc import Callable
@@ -411,6 +412,17 @@ def echo_rewrite(rng):
     return _string_task("echo_rewrite", f"Write the word, then the word {says}.", lambda s: s + sep + rewrite(s), rng)
 
 
+# Breadth: kinds of task that none of the families above is. A letter read as a number here;
+# words picked, sorted and interleaved with the phrase families; numbers padded and written in
+# a code with the number families; multiples with the classifiers.
+
+
+def alphabet_position(rng):
+    at, which = rng.choice([(0, "first"), (-1, "last")])
+    return _string_task("alphabet_position", f"Where is the {which} letter in the alphabet?",
+                        lambda s: str(LETTERS.index(s[at]) + 1), rng)
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -477,6 +489,31 @@ def acronym(rng):
 
 def word_count(rng):
     return _phrase_task("word_count", "How many words?", lambda ws: str(len(ws)), 1, 7)
+
+
+def pick_word(rng):
+    at, which = rng.choice([(0, "first"), (1, "second"), (-1, "last"), (-2, "second-to-last")])
+    return _phrase_task("pick_word", f"Write the {which} word.", lambda ws: ws[at], 3, 5)
+
+
+def shortest_word(rng):
+    return _phrase_task("shortest_word", "Which word is shortest?", lambda ws: min(ws, key=len), 2, 4)
+
+
+def sort_words(rng):
+    descending = rng.random() < 0.3
+    return _phrase_task("sort_words", f"Sort the words{' in reverse' * descending}.",
+                        lambda ws: " ".join(sorted(ws, reverse=descending)), 3, 4)
+
+
+def reverse_words(rng):
+    return _phrase_task("reverse_words", "Reverse the order of the words.", lambda ws: " ".join(ws[::-1]), 3, 4)
+
+
+def interleave(rng):
+    def letters_in_turn(ws: list[str]) -> str:
+        return "".join(a + b for a, b in itertools.zip_longest(ws[0], ws[1], fillvalue=""))
+    return _phrase_task("interleave", "Take the letters of the two words in turn.", letters_in_turn, 2, 2)
 
 
 # Two rewrites in a row: thousands of tasks that no single family above is, so a model has to
@@ -636,6 +673,18 @@ def digit_product(rng):
     return Task("digit_product", "Multiply the digits.", sample)
 
 
+def zero_pad(rng):
+    width = rng.randint(3, 5)
+    return _number_task("zero_pad", f"Write it with {width} digits.", lambda x: str(x).zfill(width), 0, 10 ** (width - 1) - 1)
+
+
+def digits_to_letters(rng):
+    """A digit-keyed code drawn per task: a lookup the examples have to reveal, on numbers."""
+    code = rng.sample(LETTERS, 10)
+    return _number_task("digits_to_letters", "Write each digit as its letter in the code.",
+                        lambda x: "".join(code[int(d)] for d in str(x)), 0, 9999)
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -766,6 +815,12 @@ def classify_order(rng):
                      lambda r: _draw_balanced(r, feature, lambda q: f"{q.randint(0, 999)}{sep}{q.randint(0, 999)}"))
 
 
+def classify_multiple(rng):
+    d = rng.choice([3, 4, 5, 10])
+    feature = lambda s: int(s) % d == 0  # noqa: E731
+    return _classify("classify_multiple", feature, rng, lambda r: _draw_balanced(r, feature, lambda q: str(q.randint(0, 999))))
+
+
 # Held out ----------------------------------------------------------------
 
 
@@ -844,11 +899,17 @@ FAMILIES: tuple[Family, ...] = (
     Family("repeat_letter", "string", repeat_letter),
     Family("repeat_part", "string", repeat_part),
     Family("echo_rewrite", "string", echo_rewrite),
+    Family("alphabet_position", "string", alphabet_position),
     Family("pair_swap", "phrase", pair_swap),
     Family("pair_join", "phrase", pair_join),
     Family("longer_word", "phrase", longer_word),
     Family("acronym", "phrase", acronym),
     Family("word_count", "phrase", word_count),
+    Family("pick_word", "phrase", pick_word),
+    Family("shortest_word", "phrase", shortest_word),
+    Family("sort_words", "phrase", sort_words),
+    Family("reverse_words", "phrase", reverse_words),
+    Family("interleave", "phrase", interleave),
     # Each of these two is hundreds of tasks, not one: shown as often as a few families.
     Family("compose", "string", compose, weight=3.0),
     Family("each_word", "phrase", each_word, weight=2.0),
@@ -862,6 +923,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("round_down", "number", round_down),
     Family("square", "number", square),
     Family("digit_product", "number", digit_product),
+    Family("zero_pad", "number", zero_pad),
+    Family("digits_to_letters", "number", digits_to_letters),
     Family("list_first", "list", list_first),
     Family("list_count", "list", list_count),
     Family("list_sum", "list", list_sum),
@@ -877,6 +940,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("classify_case", "classify", classify_case),
     Family("classify_vowel_count", "classify", classify_vowel_count),
     Family("classify_order", "classify", classify_order),
+    Family("classify_multiple", "classify", classify_multiple),
     Family("lookup_table", "lookup", lookup_table),
     Family("letter_code", "lookup", letter_code),
     # held out (see HELD_OUT)
