@@ -73,6 +73,11 @@ def word(rng: random.Random) -> str:
     return rng.choice(words())
 
 
+def number(rng: random.Random) -> str:
+    """A number of up to three digits, the classifiers' input."""
+    return str(rng.randint(0, 999))
+
+
 def letters(rng: random.Random, low: int = 3, high: int = 7) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(rng.randint(low, high)))
 
@@ -790,7 +795,7 @@ def classify_contains(rng):
 
 def classify_even(rng):
     feature = lambda s: int(s) % 2 == 0  # noqa: E731
-    return _classify("classify_even", feature, rng, lambda r: str(r.randint(0, 999)))
+    return _classify("classify_even", feature, rng, number)
 
 
 def classify_case(rng):
@@ -812,13 +817,13 @@ def classify_order(rng):
         first, second = map(int, s.replace(",", " ").split())
         return first > second
     return _classify("classify_order", feature, rng,
-                     lambda r: _draw_balanced(r, feature, lambda q: f"{q.randint(0, 999)}{sep}{q.randint(0, 999)}"))
+                     lambda r: _draw_balanced(r, feature, lambda q: f"{number(q)}{sep}{number(q)}"))
 
 
 def classify_multiple(rng):
     d = rng.choice([3, 4, 5, 10])
     feature = lambda s: int(s) % d == 0  # noqa: E731
-    return _classify("classify_multiple", feature, rng, lambda r: _draw_balanced(r, feature, lambda q: str(q.randint(0, 999))))
+    return _classify("classify_multiple", feature, rng, lambda r: _draw_balanced(r, feature, number))
 
 
 # Held out ----------------------------------------------------------------
@@ -833,7 +838,7 @@ def classify_length(rng):
 def classify_threshold(rng):
     cut = rng.randint(200, 800)
     feature = lambda s: int(s) >= cut  # noqa: E731
-    return _classify("classify_threshold", feature, rng, lambda r: _draw_balanced(r, feature, lambda q: str(q.randint(0, 999))))
+    return _classify("classify_threshold", feature, rng, lambda r: _draw_balanced(r, feature, number))
 
 
 # ---------------------------------------------------------------- lookups (answers only the context holds)
