@@ -11,8 +11,8 @@ from fewshot.errors import FewshotError  # noqa: E402
 
 
 def load(run_dir, device: str = "cpu"):
-    """Model and tokenizer from a run directory (see `fewshot.lm.load`)."""
-    from fewshot.lm import load as load_lm  # deferred: `import fewshot` stays light for the CLI
+    """Model and tokenizer from a run directory (see `fewshot.inference.lm.load`)."""
+    from fewshot.inference.lm import load as load_lm  # deferred: `import fewshot` stays light for the CLI
 
     return load_lm(run_dir, device=device)
 

@@ -23,7 +23,7 @@ Attention = Literal["dense", "local", "alternating", "lstm"]
 # - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
 Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
-Optimizer = Literal["adamw", "muon"]  # fewshot.optim
+Optimizer = Literal["adamw", "muon"]  # fewshot.train.optim
 
 
 def check_optimizer(name: str) -> None:
@@ -267,7 +267,7 @@ class TrainConfig:
     beta2: float = 0.95  # GPT-3 §B
     eps: float = 1e-8  # GPT-3 §B
     grad_clip: float = 1.0  # GPT-3 §B
-    # adamw (GPT-3 §B) or muon: Muon for the blocks' matrices, AdamW for the rest (fewshot.optim)
+    # adamw (GPT-3 §B) or muon: Muon for the blocks' matrices, AdamW for the rest (fewshot.train.optim)
     optimizer: Optimizer = "adamw"
     dropout: float = 0.0
     attention: Attention | None = None  # None: the preset's
@@ -284,7 +284,7 @@ class TrainConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     max_time: float | None = None  # seconds; stop (and save) once spent
     # With max_time, single process: at 5%, 25%, 50% and 75% of the time, refit max_steps from the step
-    # time measured so far, so that the schedule ends when the time does (fewshot.train.StepFit).
+    # time measured so far, so that the schedule ends when the time does (fewshot.train.loop.StepFit).
     fit_steps_to_time: bool = False
     progress: bool = True
     tensorboard: bool = True

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fewshot.corpus import shakespeare_documents
+    from fewshot.data.corpus import shakespeare_documents
 
     directory = tmp_path_factory.mktemp("corpus")
     for name, text in itertools.islice(shakespeare_documents(), 2):
@@ -30,7 +30,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fewshot.data import prepare
+    from fewshot.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "tokens"
     prepare([corpus_dir], out, tokenizer="byte", progress=False)

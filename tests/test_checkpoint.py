@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.checkpoint import (
+from fewshot.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     load_weights,

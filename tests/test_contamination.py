@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewshot.contamination import (
+from fewshot.eval.contamination import (
     check_contamination,
     example_text,
     find_contaminated,
     ngram_hashes,
 )
-from fewshot.data import TokenData, prepare
-from fewshot.taskfile import Item
-from fewshot.train import train
+from fewshot.data.prepare import TokenData, prepare
+from fewshot.tasks.taskfile import Item
+from fewshot.train.loop import train
 from tests.conftest import fewshot_command, tiny_config
 
 

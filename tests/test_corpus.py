@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewshot.corpus import (
+from fewshot.data.corpus import (
     SCRAMBLE_PROMPT, frequent_words, markdown_to_dialogue, shakespeare_documents, task_documents, write_default_corpus,
 )
 from fewshot.errors import FewshotError

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fewshot.data as data_module
-from fewshot.data import BatchSampler, TokenData, fixed_batches, is_val_block, prepare
+import fewshot.data.prepare as data_module
+from fewshot.data.prepare import BatchSampler, TokenData, fixed_batches, is_val_block, prepare
 from fewshot.errors import FewshotError
 from fewshot.tokenizer import ByteTokenizer
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fewshot.config import PRESETS, TrainConfig
-from fewshot.data import BatchSampler, StepSampler
-from fewshot.distributed import World, full_state, gradient_sync, load_optimizer_state, sum_over_ranks
+from fewshot.data.prepare import BatchSampler, StepSampler
+from fewshot.train.distributed import World, full_state, gradient_sync, load_optimizer_state, sum_over_ranks
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
-from fewshot.optim import make_optimizer
+from fewshot.train.optim import make_optimizer
 
 
 class Positions:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fewshot.config import preset
 from fewshot.errors import FewshotError
-from fewshot.evaluate import (
+from fewshot.eval.harness import (
     SEPARATOR,
     EvalTask,
     build_prompt,
@@ -36,9 +36,9 @@ from fewshot.evaluate import (
     wilson_interval,
     write_results,
 )
-from fewshot.lm import LM
+from fewshot.inference.lm import LM
 from fewshot.model import GPT
-from fewshot.taskfile import Item, Template
+from fewshot.tasks.taskfile import Item, Template
 from fewshot.tokenizer import ByteTokenizer
 
 
@@ -207,7 +207,7 @@ def test_cli_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
 
 
 def test_plots_are_pngs_even_at_perfect_scores(tmp_path: Path) -> None:
-    from fewshot.plots import bars_path, plot_icl_curves, plot_task_bars
+    from fewshot.eval.plots import bars_path, plot_icl_curves, plot_task_bars
 
     cells = {str(k): {"score": s, "n": 30, "ci95": list(wilson_interval(int(s * 30), 30)), "effective_k": k}
              for k, s in ((0, 0.0), (1, 0.5), (4, 1.0))}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
-from fewshot.generate import SamplingOptions, adjust_logits, generate, sample_next
+from fewshot.inference.generate import SamplingOptions, adjust_logits, generate, sample_next
 from fewshot.model import GPT
 from fewshot.tokenizer import ByteTokenizer
 

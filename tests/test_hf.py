@@ -24,7 +24,7 @@ from tokenizers import models
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import fewshot
-from fewshot.checkpoint import weights_to_save
+from fewshot.train.checkpoint import weights_to_save
 from fewshot.config import PRESETS, ModelConfig
 from fewshot.convert.hf import export_hf, import_hf, write_run
 from fewshot.errors import FewshotError

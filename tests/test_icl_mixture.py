@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewshot.errors import FewshotError
-from fewshot.taskfile import Template, read_task_file
-from fewshot.tasks import bursty, ginc
-from fewshot.tasks.mixture import (
+from fewshot.tasks.taskfile import Template, read_task_file
+from fewshot.tasks.meta import bursty, ginc
+from fewshot.tasks.meta.mixture import (
     EVAL_TEMPLATES,
     FORMATS,
     MixtureConfig,
@@ -27,7 +27,7 @@ from fewshot.tasks.mixture import (
     repeats,
     write_held_out_tasks,
 )
-from fewshot.tasks.procedural import FAMILIES, HELD_OUT, VOWELS, Family, Task, held_out_families, letters, training_families
+from fewshot.tasks.families import FAMILIES, HELD_OUT, VOWELS, Family, Task, held_out_families, letters, training_families
 
 FAMILY = {f.name: f for f in FAMILIES}
 
@@ -332,7 +332,8 @@ def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
 
 def test_a_changed_family_is_new_data_even_under_its_old_name(monkeypatch) -> None:
     # A family whose parameters are edited keeps its name; the mixture on disk must not be reused.
-    from fewshot.tasks import mixture, procedural
+    from fewshot.tasks import families as procedural
+    from fewshot.tasks.meta import mixture
 
     config = MixtureConfig(megabytes=0.05)
     before = config.name
@@ -348,7 +349,7 @@ def test_documents_do_not_depend_on_the_interpreters_hash_seed() -> None:
     import subprocess
     import sys
 
-    code = ("import hashlib; from fewshot.tasks.mixture import documents, MixtureConfig; "
+    code = ("import hashlib; from fewshot.tasks.meta.mixture import documents, MixtureConfig; "
             "print(hashlib.sha256(''.join(documents(MixtureConfig(megabytes=0.1))).encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}

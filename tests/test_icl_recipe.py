@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.checkpoint import latest_checkpoint
+from fewshot.train.checkpoint import latest_checkpoint
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
-from fewshot.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
-from fewshot.tasks.mixture import MixtureConfig
+from fewshot.experiments.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
+from fewshot.tasks.meta.mixture import MixtureConfig
 
 TINY = Recipe(minutes=0.05, preset="nano", context=64, batch_size=2, mixture=MixtureConfig(megabytes=0.2, seed=3))
 

@@ -10,7 +10,7 @@ import torch
 
 import fewshot
 from fewshot.errors import FewshotError
-from fewshot.train import train
+from fewshot.train.loop import train
 from tests.conftest import tiny_config
 
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from fewshot import lmeval_hook  # noqa: E402
+from fewshot.eval.lmeval import hook as lmeval_hook  # noqa: E402
 
 
 def run_python(code: str) -> str:
@@ -22,11 +22,11 @@ def test_the_installed_pth_registers_fewshot_beside_lm_evals_own_models() -> Non
         "import sys\n"
         "import lm_eval.models\n"
         "from lm_eval.api.registry import get_model, model_registry\n"
-        "assert 'fewshot' in model_registry and 'fewshot.lmeval' not in sys.modules\n"  # a lazy placeholder
+        "assert 'fewshot' in model_registry and 'fewshot.eval.lmeval.backend' not in sys.modules\n"  # a lazy placeholder
         "cls = get_model('fewshot')\n"
         "print(cls.__module__, cls.__name__, 'hf' in model_registry, 'vllm' in model_registry)\n"
     )
-    assert out == "fewshot.lmeval FewshotLM True True"  # lm-eval's own table is still there
+    assert out == "fewshot.eval.lmeval.backend FewshotLM True True"  # lm-eval's own table is still there
 
 
 def test_interpreters_that_never_import_lm_eval_import_nothing_heavy() -> None:
@@ -36,7 +36,7 @@ def test_interpreters_that_never_import_lm_eval_import_nothing_heavy() -> None:
 
 def test_importing_the_backend_first_then_the_table_does_not_collide() -> None:
     out = run_python(
-        "import fewshot.lmeval\n"
+        "import fewshot.eval.lmeval.backend\n"
         "import lm_eval.models\n"
         "from lm_eval.api.registry import get_model\n"
         "print(get_model('fewshot').__name__)\n"

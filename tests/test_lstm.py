@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 import fewshot
 from fewshot.cli import app
 from fewshot.config import PRESETS
-from fewshot.evaluate import EvalTask, evaluate, greedy_answers
-from fewshot.generate import SamplingOptions, generate
+from fewshot.eval.harness import EvalTask, evaluate, greedy_answers
+from fewshot.inference.generate import SamplingOptions, generate
 from fewshot.model import GPT
 from fewshot.serve.engine import Engine, EngineConfig
-from fewshot.taskfile import Item, Template
+from fewshot.tasks.taskfile import Item, Template
 from fewshot.tokenizer import ByteTokenizer
-from fewshot.train import resume_config, train
+from fewshot.train.loop import resume_config, train
 from tests.test_serve_engine import submit
 
 

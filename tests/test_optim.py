@@ -8,8 +8,8 @@ import torch
 from fewshot.config import PRESETS, TrainConfig
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
-from fewshot.optim import Combined, make_optimizer
-from fewshot.train import resume_config, train
+from fewshot.train.optim import Combined, make_optimizer
+from fewshot.train.loop import resume_config, train
 from tests.conftest import tiny_config
 
 

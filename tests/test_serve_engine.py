@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fewshot.config import PRESETS
-from fewshot.generate import SamplingOptions, generate
+from fewshot.inference.generate import SamplingOptions, generate
 from fewshot.model import GPT
 from fewshot.serve.engine import Delta, Engine, EngineConfig, Failed, Finished, QueueFull, Request, Scored
 from fewshot.tokenizer import ByteTokenizer
@@ -194,7 +194,7 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_keeps_serving(model, token
 def client(model, tokenizer):
     from fastapi.testclient import TestClient
 
-    from fewshot.lm import LM
+    from fewshot.inference.lm import LM
     from fewshot.serve import ServeOptions, create_app
 
     app = create_app(LM(model, tokenizer, {}), ServeOptions(model_name="nano", max_batch=4))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewshot.errors import FewshotError
-from fewshot.taskfile import (
+from fewshot.tasks.taskfile import (
     DEFAULT_TEMPLATE,
     Item,
     Template,

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewshot.errors import FewshotError
-from fewshot.tasks import GROUPS, TASKS, arithmetic_examples, resolve_tasks
-from fewshot.tasks.wordscramble import INSERTED, INSTRUCTION, words
+from fewshot.tasks.gpt3 import GROUPS, TASKS, arithmetic_examples, resolve_tasks
+from fewshot.tasks.gpt3.wordscramble import INSERTED, INSTRUCTION, words
 
 ARITHMETIC_NAMES = ("2D+", "2D-", "3D+", "3D-", "4D+", "4D-", "5D+", "5D-", "2Dx", "1DC")
 SCRAMBLE_NAMES = ("CL", "A1", "A2", "RI", "RW")

@@ -8,10 +8,10 @@ from safetensors.torch import load_file
 
 from fewshot.config import TrainConfig
 from fewshot.errors import FewshotError
-from fewshot.memory import estimate_training_memory
+from fewshot.train.memory import estimate_training_memory
 from fewshot.config import PRESETS
-from fewshot.optim import make_optimizer
-from fewshot.train import learning_rate, resume_config, train
+from fewshot.train.optim import make_optimizer
+from fewshot.train.loop import learning_rate, resume_config, train
 from tests.conftest import tiny_config
 
 
@@ -100,7 +100,7 @@ def test_memory_estimate_grows_with_batch_and_model() -> None:
 def test_gradient_accumulation_counts_every_micro_batch(data_dir: Path, tmp_path: Path) -> None:
     result = train(tiny_config(data_dir, tmp_path / "run", max_steps=3, grad_accum=3))
     assert result.tokens == 3 * 3 * 4 * 64  # steps x micro-batches x batch x context
-    from fewshot.checkpoint import latest_checkpoint, load_checkpoint
+    from fewshot.train.checkpoint import latest_checkpoint, load_checkpoint
     from fewshot.model import GPT
 
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "run"), GPT(PRESETS["nano"].replace(context=64)), torch.device("cpu"))
@@ -109,7 +109,7 @@ def test_gradient_accumulation_counts_every_micro_batch(data_dir: Path, tmp_path
 
 
 def test_precision_choice_follows_the_flag_and_the_hardware() -> None:
-    from fewshot.train import cpu_has_native_bf16, use_bf16
+    from fewshot.train.loop import cpu_has_native_bf16, use_bf16
 
     cpu = torch.device("cpu")
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
@@ -175,8 +175,8 @@ def test_a_signal_during_set_up_saves_a_checkpoint_instead_of_raising(data_dir: 
     import os
     import signal
 
-    from fewshot.checkpoint import latest_checkpoint
-    from fewshot.data import TokenData
+    from fewshot.train.checkpoint import latest_checkpoint
+    from fewshot.data.prepare import TokenData
 
     tokenizer_class = type(TokenData.open(data_dir).tokenizer)
     save = tokenizer_class.save

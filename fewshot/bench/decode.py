@@ -20,7 +20,7 @@ import torch
 
 from fewshot.bench.timing import interleave, median, pair_ratios, progress_bar, timed
 from fewshot.errors import FewshotError
-from fewshot.generate import SamplingOptions, generate
+from fewshot.inference.generate import SamplingOptions, generate
 
 WARMUP_TOKENS = 4  # enough to trigger lazy allocations and kernel selection before timing
 

@@ -29,7 +29,7 @@ import torch
 
 from fewshot.bench.timing import interleave, median, pair_ratios
 from fewshot.errors import FewshotError
-from fewshot.generate import SamplingOptions, generate
+from fewshot.inference.generate import SamplingOptions, generate
 
 PROMPT = "The three most important things to know about the history of the city are"
 
@@ -140,7 +140,7 @@ def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), toke
     `compiled`: ours decodes through torch.compile; the warm-up round pays for compiling.
     """
     from fewshot.convert.gguf import import_gguf
-    from fewshot.lm import load
+    from fewshot.inference.lm import load
 
     gguf = Path(gguf)
     if min(batches, default=0) < 1 or tokens < 1 or repeats < 1:

@@ -1,6 +1,6 @@
 """Data preparation throughput: `fewshot prepare` with the byte tokenizer and with BPE.
 
-The corpus is the default one (Shakespeare plus GPT-3 task text, fewshot.corpus), cycled
+The corpus is the default one (Shakespeare plus GPT-3 task text, fewshot.data.corpus), cycled
 to the requested size, so every run tokenizes the same bytes. Beside the end-to-end rate
 (read, clean, tokenize, split, write shards; BPE also trains its vocabulary) stands the
 bare `tokenizers` encode_batch rate with the very tokenizer prepare trained: the peer that
@@ -39,7 +39,7 @@ class PrepareBench:
 def bench_prepare(mb: float = 50, vocab_size: int = 8192, progress: bool = False) -> PrepareBench:
     from tokenizers import Tokenizer as HFTokenizer
 
-    from fewshot.data import ENCODE_BATCH_CHARS, prepare
+    from fewshot.data.prepare import ENCODE_BATCH_CHARS, prepare
     from fewshot.tokenizer import TOKENIZER_FILE
 
     if mb <= 0:
@@ -69,7 +69,7 @@ def bench_prepare(mb: float = 50, vocab_size: int = 8192, progress: bool = False
 
 def write_corpus(directory: Path, size: int) -> list[Path]:
     """About `size` bytes of the default corpus, cycled, in ~1 MB text files."""
-    from fewshot.corpus import write_default_corpus
+    from fewshot.data.corpus import write_default_corpus
 
     source = write_default_corpus(directory.parent / "default-corpus")
     text = "\n".join(f.read_text(encoding="utf-8") for f in source)

@@ -38,8 +38,8 @@ def bench_train_precision(config, batch_size: int, steps: int = 5, device: str =
     """Time `steps` optimizer steps per precision (after one warm-up), same weights, same batch."""
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
-    from fewshot.optim import make_optimizer
-    from fewshot.train import autocast
+    from fewshot.train.optim import make_optimizer
+    from fewshot.train.loop import autocast
 
     target = torch.device(device)
     x, y = _batch(config, batch_size, config.context, target)
@@ -117,8 +117,8 @@ def bench_train_vs_hf(config, batch: int, seq: int, dtype: str = "fp32", steps: 
     from fewshot.bench.peer import hf_peer, logits_gap
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
-    from fewshot.optim import make_optimizer
-    from fewshot.train import autocast
+    from fewshot.train.optim import make_optimizer
+    from fewshot.train.loop import autocast
 
     if dtype not in ("fp32", "bf16"):
         raise FewshotError(f"--dtype must be fp32 or bf16, got {dtype!r}")

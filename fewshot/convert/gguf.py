@@ -25,7 +25,7 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from fewshot.checkpoint import write_run
+from fewshot.train.checkpoint import write_run
 from fewshot.config import ModelConfig
 from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError

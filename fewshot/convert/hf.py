@@ -27,7 +27,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from fewshot import __version__
-from fewshot.checkpoint import CONFIG, WEIGHTS, write_run, write_safetensors
+from fewshot.train.checkpoint import CONFIG, WEIGHTS, write_run, write_safetensors
 from fewshot.config import ModelConfig
 from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
@@ -88,7 +88,7 @@ def _gpt2_layout(config: ModelConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the run at `run_dir` as a transformers GPT-2 directory `out_dir` (new or empty)."""
-    from fewshot.lm import load  # deferred: it pulls in generation and training code
+    from fewshot.inference.lm import load  # deferred: it pulls in generation and training code
 
     run_dir, out = Path(run_dir), Path(out_dir)
     check_new_dir(out)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from fewshot.errors import FewshotError
-from fewshot.generate import SampleText, SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
+from fewshot.inference.generate import SampleText, SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
 
 log = logging.getLogger("fewshot.serve")
 

@@ -31,7 +31,7 @@ def test_demo_leaves_a_normal_run_directory_with_a_report(tmp_path: Path) -> Non
 def test_the_smollm2_step_prompts_chats_and_scores_0_vs_4_shots(smollm2_run: Path) -> None:
     from rich.console import Console
 
-    from fewshot.demo import smollm2_demo
+    from fewshot.experiments.demo import smollm2_demo
 
     console = Console(record=True, width=120)
     markdown = smollm2_demo(smollm2_run, 3, console)  # an existing run: no second import

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.train import train
+from fewshot.train.loop import train
 from tests.conftest import fewshot_command, tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import fewshot as library
-from fewshot.checkpoint import weights_to_save
+from fewshot.train.checkpoint import weights_to_save
 from fewshot.config import PRESETS
 from fewshot.convert.hf import write_run
 from fewshot.model import GPT

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.tasks.mixture import MixtureConfig
+from fewshot.tasks.meta.mixture import MixtureConfig
 from tests.conftest import fewshot_command
 
 

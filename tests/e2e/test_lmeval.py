@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
 import fewshot
-from fewshot.lmeval import FewshotLM  # registers "fewshot"
-from fewshot.train import train
+from fewshot.eval.lmeval.backend import FewshotLM  # registers "fewshot"
+from fewshot.train.loop import train
 from tests.conftest import fewshot_command, tiny_config
 
 WORDS = ["king", "love", "night", "sword", "crown", "ghost", "queen", "blood", "grave", "heart", "honour", "tears",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewshot.checkpoint import latest_checkpoint, load_checkpoint
+from fewshot.train.checkpoint import latest_checkpoint, load_checkpoint
 from fewshot.config import PRESETS
 from fewshot.model import GPT
 from tests.conftest import fewshot_command

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fewshot
-from fewshot.train import train
+from fewshot.train.loop import train
 from tests.conftest import tiny_config
 
 CONTEXT = 128

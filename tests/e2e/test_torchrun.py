@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewshot.checkpoint import LATEST, STATE, latest_checkpoint, load_checkpoint
+from fewshot.train.checkpoint import LATEST, STATE, latest_checkpoint, load_checkpoint
 from fewshot.config import PRESETS
 from fewshot.model import GPT
-from fewshot.train import resume_config, train
+from fewshot.train.loop import resume_config, train
 from tests.conftest import fewshot_command, tiny_config
 
 STEPS = 20

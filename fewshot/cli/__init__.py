@@ -38,7 +38,7 @@ def prepare(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing prepared directory.")] = False,
 ) -> None:
     """Tokenise a corpus into train/val shards."""
-    from fewshot.data import prepare as prepare_data
+    from fewshot.data.prepare import prepare as prepare_data
 
     if tokenizer not in ("byte", "bpe"):
         raise FewshotError(f"--tokenizer must be byte or bpe, got {tokenizer!r}")
@@ -89,10 +89,10 @@ def train(
     import math
 
     from fewshot.config import TrainConfig
-    from fewshot.distributed import PeerLost, World, launch
-    from fewshot.report import write_report
-    from fewshot.train import resume_config
-    from fewshot.train import train as run_training
+    from fewshot.train.distributed import PeerLost, World, launch
+    from fewshot.train.report import write_report
+    from fewshot.train.loop import resume_config
+    from fewshot.train.loop import train as run_training
 
     given = dict(preset=preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, context=context,
                  short_context=short_context, short_context_steps=short_context_steps, lr=lr,
@@ -137,8 +137,8 @@ def train(
 def resolve_data(spec: str, main: bool) -> Path:
     """A prepared directory as given, or the ICL mixture it names (generated on first use;
     under torchrun rank 0 generates it while the other ranks wait for it)."""
-    from fewshot.icl import DATA_ROOT
-    from fewshot.tasks.mixture import ensure_mixture, parse_data_spec, wait_for_mixture
+    from fewshot.experiments.icl import DATA_ROOT
+    from fewshot.tasks.meta.mixture import ensure_mixture, parse_data_spec, wait_for_mixture
 
     mixture = parse_data_spec(spec)
     if mixture is None:
@@ -190,8 +190,8 @@ def generate(
     import time
 
     import fewshot
-    from fewshot.generate import SamplingOptions
-    from fewshot.memory import peak_rss_bytes
+    from fewshot.inference.generate import SamplingOptions
+    from fewshot.train.memory import peak_rss_bytes
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
@@ -237,7 +237,7 @@ def chat(
 ) -> None:
     """Chat with a model, using its own chat template (imported models) or a plain transcript."""
     import fewshot
-    from fewshot.generate import SamplingOptions
+    from fewshot.inference.generate import SamplingOptions
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     SamplingOptions(**options)
@@ -276,7 +276,7 @@ def import_gguf_command(
     import time
 
     from fewshot.convert.gguf import import_gguf, smollm2_gguf
-    from fewshot.memory import peak_rss_bytes
+    from fewshot.train.memory import peak_rss_bytes
 
     if smollm2 and out_dir is None:  # `import-gguf --smollm2 runs/x`: the one argument is the output
         source, out_dir = None, source
@@ -353,7 +353,7 @@ def eval_command(
 ) -> None:
     """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
     import fewshot
-    from fewshot.evaluate import (
+    from fewshot.eval.harness import (
         MC_NORMS,
         evaluate,
         load_tasks,
@@ -367,7 +367,7 @@ def eval_command(
     ks = parse_shots(shots)
     task_list = load_tasks(tasks, task_file, None if template is None else unescape(template), n, seed)
     if contamination is not None:
-        from fewshot.contamination import flag_tasks
+        from fewshot.eval.contamination import flag_tasks
 
         task_list = flag_tasks(task_list, contamination, progress=out.is_terminal)
         for t in task_list:
@@ -383,7 +383,7 @@ def eval_command(
         written = write_results(evaluations, out_path)
         out.print(f"wrote {written[0]} and {written[1]}")
     if plot is not None:
-        from fewshot.plots import bars_path, plot_icl_curves, plot_task_bars
+        from fewshot.eval.plots import bars_path, plot_icl_curves, plot_task_bars
 
         data = [e.to_json() for e in evaluations]
         out.print(f"wrote {plot_icl_curves(data, plot)} and {plot_task_bars(data, bars_path(plot))}")
@@ -399,7 +399,7 @@ def demo(
     compile: RecipeCompile = True,
 ) -> None:
     """The ICL recipe, shortened: mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
-    from fewshot.demo import run_demo
+    from fewshot.experiments.demo import run_demo
 
     if n_eval < 2:
         raise FewshotError(f"--n-eval must be >= 2, got {n_eval}")
@@ -415,7 +415,7 @@ def icl_data(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Generate the meta-training mixture into a prepared dataset (what `--data icl` uses)."""
-    from fewshot.tasks.mixture import MixtureConfig, write_mixture
+    from fewshot.tasks.meta.mixture import MixtureConfig, write_mixture
 
     if out_dir.exists():
         raise FewshotError(f"{out_dir} already exists; remove it or choose another directory")
@@ -431,7 +431,7 @@ def icl_tasks(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write the held-out task families as task files for `fewshot eval --task-file`."""
-    from fewshot.tasks.mixture import write_held_out_tasks
+    from fewshot.tasks.meta.mixture import write_held_out_tasks
 
     if n < 2:
         raise FewshotError(f"--n must be >= 2 (a query needs another line to draw demonstrations from), got {n}")
@@ -455,9 +455,9 @@ def icl_train(
 ) -> None:
     """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
     import fewshot
-    from fewshot.icl import FULL, held_out_report, train_icl
-    from fewshot.report import write_report
-    from fewshot.tasks.mixture import parse_data_spec
+    from fewshot.experiments.icl import FULL, held_out_report, train_icl
+    from fewshot.train.report import write_report
+    from fewshot.tasks.meta.mixture import parse_data_spec
 
     mixture = parse_data_spec(data)
     if mixture is None:
@@ -488,7 +488,7 @@ def icl_ablation(
     n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
 ) -> None:
     """Chan et al.'s ablation: transformer on bursty vs non-bursty data, and a same-size LSTM."""
-    from fewshot.icl import ABLATION, run_ablation
+    from fewshot.experiments.icl import ABLATION, run_ablation
 
     if minutes <= 0 or n < 2:
         raise FewshotError("--minutes must be > 0 and --n >= 2")
@@ -509,9 +509,9 @@ def icl_eval(
 ) -> None:
     """K-shot exact match on the held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
     import fewshot
-    from fewshot.evaluate import parse_shots
-    from fewshot.icl import held_out_report
-    from fewshot.tasks.mixture import EVAL_TEMPLATES
+    from fewshot.eval.harness import parse_shots
+    from fewshot.experiments.icl import held_out_report
+    from fewshot.tasks.meta.mixture import EVAL_TEMPLATES
 
     chosen = [t.strip() for t in templates.split(",") if t.strip()]
     unknown = [t for t in chosen if t not in EVAL_TEMPLATES]
@@ -613,7 +613,7 @@ def bench_decode_command(
     from fewshot.bench import bench_decode
     from fewshot.config import preset as get_preset
     from fewshot.model import GPT
-    from fewshot.train import pick_device
+    from fewshot.train.loop import pick_device
 
     _check_vs(vs, ("hf", "llamacpp"))
     target = pick_device(device)
@@ -685,7 +685,7 @@ def bench_train_command(
         )
         return
     from fewshot.bench import bench_train_vs_hf, measure_peak
-    from fewshot.train import pick_device, use_bf16
+    from fewshot.train.loop import pick_device, use_bf16
 
     if dtype == "auto":
         dtype = "bf16" if use_bf16("auto", pick_device(device)) else "fp32"
@@ -746,7 +746,7 @@ def bench_serve_command(
     max_batch: Annotated[int, typer.Option()] = 32,
 ) -> None:
     """The same server driven by 1 sequential client and by concurrent ones: tok/s, p50/p99, ratio."""
-    from fewshot.serve.bench import bench_serve
+    from fewshot.bench.serve import bench_serve
 
     try:
         levels = tuple(int(c) for c in clients.split(","))

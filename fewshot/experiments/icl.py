@@ -18,16 +18,16 @@ from typing import Any
 
 from rich.console import Console
 
-from fewshot.checkpoint import CONFIG, latest_checkpoint
+from fewshot.train.checkpoint import CONFIG, latest_checkpoint
 from fewshot.config import Optimizer, TrainConfig, check_optimizer
-from fewshot.data import TokenData
+from fewshot.data.prepare import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import read_json, write_json
-from fewshot.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
-from fewshot.lm import LM, load
-from fewshot.plots import plot_mean_curves
-from fewshot.tasks.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
-from fewshot.train import TrainResult, seconds_per_step, train
+from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
+from fewshot.inference.lm import LM, load
+from fewshot.eval.plots import plot_mean_curves
+from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
+from fewshot.train.loop import TrainResult, seconds_per_step, train
 
 DATA_ROOT = Path("data/icl")
 # Evaluation, logging and checkpoints take some of a run's time; the schedule should end
@@ -46,7 +46,7 @@ class Recipe:
     # torch.compile: ~1.25x the optimizer steps per minute on a 2-core CPU (bf16), for a few
     # seconds of compiling (inductor caches the graph after the calibration steps).
     compile: bool = False
-    # Muon for the blocks' matrices (fewshot.optim): at equal steps it is ~600 steps ahead of
+    # Muon for the blocks' matrices (fewshot.train.optim): at equal steps it is ~600 steps ahead of
     # AdamW in validation loss on this mixture, for ~15% more time per step (docs/icl/sweep.md).
     optimizer: Optimizer = "adamw"
     lr: float | None = None  # None: the preset's
@@ -111,7 +111,7 @@ def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequenc
                     console: Console | None = None) -> HeldOutReport:
     """Score each (label, model) on the held-out families under each template; write
     results-<label>-<template>.json (DESIGN.md's schema), summary.json, results.md and icl.png."""
-    from fewshot.evaluate import results_table, write_results
+    from fewshot.eval.harness import results_table, write_results
 
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)

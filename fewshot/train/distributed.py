@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fewshot.checkpoint import weights_to_save
+from fewshot.train.checkpoint import weights_to_save
 from fewshot.errors import FewshotError
 
 STRATEGIES = ("ddp", "fsdp")
@@ -125,7 +125,7 @@ def wrap(model: torch.nn.Module, strategy: str, world: World, device: torch.devi
 def sharded(model: torch.nn.Module) -> bool:
     """Wrapped by FSDP2: its forward is a collective, and its state dicts hold shards."""
     # Duck-typed: importing torch.distributed.fsdp costs a second that single-process runs
-    # (and everything that imports fewshot.train) should not pay.
+    # (and everything that imports fewshot.train.loop) should not pay.
     return hasattr(model, "set_requires_gradient_sync")
 
 

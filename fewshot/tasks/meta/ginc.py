@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fewshot.tasks.procedural import words
+from fewshot.tasks.families import words
 
 N_CONCEPTS = 64
 N_STATES = 10

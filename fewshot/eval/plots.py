@@ -140,7 +140,7 @@ def bars_path(curve_path: Path) -> Path:
 
 def plot_mean_curves(curves: Sequence[Any], path: Path, title: str) -> Path:
     """Mean score over tasks against K, one line per curve (a model, format or ablation arm),
-    with pooled 95% Wilson bands; `curves` are fewshot.heldout.MeanCurve objects."""
+    with pooled 95% Wilson bands; `curves` are fewshot.eval.heldout.MeanCurve objects."""
     figure, axes = plt.subplots(figsize=(7.5, 4.6), dpi=120)
     colors = plt.get_cmap("tab10")
     shots: set[int] = set()

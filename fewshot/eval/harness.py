@@ -33,8 +33,8 @@ import torch
 from rich.table import Table
 
 from fewshot.errors import FewshotError
-from fewshot.lm import LM
-from fewshot.taskfile import PLAIN, Item, Template, read_task_file
+from fewshot.inference.lm import LM
+from fewshot.tasks.taskfile import PLAIN, Item, Template, read_task_file
 
 SEPARATOR = "\n\n"
 POOL_SIZE = 512  # demonstrations available per synthetic task; K above this is an error
@@ -77,7 +77,7 @@ class EvalTask:
     pool: tuple[Item, ...]
     template: Template = PLAIN
     leave_one_out: bool = False
-    contaminated: tuple[bool, ...] = ()  # per query, once checked (fewshot.contamination); () = not checked
+    contaminated: tuple[bool, ...] = ()  # per query, once checked (fewshot.eval.contamination); () = not checked
 
     @property
     def multiple_choice(self) -> bool:
@@ -107,7 +107,7 @@ def task_from_file(path: str | Path, n: int | None = None, template: str | None 
 
 def synthetic_tasks(names: str, n: int, seed: int) -> list[EvalTask]:
     """GPT-3's synthetic tasks by name or group ("arithmetic,CL"), in their own formats."""
-    from fewshot.tasks import resolve_tasks
+    from fewshot.tasks.gpt3 import resolve_tasks
 
     tasks = []
     for task in resolve_tasks(names):

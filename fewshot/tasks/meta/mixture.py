@@ -1,10 +1,10 @@
 """The meta-training mixture that makes a small model a few-shot learner (`--data icl`).
 
 Documents, each ended by the end-of-text token:
-- few-shot *episodes*: one procedurally generated task (fewshot.tasks.procedural), shown as
+- few-shot *episodes*: one procedurally generated task (fewshot.tasks.families), shown as
   2-48 solved examples in one of many formats, sometimes under an instruction line;
-- GINC documents (fewshot.tasks.ginc): latent-concept text from a mixture of HMMs;
-- bursty, Zipfian item sequences (fewshot.tasks.bursty, Chan et al. 2022);
+- GINC documents (fewshot.tasks.meta.ginc): latent-concept text from a mixture of HMMs;
+- bursty, Zipfian item sequences (fewshot.tasks.meta.bursty, Chan et al. 2022);
 - repeats: a random line shown again and again, the plainest lesson in copying from context;
 - natural text: passages of the default corpus (Shakespeare), so the model still writes English.
 
@@ -32,9 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fewshot.errors import FewshotError
-from fewshot.taskfile import Template
-from fewshot.tasks import bursty, ginc, procedural
-from fewshot.tasks.procedural import Family, held_out_families, pick_family, training_families
+from fewshot.tasks.taskfile import Template
+from fewshot.tasks import families as procedural
+from fewshot.tasks.meta import bursty, ginc
+from fewshot.tasks.families import Family, held_out_families, pick_family, training_families
 
 MIXTURE_FILE = "mixture.json"
 DOCUMENT_FILE_BYTES = 8 << 20
@@ -144,7 +145,7 @@ def repeats(rng: random.Random, max_chars: int, bursty: bool = True) -> str:
 
 def documents(config: MixtureConfig) -> Iterator[str]:
     """The mixture's documents, the same for the same config, until `megabytes` of text."""
-    from fewshot.corpus import shakespeare_documents
+    from fewshot.data.corpus import shakespeare_documents
 
     rng = random.Random(f"icl-mixture/{config.seed}")
     families = training_families()
@@ -178,7 +179,7 @@ def documents(config: MixtureConfig) -> Iterator[str]:
 
 def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Path:
     """Generate the mixture and prepare it (byte tokenizer) into `out`; returns `out`."""
-    from fewshot.data import prepare
+    from fewshot.data.prepare import prepare
 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:

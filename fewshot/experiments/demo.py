@@ -16,21 +16,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fewshot.checkpoint import CONFIG
+from fewshot.train.checkpoint import CONFIG
 from fewshot.convert.gguf import import_gguf, smollm2_gguf
-from fewshot.evaluate import (
+from fewshot.eval.harness import (
     build_prompt,
     evaluate,
     markdown_table,
     results_table,
     synthetic_tasks,
 )
-from fewshot.icl import SHORT, held_out_report, train_icl
-from fewshot.lm import LM, load
-from fewshot.report import write_report
-from fewshot.tasks.mixture import EVAL_TEMPLATES, held_out_examples
-from fewshot.tasks.procedural import held_out_families
-from fewshot.taskfile import Template
+from fewshot.experiments.icl import SHORT, held_out_report, train_icl
+from fewshot.inference.lm import LM, load
+from fewshot.train.report import write_report
+from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, held_out_examples
+from fewshot.tasks.families import held_out_families
+from fewshot.tasks.taskfile import Template
 
 SAMPLE_PROMPTS = ("ROMEO:\n", "HAMLET:\nTo be")
 DEMO_SHOTS = (0, 1, 2, 4, 8, 16)

@@ -15,12 +15,12 @@ import sys
 from types import ModuleType
 
 MODEL_NAME = "fewshot"
-MODEL_TARGET = "fewshot.lmeval:FewshotLM"
+MODEL_TARGET = "fewshot.eval.lmeval.backend:FewshotLM"
 WATCHED_MODULE = "lm_eval.models"
 
 
 def register(registry) -> None:
-    """Add the placeholder unless "fewshot" is already there (say, `fewshot.lmeval` was imported)."""
+    """Add the placeholder unless "fewshot" is already there (say, `fewshot.eval.lmeval.backend` was imported)."""
     if MODEL_NAME not in registry:
         registry.register(MODEL_NAME, target=MODEL_TARGET)
 

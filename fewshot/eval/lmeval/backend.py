@@ -5,10 +5,10 @@
 
 lm-eval 0.4.13 resolves `--model` from its built-in table only (no entry-point group for
 plugins); the `fewshot_lmeval.pth` that installing fewshot puts in site-packages adds
-"fewshot" to that table (see `fewshot.lmeval_hook`). Where that file is absent (say, the
-source tree is only on PYTHONPATH), `python -m fewshot.lmeval` takes exactly the arguments of
+"fewshot" to that table (see `fewshot.eval.lmeval.hook`). Where that file is absent (say, the
+source tree is only on PYTHONPATH), `python -m fewshot.eval.lmeval.backend` takes exactly the arguments of
 `lm_eval`: it registers the model, then hands over to lm-eval's own CLI. From Python,
-`import fewshot.lmeval` before `lm_eval.simple_evaluate` registers it just the same.
+`import fewshot.eval.lmeval.backend` before `lm_eval.simple_evaluate` registers it just the same.
 
 Scoring matches `LM.score` and `fewshot eval --mc-norm sum`: context and continuation are
 tokenised separately and joined (GPT-3's multiple-choice scoring), then left-truncated to
@@ -28,7 +28,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 import fewshot
-from fewshot.generate import MAX_STOP_SEQUENCES
+from fewshot.inference.generate import MAX_STOP_SEQUENCES
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from fewshot.tasks.arithmetic import Example
+from fewshot.tasks.gpt3.arithmetic import Example
 
 INSTRUCTION = "Please unscramble the letters into a word, and write that word:"
 WORD_LENGTHS = (4, 15)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fewshot.errors import FewshotError
-from fewshot.tasks.arithmetic import ARITHMETIC_TASKS, Example
-from fewshot.tasks.wordscramble import WORDSCRAMBLE_TASKS
+from fewshot.tasks.gpt3.arithmetic import ARITHMETIC_TASKS, Example
+from fewshot.tasks.gpt3.wordscramble import WORDSCRAMBLE_TASKS
 
 
 class Generator(Protocol):

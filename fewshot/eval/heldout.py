@@ -1,8 +1,8 @@
 """Held-out in-context learning: K-shot accuracy on task families the model never trained on,
 under several prompt formats (`fewshot icl eval`).
 
-The held-out families of fewshot.tasks.procedural are written as ordinary JSONL task files
-and scored by the ordinary harness (`fewshot.evaluate`, what `fewshot eval --task-file`
+The held-out families of fewshot.tasks.families are written as ordinary JSONL task files
+and scored by the ordinary harness (`fewshot.eval.harness`, what `fewshot eval --task-file`
 runs), once per template. The headline number is the mean exact match over families at
 each K; its interval is Wilson's on the pooled queries.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewshot.evaluate import Evaluation, evaluate, task_from_file, wilson_interval
-from fewshot.lm import LM
-from fewshot.tasks.mixture import EVAL_TEMPLATES, write_held_out_tasks
+from fewshot.eval.harness import Evaluation, evaluate, task_from_file, wilson_interval
+from fewshot.inference.lm import LM
+from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, write_held_out_tasks
 
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fewshot.checkpoint import CONFIG
+from fewshot.train.checkpoint import CONFIG
 from fewshot.files import atomic_write_text, read_json
-from fewshot.metrics import read_metrics
-from fewshot.plots import plot_loss
+from fewshot.train.metrics import read_metrics
+from fewshot.eval.plots import plot_loss
 
 LOSS_PLOT = "loss.png"
 

@@ -3,7 +3,7 @@
 AdamW with β = (0.9, 0.95), ε = 1e-8, weight decay 0.1 on matrices only, linear warmup
 then cosine decay to 10% of the peak, gradient clipping at 1.0, gradient accumulation,
 bf16 autocast, periodic validation loss and atomic checkpoints that resume bit for bit.
-Under torchrun the same loop runs on every rank (DDP or FSDP2, see fewshot.distributed).
+Under torchrun the same loop runs on every rank (DDP or FSDP2, see fewshot.train.distributed).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 from rich.console import Console
 
 from fewshot import __version__
-from fewshot.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint, tied_aliases
+from fewshot.train.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint, tied_aliases
 from fewshot.config import ModelConfig, TrainConfig
-from fewshot.data import BatchSampler, StepSampler, TokenData, fixed_batches
-from fewshot.distributed import (
+from fewshot.data.prepare import BatchSampler, StepSampler, TokenData, fixed_batches
+from fewshot.train.distributed import (
     World,
     full_state,
     gather,
@@ -42,10 +42,10 @@ from fewshot.distributed import (
 )
 from fewshot.errors import FewshotError
 from fewshot.files import read_json, write_json
-from fewshot.memory import check_fits, estimate_training_memory
-from fewshot.metrics import MetricsLog, TrainingProgress
+from fewshot.train.memory import check_fits, estimate_training_memory
+from fewshot.train.metrics import MetricsLog, TrainingProgress
 from fewshot.model import GPT
-from fewshot.optim import make_optimizer
+from fewshot.train.optim import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _model_config(config: TrainConfig, run_dir: Path, resume: bool, tokenizer_sp
 
 
 def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train in this process, or as one rank of a torchrun job (see fewshot.distributed)."""
+    """Train in this process, or as one rank of a torchrun job (see fewshot.train.distributed)."""
     world = World.from_env()
     device = rank_device(pick_device(config.device), world)
     with process_group(world, device):

@@ -36,11 +36,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from fewshot.data import TokenData
+from fewshot.data.prepare import TokenData
 
 if TYPE_CHECKING:
-    from fewshot.evaluate import EvalTask
-    from fewshot.taskfile import Item
+    from fewshot.eval.harness import EvalTask
+    from fewshot.tasks.taskfile import Item
 
 NGRAM = 13  # GPT-3 Appendix C
 CHUNK_TOKENS = 1 << 22  # ~32 MB of uint64 hashes per pass over a chunk

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fewshot.chat import ChatPrompt, Message, render_chat
-from fewshot.checkpoint import CONFIG, WEIGHTS, load_weights
+from fewshot.inference.chat import ChatPrompt, Message, render_chat
+from fewshot.train.checkpoint import CONFIG, WEIGHTS, load_weights
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
 from fewshot.files import read_json
-from fewshot.generate import Completion, SamplingOptions, generate
+from fewshot.inference.generate import Completion, SamplingOptions, generate
 from fewshot.model import GPT
 from fewshot.tokenizer import Tokenizer, load_tokenizer
-from fewshot.train import pick_device
+from fewshot.train.loop import pick_device
 
 
 @dataclass
