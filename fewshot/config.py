@@ -159,86 +159,68 @@ class ModelConfig:
         return cls(**data)
 
 
-# Tiny sizes for one CPU. Vocabulary 260 = the byte tokenizer (256 bytes + 4 specials).
+@dataclass(frozen=True)
+class Preset:
+    """A named size: the model and the peak learning rate it trains at."""
+
+    model: ModelConfig
+    lr: float
+
+
+# Peak learning rates: Table 2.1 for the GPT-3 sizes; 1e-3 for the tiny ones (what small
+# character-level models tolerate, as in nanoGPT's shakespeare-char). Vocabulary 260 is the
+# byte tokenizer (256 bytes + 4 specials).
 _BYTE_VOCAB = 260
 # The in-context-learning recipe's blocks (`fewshot icl train`); the presets below say why.
 _ICL = ModelConfig(n_layer=4, n_head=4, d_model=128, d_ff=344, context=1024, vocab_size=_BYTE_VOCAB,
                    block="llama", bias=False, qkv_conv=3)
-PRESETS: dict[str, ModelConfig] = {
-    "nano": ModelConfig(n_layer=4, n_head=4, d_model=96, context=256, vocab_size=_BYTE_VOCAB),  # ~0.5M
-    "micro": ModelConfig(n_layer=6, n_head=4, d_model=160, context=256, vocab_size=_BYTE_VOCAB),  # ~2M
-    "mini": ModelConfig(n_layer=6, n_head=6, d_model=384, context=256, vocab_size=_BYTE_VOCAB),  # ~10.7M
+PRESETS: dict[str, Preset] = {
+    "nano": Preset(ModelConfig(n_layer=4, n_head=4, d_model=96, context=256, vocab_size=_BYTE_VOCAB), lr=1e-3),  # ~0.5M
+    "micro": Preset(ModelConfig(n_layer=6, n_head=4, d_model=160, context=256, vocab_size=_BYTE_VOCAB), lr=1e-3),  # ~2M
+    "mini": Preset(ModelConfig(n_layer=6, n_head=6, d_model=384, context=256, vocab_size=_BYTE_VOCAB), lr=1e-3),  # ~10.7M
     # The in-context-learning recipe (`fewshot icl train`): small enough to see ~12M bytes in
-    # 30 minutes on 2 cores, a context long enough for 16 solved examples, rotary positions
+    # 30 minutes on a laptop CPU, a context long enough for 16 solved examples, rotary positions
     # and Primer's q/k/v convolution, both of which make copying from the context (induction
-    # heads) form sooner: with learned absolute positions and no convolution, 30 minutes
-    # gave no copying at all.
-    "icl": _ICL,  # ~0.83M
-    # Six of the same blocks: the 30-minute recipe's model. It takes ~1.5x the time per step, and
-    # at 30 minutes it still came out ahead (docs/icl/sweep.md); the 8-minute demo keeps `icl`.
-    "icl-deep": _ICL.replace(n_layer=6),  # ~1.23M
+    # heads) form sooner (docs/icl/sweep.md has the runs without them).
+    "icl": Preset(_ICL, lr=3e-3),  # ~0.83M
+    # Six of the same blocks: the 30-minute recipe's model; the 8-minute demo keeps `icl`
+    # (docs/icl/sweep.md compares the two).
+    "icl-deep": Preset(_ICL.replace(n_layer=6), lr=3e-3),  # ~1.23M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
-    "llama-nano": ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,
-                              vocab_size=_BYTE_VOCAB, block="llama", bias=False),
-    "llama-micro": ModelConfig(n_layer=6, n_head=4, n_kv_head=2, d_model=160, d_ff=432, context=256,
-                               vocab_size=_BYTE_VOCAB, block="llama", bias=False),
-    "llama-mini": ModelConfig(n_layer=6, n_head=6, n_kv_head=3, d_model=384, d_ff=1024, context=256,
-                              vocab_size=_BYTE_VOCAB, block="llama", bias=False),
-    # SmolLM2-135M (HuggingFaceTB), what `fewshot import-gguf --smollm2` builds.
-    "smollm2-135m": ModelConfig(n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536, context=8192,
-                                vocab_size=49152, block="llama", bias=False, rope_base=1e5),  # 134.5M
+    "llama-nano": Preset(ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,
+                                     vocab_size=_BYTE_VOCAB, block="llama", bias=False), lr=1e-3),
+    "llama-micro": Preset(ModelConfig(n_layer=6, n_head=4, n_kv_head=2, d_model=160, d_ff=432, context=256,
+                                      vocab_size=_BYTE_VOCAB, block="llama", bias=False), lr=1e-3),
+    "llama-mini": Preset(ModelConfig(n_layer=6, n_head=6, n_kv_head=3, d_model=384, d_ff=1024, context=256,
+                                     vocab_size=_BYTE_VOCAB, block="llama", bias=False), lr=1e-3),
+    # SmolLM2-135M (HuggingFaceTB), what `fewshot import-gguf --smollm2` builds; trained from
+    # scratch at a GPT-3 Small-sized rate.
+    "smollm2-135m": Preset(ModelConfig(n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536, context=8192,
+                                       vocab_size=49152, block="llama", bias=False, rope_base=1e5), lr=6e-4),  # 134.5M
     # GPT-3 Table 2.1; context 2048, vocabulary 50257 (the GPT-2 BPE).
-    "gpt3-small": ModelConfig(n_layer=12, n_head=12, d_model=768),  # 125M
-    "gpt3-medium": ModelConfig(n_layer=24, n_head=16, d_model=1024),  # 350M
-    "gpt3-large": ModelConfig(n_layer=24, n_head=16, d_model=1536),  # 760M
+    "gpt3-small": Preset(ModelConfig(n_layer=12, n_head=12, d_model=768), lr=6e-4),  # 125M
+    "gpt3-medium": Preset(ModelConfig(n_layer=24, n_head=16, d_model=1024), lr=3e-4),  # 350M
+    "gpt3-large": Preset(ModelConfig(n_layer=24, n_head=16, d_model=1536), lr=2.5e-4),  # 760M
     # The table says 24 heads of 128 for d_model 2048, which is 3072 wide and would make
     # the model 1.52B. Its 1.3B count needs attention 2048 wide, so we keep d_model and
     # d_head = 128 and take 16 heads.
-    "gpt3-xl": ModelConfig(n_layer=24, n_head=16, d_model=2048),  # 1.3B
-    "gpt3-2.7b": ModelConfig(n_layer=32, n_head=32, d_model=2560),  # 2.7B
-    "gpt3-6.7b": ModelConfig(n_layer=32, n_head=32, d_model=4096),  # 6.7B
+    "gpt3-xl": Preset(ModelConfig(n_layer=24, n_head=16, d_model=2048), lr=2e-4),  # 1.3B
+    "gpt3-2.7b": Preset(ModelConfig(n_layer=32, n_head=32, d_model=2560), lr=1.6e-4),  # 2.7B
+    "gpt3-6.7b": Preset(ModelConfig(n_layer=32, n_head=32, d_model=4096), lr=1.2e-4),  # 6.7B
     # The table says d_model 5140 with 40 heads of 128 (= 5120). We keep both numbers:
     # the residual stream is 5140 wide and attention projects into 40 x 128 = 5120.
-    "gpt3-13b": ModelConfig(n_layer=40, n_head=40, d_model=5140, head_dim=128),  # 13.0B
-    "gpt3-175b": ModelConfig(n_layer=96, n_head=96, d_model=12288),  # 175B
-}
-
-# The paper's reported sizes (Table 2.1), used by the tests to check the presets.
-PAPER_PARAMS: dict[str, float] = {
-    "gpt3-small": 125e6,
-    "gpt3-medium": 350e6,
-    "gpt3-large": 760e6,
-    "gpt3-xl": 1.3e9,
-    "gpt3-2.7b": 2.7e9,
-    "gpt3-6.7b": 6.7e9,
-    "gpt3-13b": 13.0e9,
-    "gpt3-175b": 175.0e9,
-}
-
-# Peak learning rates: Table 2.1 for GPT-3 sizes; 1e-3 for the tiny ones (what small
-# character-level models tolerate, as in nanoGPT's shakespeare-char).
-LEARNING_RATES: dict[str, float] = {
-    "nano": 1e-3,
-    "micro": 1e-3,
-    "mini": 1e-3,
-    "icl": 3e-3,
-    "llama-nano": 1e-3,
-    "llama-micro": 1e-3,
-    "llama-mini": 1e-3,
-    "smollm2-135m": 6e-4,  # a GPT-3 Small-sized rate, for training this shape from scratch
-    "gpt3-small": 6e-4,
-    "gpt3-medium": 3e-4,
-    "gpt3-large": 2.5e-4,
-    "gpt3-xl": 2e-4,
-    "gpt3-2.7b": 1.6e-4,
-    "gpt3-6.7b": 1.2e-4,
-    "gpt3-13b": 1e-4,
-    "gpt3-175b": 0.6e-4,
+    "gpt3-13b": Preset(ModelConfig(n_layer=40, n_head=40, d_model=5140, head_dim=128), lr=1e-4),  # 13.0B
+    "gpt3-175b": Preset(ModelConfig(n_layer=96, n_head=96, d_model=12288), lr=0.6e-4),  # 175B
 }
 
 
 def preset(name: str) -> ModelConfig:
+    """The model of preset `name`."""
+    return _row(name).model
+
+
+def _row(name: str) -> Preset:
     if name not in PRESETS:
         raise FewshotError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -319,7 +301,7 @@ class TrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else LEARNING_RATES[self.preset]
+        return self.lr if self.lr is not None else _row(self.preset).lr
 
     def window_length(self, step: int, context: int) -> int:
         """Tokens of each training window used at `step` (the sequence-length warm-up)."""

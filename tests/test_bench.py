@@ -15,7 +15,7 @@ from fewshot.tokenizer import ByteTokenizer
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].replace(context=64))  # fp32
+    model = GPT(PRESETS["nano"].model.replace(context=64))  # fp32
     # Larger than GPT-2's init so greedy text varies (a random model at std 0.02 repeats one
     # token, and two paths that both repeat it would agree for the wrong reason).
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_bench_decode_rejects_what_it_cannot_measure(model):
         bench_decode(model, tokens=60, prompt_tokens=8)
     with pytest.raises(FewshotError, match=">= 1"):
         bench_decode(model, tokens=4, repeats=0)
-    other_vocab = GPT(PRESETS["nano"].replace(context=64, vocab_size=300))
+    other_vocab = GPT(PRESETS["nano"].model.replace(context=64, vocab_size=300))
     with pytest.raises(FewshotError, match="tokenizer"):
         bench_decode(other_vocab, tokens=4)
 
@@ -59,7 +59,7 @@ def test_precision_bench_reports_both_speeds_and_a_small_loss_gap() -> None:
     from fewshot.bench import bench_train_precision
     from fewshot.config import PRESETS
 
-    result = bench_train_precision(PRESETS["nano"].replace(context=32), batch_size=2, steps=1)
+    result = bench_train_precision(PRESETS["nano"].model.replace(context=32), batch_size=2, steps=1)
     assert result.fp32_tok_per_s > 0 and result.bf16_tok_per_s > 0
     assert result.speedup == result.bf16_tok_per_s / result.fp32_tok_per_s
     assert result.loss_gap < 0.05  # bf16 autocast must not change the loss at init materially
@@ -79,7 +79,7 @@ def test_hf_peer_has_our_parameter_count_and_logits(model) -> None:
 def test_flops_per_token_counts_matmul_weights_and_attention() -> None:
     from fewshot.bench.train import flops_per_token, matmul_params
 
-    config = PRESETS["mini"]
+    config = PRESETS["mini"].model
     n = config.num_params() - config.context * config.d_model  # the position table is a lookup
     assert matmul_params(config) == n
     assert flops_per_token(config, 256) == 6 * n + 12 * 6 * 384 * 256

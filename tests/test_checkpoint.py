@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.train.checkpoint import (
+from fewshot.runs import (
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -20,7 +20,7 @@ from fewshot.model import GPT
 
 def model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(PRESETS["nano"].replace(context=32))
+    return GPT(PRESETS["nano"].model.replace(context=32))
 
 
 def save(run: Path, step: int, net: GPT, keep_last: int = 2) -> Path:
@@ -79,7 +79,7 @@ def test_truncated_top_level_weights_give_a_clear_error(tmp_path: Path) -> None:
 
 def test_weights_for_another_shape_are_refused(tmp_path: Path) -> None:
     save_weights(tmp_path / "w.safetensors", model())
-    other = GPT(PRESETS["nano"].replace(context=32, d_model=64))
+    other = GPT(PRESETS["nano"].model.replace(context=32, d_model=64))
     with pytest.raises(FewshotError, match="shape"):
         load_weights(tmp_path / "w.safetensors", other)
 

@@ -1,14 +1,26 @@
 import pytest
 import torch
 
-from fewshot.config import PAPER_PARAMS, PRESETS, ModelConfig, TrainConfig, preset
+from fewshot.config import PRESETS, ModelConfig, TrainConfig, preset
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
+
+# The paper's reported sizes (GPT-3 Table 2.1), which the presets must reproduce.
+PAPER_PARAMS: dict[str, float] = {
+    "gpt3-small": 125e6,
+    "gpt3-medium": 350e6,
+    "gpt3-large": 760e6,
+    "gpt3-xl": 1.3e9,
+    "gpt3-2.7b": 2.7e9,
+    "gpt3-6.7b": 6.7e9,
+    "gpt3-13b": 13.0e9,
+    "gpt3-175b": 175.0e9,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_gpt3_presets_match_table_2_1_within_2_percent(name: str) -> None:
-    config = PRESETS[name]
+    config = PRESETS[name].model
     assert (config.context, config.vocab_size) == (2048, 50257)
     with torch.device("meta"):  # 175B parameters, zero bytes allocated
         model = GPT(config)
@@ -18,7 +30,7 @@ def test_gpt3_presets_match_table_2_1_within_2_percent(name: str) -> None:
 
 
 def test_13b_keeps_the_papers_d_model_and_head_size() -> None:
-    config = PRESETS["gpt3-13b"]
+    config = PRESETS["gpt3-13b"].model
     assert (config.d_model, config.n_head, config.head_size) == (5140, 40, 128)
     with torch.device("meta"):
         attention = GPT(config).blocks[0].mixer
@@ -28,11 +40,11 @@ def test_13b_keeps_the_papers_d_model_and_head_size() -> None:
 
 @pytest.mark.parametrize(("name", "target"), [("nano", 0.5e6), ("micro", 2e6), ("mini", 10e6)])
 def test_tiny_presets_have_their_advertised_size(name: str, target: float) -> None:
-    assert abs(PRESETS[name].num_params() / target - 1) < 0.1
+    assert abs(PRESETS[name].model.num_params() / target - 1) < 0.1
 
 
 def test_alternating_attention_starts_dense_then_bands() -> None:
-    config = PRESETS["nano"].replace(attention="alternating")
+    config = PRESETS["nano"].model.replace(attention="alternating")
     assert [config.layer_attention(i) for i in range(4)] == ["dense", "local", "dense", "local"]
 
 
@@ -41,7 +53,7 @@ def test_lstm_replaces_attention_in_every_layer_and_is_named_in_errors() -> None
     assert [config.layer_attention(i) for i in range(4)] == ["lstm"] * 4
     assert config.lstm_size == 53  # ~0.55 d_model: the mixer's size matches attention's
     with pytest.raises(FewshotError, match="lstm"):
-        PRESETS["nano"].replace(attention="rnn")
+        PRESETS["nano"].model.replace(attention="rnn")
 
 
 @pytest.mark.parametrize(
@@ -50,7 +62,7 @@ def test_lstm_replaces_attention_in_every_layer_and_is_named_in_errors() -> None
 )
 def test_invalid_model_configs_are_refused(changes: dict) -> None:
     with pytest.raises(FewshotError):
-        PRESETS["nano"].replace(**changes)
+        PRESETS["nano"].model.replace(**changes)
 
 
 def test_unknown_preset_names_the_choices() -> None:
@@ -59,7 +71,7 @@ def test_unknown_preset_names_the_choices() -> None:
 
 
 def test_model_config_round_trips_through_a_dict() -> None:
-    config = PRESETS["gpt3-13b"]
+    config = PRESETS["gpt3-13b"].model
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(FewshotError, match="unknown fields"):
         ModelConfig.from_dict({**config.to_dict(), "n_layers": 3})

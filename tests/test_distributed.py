@@ -92,7 +92,7 @@ def test_the_world_comes_from_the_torchrun_environment(monkeypatch: pytest.Monke
 
 
 def test_a_world_of_one_needs_no_process_group() -> None:
-    model = GPT(PRESETS["nano"].replace(context=16))
+    model = GPT(PRESETS["nano"].model.replace(context=16))
     optimizer = make_optimizer(model, TrainConfig(data="d", out="o"), torch.device("cpu"))
     with gradient_sync(model, sync=False):
         model(torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long))[1].backward()

@@ -172,7 +172,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].replace(context=CONTEXT)).eval()
+    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
     # GPT-2's init (std 0.02) makes a random model nearly uniform, and greedily it repeats one
     # token. Larger weights give varied text, so a wrong cache or window changes the output.
     with torch.no_grad():

@@ -163,7 +163,7 @@ def test_quantised_files_dequantise_close_to_the_original(tmp_path: Path, qtype:
     assert np.linalg.norm(qkv - original) / np.linalg.norm(original) < weight_error
     reference = transformers_logits(weights, IDS)
     assert (lm.logits(IDS) - reference).norm() / reference.norm() < logit_error
-    assert lm.config["source"]["quantization"] == sorted({qtype.name, "F32"})
+    assert lm.config.source["quantization"] == sorted({qtype.name, "F32"})
 
 
 def test_bf16_import_halves_the_weights(tmp_path: Path) -> None:

@@ -24,14 +24,14 @@ from tokenizers import models
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import fewshot
-from fewshot.train.checkpoint import weights_to_save
+from fewshot.runs import RunConfig, RunDir, weights_to_save
 from fewshot.config import PRESETS, ModelConfig
-from fewshot.convert.hf import export_hf, import_hf, write_run
+from fewshot.convert.hf import export_hf, import_hf
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
 from fewshot.tokenizer import BPETokenizer, ByteTokenizer, train_bpe
 
-SMALL = PRESETS["nano"].replace(n_layer=2, d_model=64, context=64)
+SMALL = PRESETS["nano"].model.replace(n_layer=2, d_model=64, context=64)
 TEXT = ("The cat sat on the mat. The dog sat on the log. Then the cat ran after the dog, "
         "and the dog ran after the cat! Café, naïve, 東京, 🙂. 12 + 30 = 42.\n")
 SAMPLE = "The cat ran after the dog: <|endoftext|> café 🙂\n\t 42"
@@ -55,7 +55,7 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def make_run(path: Path, config: ModelConfig, tokenizer, seed: int = 0) -> GPT:
     model = randomize(GPT(config), seed)
-    write_run(path, config, tokenizer, weights_to_save(model))
+    RunDir.publish(path, RunConfig(config, tokenizer.spec()), tokenizer, weights_to_save(model))
     return model
 
 
@@ -140,7 +140,7 @@ def test_transformers_tokenizes_like_fewshot(kind: str, tokenizer_pairs: dict, t
 
 
 REFUSED = {
-    "llama": (PRESETS["llama-nano"].replace(n_layer=1), "block 'llama'"),
+    "llama": (PRESETS["llama-nano"].model.replace(n_layer=1), "block 'llama'"),
     "local": (SMALL.replace(attention="local", window=16), "local attention"),
     "alternating": (SMALL.replace(attention="alternating", window=16), "alternating attention"),
     "head_dim": (SMALL.replace(head_dim=8), "head_dim = d_model / n_head"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.train.checkpoint import latest_checkpoint
+from fewshot.runs import latest_checkpoint
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.experiments.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
@@ -33,7 +33,7 @@ def test_the_short_recipe_takes_more_smaller_steps_than_the_full_one() -> None:
 
 
 def test_the_full_recipe_trains_the_demos_blocks_six_deep() -> None:
-    deep, demo = PRESETS[FULL.preset], PRESETS[SHORT.preset]
+    deep, demo = PRESETS[FULL.preset].model, PRESETS[SHORT.preset].model
     assert (deep.n_layer, demo.n_layer) == (6, 4)
     assert deep.replace(n_layer=demo.n_layer) == demo
 

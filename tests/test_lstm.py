@@ -62,7 +62,7 @@ def test_the_serving_engine_decodes_an_lstm_as_generate_does() -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which write a
     dummy token into a prefilling slot) and the cache grows: none of it may change a row."""
     torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].replace(context=96, attention="lstm")).eval()
+    model = GPT(PRESETS["nano"].model.replace(context=96, attention="lstm")).eval()
     with torch.no_grad():  # larger weights than the init: varied text, so mistakes show
         for param in model.parameters():
             if param.dim() == 2:

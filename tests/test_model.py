@@ -14,7 +14,7 @@ from fewshot.model.mixers import causal_mask
 
 def tiny(preset: str = "nano", **changes) -> GPT:
     torch.manual_seed(0)
-    model = GPT(PRESETS[preset].replace(context=48, **changes)).eval()
+    model = GPT(PRESETS[preset].model.replace(context=48, **changes)).eval()
     with torch.no_grad():  # a convolution that starts as the identity would hide a wrong one
         for name, param in model.named_parameters():
             if name.endswith("mixer.conv"):
@@ -152,14 +152,14 @@ def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: 
 @pytest.mark.parametrize("name", ["nano", "llama-nano", "llama-mini", "smollm2-135m", "icl"])
 def test_parameter_count_formula_matches_the_model(name: str) -> None:
     with torch.device("meta"):
-        model = GPT(PRESETS[name])
-    assert model.num_params() == PRESETS[name].num_params()
+        model = GPT(PRESETS[name].model)
+    assert model.num_params() == PRESETS[name].model.num_params()
 
 
 @pytest.mark.parametrize("name", ["nano", "micro", "mini", "llama-nano", "gpt3-small"])
 def test_an_lstm_mixer_is_the_size_of_attention_and_counted_exactly(name: str) -> None:
     """The same-size recurrent baseline: only the mixer changes, and by under 10%."""
-    attention = PRESETS[name]
+    attention = PRESETS[name].model
     lstm = attention.replace(attention="lstm")
     with torch.device("meta"):
         model = GPT(lstm)

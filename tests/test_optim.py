@@ -18,7 +18,7 @@ def muon_config(**changes) -> TrainConfig:
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_everything_else() -> None:
-    model = GPT(PRESETS["icl"])
+    model = GPT(PRESETS["icl"].model)
     optimizer = make_optimizer(model, muon_config(), torch.device("cpu"))
     assert isinstance(optimizer, Combined)
     adamw, muon = optimizer.optimizers
@@ -37,7 +37,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_everything_else() -> None:
 
 def test_the_combined_state_round_trips_into_a_fresh_optimizer() -> None:
     torch.manual_seed(0)
-    model = GPT(PRESETS["llama-nano"])
+    model = GPT(PRESETS["llama-nano"].model)
     optimizer = make_optimizer(model, muon_config(), torch.device("cpu"))
     x = torch.randint(0, 256, (2, 32))
 
@@ -62,7 +62,7 @@ def test_the_combined_state_round_trips_into_a_fresh_optimizer() -> None:
 
 
 def test_an_adamw_checkpoint_does_not_load_into_muon() -> None:
-    model = GPT(PRESETS["llama-nano"])
+    model = GPT(PRESETS["llama-nano"].model)
     adamw_state = make_optimizer(model, TrainConfig(data="d", out="o"), torch.device("cpu")).state_dict()
     with pytest.raises(FewshotError, match="another --optimizer"):
         make_optimizer(model, muon_config(), torch.device("cpu")).load_state_dict(adamw_state)

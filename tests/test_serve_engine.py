@@ -28,7 +28,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].replace(context=CONTEXT)).eval()
+    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
     with torch.no_grad():  # larger weights than GPT-2's init: varied text, so mistakes show
         for param in model.parameters():
             if param.dim() == 2:

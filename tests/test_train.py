@@ -32,7 +32,7 @@ def test_schedule_warms_up_linearly_then_decays_to_ten_percent() -> None:
 def test_weight_decay_touches_matrices_only() -> None:
     from fewshot.model import GPT
 
-    model = GPT(PRESETS["nano"])
+    model = GPT(PRESETS["nano"].model)
     optimizer = make_optimizer(model, TrainConfig(data="d", out="o"), torch.device("cpu"))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
@@ -91,25 +91,25 @@ def test_a_config_too_big_for_memory_is_refused_before_allocating(data_dir: Path
 
 
 def test_memory_estimate_grows_with_batch_and_model() -> None:
-    small = estimate_training_memory(PRESETS["nano"], 8, 256, autocast_bf16=False)
-    assert small.weights_bytes == 16 * PRESETS["nano"].num_params()
-    assert estimate_training_memory(PRESETS["nano"], 16, 256, False).activation_bytes > small.activation_bytes
-    assert estimate_training_memory(PRESETS["gpt3-175b"], 1, 2048, True).total_bytes > 2.8e12  # > 2.8 TB
+    small = estimate_training_memory(PRESETS["nano"].model, 8, 256, autocast_bf16=False)
+    assert small.weights_bytes == 16 * PRESETS["nano"].model.num_params()
+    assert estimate_training_memory(PRESETS["nano"].model, 16, 256, False).activation_bytes > small.activation_bytes
+    assert estimate_training_memory(PRESETS["gpt3-175b"].model, 1, 2048, True).total_bytes > 2.8e12  # > 2.8 TB
 
 
 def test_gradient_accumulation_counts_every_micro_batch(data_dir: Path, tmp_path: Path) -> None:
     result = train(tiny_config(data_dir, tmp_path / "run", max_steps=3, grad_accum=3))
     assert result.tokens == 3 * 3 * 4 * 64  # steps x micro-batches x batch x context
-    from fewshot.train.checkpoint import latest_checkpoint, load_checkpoint
+    from fewshot.runs import latest_checkpoint, load_checkpoint
     from fewshot.model import GPT
 
-    _, state = load_checkpoint(latest_checkpoint(tmp_path / "run"), GPT(PRESETS["nano"].replace(context=64)), torch.device("cpu"))
+    _, state = load_checkpoint(latest_checkpoint(tmp_path / "run"), GPT(PRESETS["nano"].model.replace(context=64)), torch.device("cpu"))
     # The cursor counts optimizer steps; each step drew one global batch of 3 x 4 windows.
     assert state["sampler"] == {"seed": 0, "position": 3, "global_batch": 12}
 
 
 def test_precision_choice_follows_the_flag_and_the_hardware() -> None:
-    from fewshot.train.loop import cpu_has_native_bf16, use_bf16
+    from fewshot.device import cpu_has_native_bf16, use_bf16
 
     cpu = torch.device("cpu")
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
@@ -175,7 +175,7 @@ def test_a_signal_during_set_up_saves_a_checkpoint_instead_of_raising(data_dir: 
     import os
     import signal
 
-    from fewshot.train.checkpoint import latest_checkpoint
+    from fewshot.runs import latest_checkpoint
     from fewshot.data.prepare import TokenData
 
     tokenizer_class = type(TokenData.open(data_dir).tokenizer)

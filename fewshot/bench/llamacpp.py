@@ -178,7 +178,7 @@ def _one_batch(lm, peer: LlamaCpp, prompt: list[int], rows: int, tokens: int, re
     return DecodeVsLlamaCpp(
         batch=rows, tokens=tokens, prompt_tokens=len(prompt), threads=torch.get_num_threads(), fewshot_dtype=dtype,
         fewshot_compiled=lm.model.decoding_compiled,
-        gguf_types=list(lm.config.get("source", {}).get("quantization", [])), seconds=mine, llamacpp_seconds=theirs_s,
+        gguf_types=list((lm.config.source or {}).get("quantization", [])), seconds=mine, llamacpp_seconds=theirs_s,
         tok_s=rows * tokens / mine, llamacpp_tok_s=rows * tokens / theirs_s, ratio=theirs_s / mine,
         pair_ratios=pair_ratios(seconds["fewshot"], seconds["llamacpp"]),
         agreeing_tokens=_common_prefix(outputs["fewshot"][0], outputs["llamacpp"][0]),

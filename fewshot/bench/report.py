@@ -25,7 +25,7 @@ DEFAULTS = dict(preset="mini", batch=8, seq=256, train_steps=5, tokens=64, batch
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    from fewshot.train.loop import cpu_has_native_bf16
+    from fewshot.device import cpu_has_native_bf16
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -75,7 +75,7 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
     from fewshot.bench.train import bench_train_vs_hf
     from fewshot.config import preset as get_preset
     from fewshot.model import GPT
-    from fewshot.train.loop import pick_device, use_bf16
+    from fewshot.device import pick_device, use_bf16
 
     started = time.perf_counter()
     target = pick_device(device)

@@ -96,11 +96,9 @@ async def _levels(url: str, clients: Sequence[int], requests: int, max_tokens: i
 
 def _stop_bias(run_dir: Path) -> dict[str, float]:
     """Bias the model's stop tokens away, so every request yields exactly max_tokens tokens."""
-    from fewshot.train.checkpoint import CONFIG
-    from fewshot.files import read_json
-    from fewshot.tokenizer import load_tokenizer
+    from fewshot.runs import RunDir
 
-    tokenizer = load_tokenizer(read_json(run_dir / CONFIG)["tokenizer"], run_dir)
+    tokenizer = RunDir.open(run_dir).tokenizer()
     return {str(token): -100 for token in sorted(tokenizer.stop_ids)}
 
 

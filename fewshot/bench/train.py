@@ -39,7 +39,7 @@ def bench_train_precision(config, batch_size: int, steps: int = 5, device: str =
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
     from fewshot.train.optim import make_optimizer
-    from fewshot.train.loop import autocast
+    from fewshot.device import autocast
 
     target = torch.device(device)
     x, y = _batch(config, batch_size, config.context, target)
@@ -118,7 +118,7 @@ def bench_train_vs_hf(config, batch: int, seq: int, dtype: str = "fp32", steps: 
     from fewshot.config import TrainConfig
     from fewshot.model import GPT
     from fewshot.train.optim import make_optimizer
-    from fewshot.train.loop import autocast
+    from fewshot.device import autocast
 
     if dtype not in ("fp32", "bf16"):
         raise FewshotError(f"--dtype must be fp32 or bf16, got {dtype!r}")

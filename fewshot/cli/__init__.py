@@ -613,7 +613,7 @@ def bench_decode_command(
     from fewshot.bench import bench_decode
     from fewshot.config import preset as get_preset
     from fewshot.model import GPT
-    from fewshot.train.loop import pick_device
+    from fewshot.device import pick_device
 
     _check_vs(vs, ("hf", "llamacpp"))
     target = pick_device(device)
@@ -685,7 +685,7 @@ def bench_train_command(
         )
         return
     from fewshot.bench import bench_train_vs_hf, measure_peak
-    from fewshot.train.loop import pick_device, use_bf16
+    from fewshot.device import pick_device, use_bf16
 
     if dtype == "auto":
         dtype = "bf16" if use_bf16("auto", pick_device(device)) else "fp32"

@@ -25,7 +25,7 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from fewshot.train.checkpoint import write_run
+from fewshot.runs import RunConfig, RunDir
 from fewshot.config import ModelConfig
 from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
@@ -79,7 +79,7 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     weights = dict(_weights(tensors, config, torch_dtype, progress))
     source = {"gguf": str(path.resolve()), "name": metadata.get("general.name"), "dtype": dtype,
               "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()})}
-    return write_run(out, config, tokenizer, weights, source)
+    return RunDir.publish(out, RunConfig(config, tokenizer.spec(), source=source), tokenizer, weights).path
 
 
 class _Metadata:

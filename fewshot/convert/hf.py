@@ -27,7 +27,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from fewshot import __version__
-from fewshot.train.checkpoint import CONFIG, WEIGHTS, write_run, write_safetensors
+from fewshot.runs import RunConfig, RunDir, write_safetensors
 from fewshot.config import ModelConfig
 from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
@@ -48,6 +48,9 @@ GPT2_CONFIG: dict[str, Any] = {
 }
 # Our MLP uses GELU's tanh approximation (model/gpt.py); transformers has it under three names.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# transformers' own file names (a Hugging Face directory, not a run directory).
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"  # sharded safetensors
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 
@@ -100,8 +103,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")  # "float32", as transformers writes it
 
     def fill(staging: Path) -> None:
-        write_safetensors(staging / WEIGHTS, weights)
-        write_json(staging / CONFIG, gpt2_config(lm.model.config, lm.tokenizer, dtype))
+        write_safetensors(staging / HF_WEIGHTS, weights)
+        write_json(staging / HF_CONFIG, gpt2_config(lm.model.config, lm.tokenizer, dtype))
         write_hf_tokenizer(staging, lm.tokenizer, lm.model.config.context)
 
     return publish_dir(out, fill)
@@ -110,8 +113,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
 def _run_model_config(run_dir: Path) -> ModelConfig | None:
     """The run's model config; None when config.json is missing or malformed, which load() explains."""
     try:
-        return ModelConfig.from_dict(read_json(run_dir / CONFIG)["model"])
-    except (KeyError, TypeError, FewshotError):
+        return RunDir.open(run_dir).config.model
+    except FewshotError:
         return None
 
 
@@ -212,9 +215,9 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> P
     check_new_dir(out)
     if not hf_dir.is_dir():
         raise FewshotError(f"{hf_dir}: no such directory (import-hf reads a local transformers model directory)")
-    stored_config = read_json(hf_dir / CONFIG)
+    stored_config = read_json(hf_dir / HF_CONFIG)
     if not isinstance(stored_config, dict):
-        raise FewshotError(f"{hf_dir / CONFIG}: not a transformers config (expected a JSON object)")
+        raise FewshotError(f"{hf_dir / HF_CONFIG}: not a transformers config (expected a JSON object)")
     settings = {**GPT2_CONFIG, **stored_config}
     files = _safetensors_files(hf_dir)  # before the tokenizer: a pickle-only directory should say so first
     config = model_config(settings, hf_dir)
@@ -227,12 +230,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> P
         config = config.replace(tie_embeddings=_tied(settings, stored, hf_dir))
         weights = _read_weights(config, stored, torch_dtype, hf_dir)
     source = {"hf": str(hf_dir.resolve()), "name": settings.get("_name_or_path"), "dtype": dtype}
-    return write_run(out, config, tokenizer, weights, source)
+    return RunDir.publish(out, RunConfig(config, tokenizer.spec(), source=source), tokenizer, weights).path
 
 
 def model_config(settings: dict[str, Any], hf_dir: Path) -> ModelConfig:
     """GPT2Config's fields -> a "gpt3"-block ModelConfig, refusing what our block cannot run."""
-    path = hf_dir / CONFIG
+    path = hf_dir / HF_CONFIG
     if settings.get("model_type") != "gpt2":
         raise FewshotError(f"{path}: model_type {settings.get('model_type')!r} is not supported (supported: gpt2)")
     if settings["activation_function"] not in TANH_GELU:
@@ -291,8 +294,8 @@ def hf_tokenizer(hf_dir: Path) -> BPETokenizer:
 
 
 def _safetensors_files(hf_dir: Path) -> list[Path]:
-    if (hf_dir / WEIGHTS).is_file():
-        return [hf_dir / WEIGHTS]
+    if (hf_dir / HF_WEIGHTS).is_file():
+        return [hf_dir / HF_WEIGHTS]
     if (hf_dir / INDEX).is_file():
         weight_map = read_json(hf_dir / INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -304,7 +307,7 @@ def _safetensors_files(hf_dir: Path) -> list[Path]:
                 f"{hf_dir / name}: only a pickle checkpoint, and fewshot never unpickles (it can run code); "
                 "convert it where you trust it with transformers: from_pretrained(dir).save_pretrained(dir) writes model.safetensors"
             )
-    raise FewshotError(f"{hf_dir}: no {WEIGHTS}; is this a transformers model directory?")
+    raise FewshotError(f"{hf_dir}: no {HF_WEIGHTS}; is this a transformers model directory?")
 
 
 def _open_safetensors(file: Path):

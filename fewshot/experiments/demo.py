@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fewshot.train.checkpoint import CONFIG
+from fewshot.runs import RunDir
 from fewshot.convert.gguf import import_gguf, smollm2_gguf
 from fewshot.eval.harness import (
     build_prompt,
@@ -47,7 +47,7 @@ def few_shot_table(lm: LM, n: int, tasks: tuple[str, ...], shots: tuple[int, ...
 
 def smollm2_demo(run: Path, n: int, console: Console) -> str:
     """Import SmolLM2 (once), show a prompt and its completion, then 0- vs 4-shot 2D+."""
-    if not (run / CONFIG).is_file():
+    if not RunDir(run).exists():
         import_gguf(smollm2_gguf(), run, progress=console.is_terminal)
     lm = load(run)
     example = build_prompt(lm, synthetic_tasks("2D+", 1, 0)[0], 0, 4, 0, lm.model.config.context)[0]

@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
-from fewshot.train.checkpoint import CONFIG, latest_checkpoint
+from fewshot.runs import RunDir
 from fewshot.config import Optimizer, TrainConfig, check_optimizer
 from fewshot.data.prepare import TokenData
 from fewshot.errors import FewshotError
-from fewshot.files import read_json, write_json
+from fewshot.files import write_json
 from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.inference.lm import LM, load
 from fewshot.eval.plots import plot_mean_curves
@@ -82,9 +82,10 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = Non
     """Train `recipe` for about its minutes; continues `out` if it has a checkpoint.
     `options` are further TrainConfig fields (attention="lstm" for the recurrent baseline)."""
     console = console or Console(stderr=True)
-    if out.exists() and latest_checkpoint(out) is not None:
+    run = RunDir(out)
+    if run.exists() and run.latest_checkpoint() is not None:
         console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
-        config = TrainConfig.from_dict(read_json(out / CONFIG)["train"])
+        config = run.config.train
         return _finished(train(config, resume=True, console=console))
     data_dir = ensure_mixture(DATA_ROOT, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,

@@ -19,21 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.inference.chat import ChatPrompt, Message, render_chat
-from fewshot.train.checkpoint import CONFIG, WEIGHTS, load_weights
-from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
-from fewshot.files import read_json
 from fewshot.inference.generate import Completion, SamplingOptions, generate
 from fewshot.model import GPT
-from fewshot.tokenizer import Tokenizer, load_tokenizer
-from fewshot.train.loop import pick_device
+from fewshot.runs import RunConfig, RunDir
+from fewshot.tokenizer import Tokenizer
+from fewshot.device import pick_device
 
 
 @dataclass
 class LM:
     model: GPT
     tokenizer: Tokenizer
-    config: dict[str, Any]
+    config: RunConfig
 
     @property
     def device(self) -> torch.device:
@@ -97,25 +95,16 @@ class LM:
 
 def load(run_dir: str | Path, device: str = "cpu") -> LM:
     """Model and tokenizer from a run directory, in eval mode."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FewshotError(f"{run_dir}: no such run directory")
-    if not (run_dir / CONFIG).is_file():
-        raise FewshotError(f"{run_dir}: not a run directory (no {CONFIG}); train one with `fewshot train`")
-    config = read_json(run_dir / CONFIG)
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-        tokenizer = load_tokenizer(config["tokenizer"], run_dir)
-    except (KeyError, TypeError) as error:
-        raise FewshotError(f"{run_dir / CONFIG}: malformed ({error!r})") from None
+    run = RunDir.open(run_dir)
+    model_config, tokenizer = run.config.model, run.tokenizer()
     if tokenizer.vocab_size > model_config.vocab_size:
         raise FewshotError(
-            f"{run_dir}: tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}; "
+            f"{run.path}: tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}; "
             "the tokenizer does not belong to this model"
         )
     with torch.device("meta"):
         model = GPT(model_config)
     model = model.to_empty(device=pick_device(device))
     model.tie_weights()  # to_empty gave the head its own storage; share it again before loading
-    load_weights(run_dir / WEIGHTS, model)
-    return LM(model.eval(), tokenizer, config)
+    run.load_weights(model)
+    return LM(model.eval(), tokenizer, run.config)

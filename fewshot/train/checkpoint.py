@@ -1,213 +1,37 @@
-"""The run directory: what `train` writes and everything else reads.
-
-    runs/mine/
-      config.json            model config, tokenizer spec, train config, fewshot version
-      model.safetensors      the latest weights
-      tokenizer.json         BPE only
-      state/LATEST           name of the newest complete checkpoint below
-      state/step_000200/     model.safetensors, optimizer.pt, trainer.pt, manifest.json
-      metrics.csv, tb/, report.md, *.png
-
-Every file is written to a temporary name, fsynced and renamed, so a crash or `kill -9`
-at any moment leaves the previous checkpoint intact. `manifest.json` records a SHA-256
-per file, so a checkpoint damaged later is refused instead of silently loaded. Nothing is
-unpickled: tensors load through safetensors or `torch.load(weights_only=True)`.
-"""
+"""The trainer's own state in a checkpoint: random streams per rank, saved and restored so
+that a resumed run draws the same dropout masks as one that never stopped."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-from pathlib import Path
-from typing import Any
-
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from fewshot import __version__
-from fewshot.config import ModelConfig
-from fewshot.errors import FewshotError
-from fewshot.files import (
-    atomic_write,
-    atomic_write_text,
-    default_permissions,
-    fsync_dir,
-    fsync_file,
-    publish_dir,
-    read_json,
-    staging_dir,
-    write_json,
-)
-from fewshot.tokenizer import Tokenizer
-
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-STATE = "state"
-LATEST = "LATEST"
-MANIFEST = "manifest.json"
+from fewshot.train.distributed import World
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def tied_aliases(model: torch.nn.Module) -> set[str]:
-    """State-dict names that share their tensor with an earlier name (a tied output head).
-
-    safetensors refuses to store one tensor twice, and storing it once is what we want.
-    """
-    seen: set[int] = set()
-    aliases = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if tensor.device.type != "meta" and tensor.data_ptr() in seen:
-            aliases.add(name)
-        seen.add(tensor.data_ptr())
-    return aliases
-
-
-def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    aliases = tied_aliases(model)
-    return {name: t.detach().contiguous() for name, t in model.state_dict().items() if name not in aliases}
+def restore_rng(state: dict, world: World, device: torch.device, seed: int, step: int) -> None:
+    """Each rank's own RNG when the world size is the saved one; otherwise rank 0 takes the
+    saved rank 0's and the others start fresh streams (dropout masks only: the data cursor
+    is the step and does not depend on RNG state)."""
+    saved = state.get("rng_ranks")
+    if saved is not None and len(saved) == world.size:
+        mine = saved[world.rank]
+    elif world.main:
+        mine = {"cpu": state["rng_cpu"], **({"cuda": state["rng_cuda"]} if "rng_cuda" in state else {})}
+    else:
+        torch.manual_seed(rank_seed(seed, world.rank, step))
+        return
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors creates its files private (0600); weights are as readable as any file."""
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    default_permissions(path)
-
-
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    tensors = weights_to_save(model)
-    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors))
-
-
-def load_weights(path: Path, model: torch.nn.Module) -> None:
-    """Load safetensors weights into `model`, refusing files that do not fit it.
-
-    Tensor by tensor, straight into the model's parameters: peak memory is the model plus
-    its largest tensor, not the model twice.
-    """
-    if not path.is_file():
-        raise FewshotError(f"{path}: weights not found; is this a run directory written by `fewshot train`?")
-    expected = model.state_dict()
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as weights:
-            names = set(weights.keys())
-            missing = sorted(set(expected) - names - tied_aliases(model))
-            unexpected = sorted(names - set(expected))
-            if missing or unexpected:
-                raise FewshotError(f"{path}: weights do not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-            for name in names:
-                shape = tuple(weights.get_slice(name).get_shape())
-                if shape != tuple(expected[name].shape):
-                    raise FewshotError(f"{path}: {name} has shape {shape} but the config needs {tuple(expected[name].shape)}")
-            with torch.no_grad():
-                for name in sorted(names):
-                    expected[name].copy_(weights.get_tensor(name))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise FewshotError(f"{path}: weights are corrupt or truncated ({error}); re-run training or pick another checkpoint") from None
-
-
-def write_run(out_dir: str | Path, config: ModelConfig, tokenizer: Tokenizer, weights: dict[str, torch.Tensor],
-              source: dict[str, Any] | None = None) -> Path:
-    """A new run directory holding a model and no training state (an import): what
-    generate, eval and serve read. Written whole or not at all; never over an existing one."""
-
-    def fill(staging: Path) -> None:
-        write_safetensors(staging / WEIGHTS, weights)
-        tokenizer.save(staging)
-        record = {"fewshot_version": __version__, "model": config.to_dict(), "tokenizer": tokenizer.spec()}
-        write_json(staging / CONFIG, record | ({"source": source} if source else {}))
-
-    return publish_dir(Path(out_dir), fill)
-
-
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], optimizer_state: dict,
-                    trainer_state: dict, keep_last: int) -> Path:
-    """Write state/step_N atomically, point LATEST at it, refresh model.safetensors, prune old ones.
-
-    `model` is the module, or its weights already gathered onto rank 0 (sharded training).
-    """
-    state_dir = run_dir / STATE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    final = state_dir / f"step_{step:06d}"
-    staging = staging_dir(final)
-    try:
-        write_safetensors(staging / WEIGHTS, model if isinstance(model, dict) else weights_to_save(model))
-        torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save(trainer_state, staging / "trainer.pt")
-        files = [WEIGHTS, "optimizer.pt", "trainer.pt"]
-        manifest = {name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        for name in [*files, MANIFEST]:
-            fsync_file(staging / name)
-        fsync_dir(staging)
-        if final.exists():  # the same step saved again (e.g. SIGTERM right after a save)
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        fsync_dir(state_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_text(state_dir / LATEST, final.name + "\n")
-    # The weights are never modified in place, so a hard link is a free, atomic copy.
-    atomic_write(run_dir / WEIGHTS, lambda tmp: _link_or_copy(final / WEIGHTS, tmp))
-    _prune(state_dir, keep_last)
-    return final
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-def _prune(state_dir: Path, keep_last: int) -> None:
-    checkpoints = sorted(p for p in state_dir.glob("step_*") if p.is_dir())
-    for old in checkpoints[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in state_dir.glob(".step_*"):  # staging dirs left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / STATE / LATEST
-    if not pointer.is_file():
-        return None
-    checkpoint = run_dir / STATE / pointer.read_text(encoding="utf-8").strip()
-    if not checkpoint.is_dir():
-        raise FewshotError(f"{pointer} names {checkpoint.name}, which is missing; the run directory is damaged")
-    return checkpoint
-
-
-def verify_checkpoint(checkpoint: Path) -> None:
-    manifest = read_json(checkpoint / MANIFEST)
-    for name, expected in manifest.items():
-        path = checkpoint / name
-        if not path.is_file():
-            raise FewshotError(f"{path}: missing from checkpoint")
-        if path.stat().st_size != expected["bytes"]:
-            raise FewshotError(f"{path}: checkpoint is truncated (expected {expected['bytes']} bytes, found {path.stat().st_size})")
-        if _sha256(path) != expected["sha256"]:
-            raise FewshotError(f"{path}: checkpoint is corrupt (SHA-256 mismatch); pick an earlier checkpoint in {checkpoint.parent}")
-
-
-def load_checkpoint(checkpoint: Path, model: torch.nn.Module, device: torch.device) -> tuple[dict, dict]:
-    """Load weights into `model`; return (optimizer_state, trainer_state) without unpickling code."""
-    verify_checkpoint(checkpoint)
-    load_weights(checkpoint / WEIGHTS, model)
-    try:
-        optimizer_state = torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
-        trainer_state = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only refuses anything but tensors and plain data
-        raise FewshotError(f"{checkpoint}: cannot read training state ({type(error).__name__}: {error})") from None
-    return optimizer_state, trainer_state
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    # Ranks other than 0 draw their own dropout masks; rank 0 keeps the single-process stream.
+    return (seed * 1_000_003 + rank) * 1_000_003 + step

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fewshot.train.checkpoint import weights_to_save
+from fewshot.runs import weights_to_save
 from fewshot.errors import FewshotError
 
 STRATEGIES = ("ddp", "fsdp")

@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from fewshot import __version__
-from fewshot.train.checkpoint import CONFIG, latest_checkpoint, load_checkpoint, save_checkpoint, tied_aliases
 from fewshot.config import ModelConfig, TrainConfig
 from fewshot.data.prepare import BatchSampler, StepSampler, TokenData, fixed_batches
 from fewshot.train.distributed import (
@@ -40,12 +38,15 @@ from fewshot.train.distributed import (
     sum_over_ranks,
     wrap,
 )
+from fewshot.device import autocast, pick_device, use_bf16
 from fewshot.errors import FewshotError
-from fewshot.files import read_json, write_json
 from fewshot.train.memory import check_fits, estimate_training_memory
 from fewshot.train.metrics import MetricsLog, TrainingProgress
 from fewshot.model import GPT
+from fewshot.runs import RunConfig, RunDir, load_checkpoint, tied_aliases
+from fewshot.train.checkpoint import rank_seed, restore_rng, rng_state
 from fewshot.train.optim import make_optimizer
+from fewshot.train.schedule import StepFit, learning_rate
 
 
 @dataclass(frozen=True)
@@ -58,52 +59,6 @@ class TrainResult:
     seconds: float
     interrupted: bool
     unigram_entropy_bits: float | None
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FewshotError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FewshotError("--device cuda was asked for but no CUDA GPU is available")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls in hardware. Elsewhere oneDNN emulates bf16, which
-    can be slower than fp32, so `auto` stays in fp32 there."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:  # not Linux
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where the hardware runs it natively (`fewshot bench train` measures it)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio of the peak at max_steps."""
-    peak, warmup = config.peak_lr, config.warmup
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, config.max_steps - warmup))
-    floor = peak * config.min_lr_ratio
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -121,9 +76,12 @@ def evaluate_loss(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], 
 
 def resume_config(out: str | Path, **overrides: Any) -> TrainConfig:
     """The saved TrainConfig of a run, with the options the user gave again on top."""
-    saved = read_json(Path(out) / CONFIG)
+    run = RunDir.open(out)
+    if run.config.train is None:
+        raise FewshotError(f"{out} holds a model but no training run (it was imported); --resume continues a "
+                           "run that `fewshot train` started")
     # The run is the directory given, wherever it was first written: a moved or copied run resumes in place.
-    config = dataclasses.replace(TrainConfig.from_dict(saved["train"]), out=str(out))
+    config = dataclasses.replace(run.config.train, out=str(out))
     wanted = overrides.get("optimizer")
     if wanted is not None and wanted != config.optimizer:
         raise FewshotError(f"{out} was trained with --optimizer {config.optimizer}: its optimizer state cannot continue "
@@ -148,23 +106,15 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / CONFIG).is_file():
-            raise FewshotError(f"{run_dir}: no run to resume (no {CONFIG}); drop --resume to start a new run")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise FewshotError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
-
-
-def _model_config(config: TrainConfig, run_dir: Path, resume: bool, tokenizer_spec: dict, vocab_size: int) -> ModelConfig:
+def _model_config(config: TrainConfig, run: RunDir, resume: bool, tokenizer_spec: dict, vocab_size: int) -> ModelConfig:
     if not resume:
         return config.model_config(vocab_size)
-    saved = read_json(run_dir / CONFIG)
-    if saved["tokenizer"] != tokenizer_spec:
+    saved = run.config
+    if saved.tokenizer != tokenizer_spec:
         raise FewshotError(
-            f"{config.data} was prepared with tokenizer {tokenizer_spec} but {run_dir} was trained with {saved['tokenizer']}"
+            f"{config.data} was prepared with tokenizer {tokenizer_spec} but {run.path} was trained with {saved.tokenizer}"
         )
-    return ModelConfig.from_dict(saved["model"])
+    return saved.model
 
 
 def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> TrainResult:
@@ -175,43 +125,15 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
         return _train(config, resume, console or Console(stderr=True), world, device)
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore_rng(state: dict, world: World, device: torch.device, seed: int, step: int) -> None:
-    """Each rank's own RNG when the world size is the saved one; otherwise rank 0 takes the
-    saved rank 0's and the others start fresh streams (dropout masks only: the data cursor
-    is the step and does not depend on RNG state)."""
-    saved = state.get("rng_ranks")
-    if saved is not None and len(saved) == world.size:
-        mine = saved[world.rank]
-    elif world.main:
-        mine = {"cpu": state["rng_cpu"], **({"cuda": state["rng_cuda"]} if "rng_cuda" in state else {})}
-    else:
-        torch.manual_seed(_rank_seed(seed, world.rank, step))
-        return
-    torch.set_rng_state(mine["cpu"])
-    if device.type == "cuda" and "cuda" in mine:
-        torch.cuda.set_rng_state(mine["cuda"], device)
-
-
-def _rank_seed(seed: int, rank: int, step: int) -> int:
-    # Ranks other than 0 draw their own dropout masks; rank 0 keeps the single-process stream.
-    return (seed * 1_000_003 + rank) * 1_000_003 + step
-
-
 def _train(config: TrainConfig, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
-    run_dir = Path(config.out)
+    run = RunDir(config.out)
+    run_dir = run.path
     # Every rank checks (the run directory must be on a file system all ranks see); only rank 0
     # writes, after the barrier below, so no rank mistakes rank 0's new files for an old run.
-    _check_run_dir(run_dir, resume)
+    run.check_new_or_resumable(resume)
     data = TokenData.open(Path(config.data))
     tokenizer = data.tokenizer
-    model_config = _model_config(config, run_dir, resume, tokenizer.spec(), tokenizer.vocab_size)
+    model_config = _model_config(config, run, resume, tokenizer.spec(), tokenizer.vocab_size)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise FewshotError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}")
     context = model_config.context
@@ -225,7 +147,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed)
     step, tokens, elapsed = 0, 0, 0.0
     # A run killed before its first checkpoint resumes from step 0 with its saved config.
-    checkpoint_dir = latest_checkpoint(run_dir) if resume else None
+    checkpoint_dir = run.latest_checkpoint() if resume else None
     optimizer_state, state = None, None
     if checkpoint_dir is not None:
         # Every rank loads the full checkpoint, so FSDP below shards identical weights.
@@ -243,9 +165,9 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
         if world.main and cursor.get("global_batch", global_batch) != global_batch:
             console.print(f"note: the global batch is now {global_batch} sequences (batch size x grad accum x world size); "
                           f"the checkpoint trained with {cursor['global_batch']}: adjust --grad-accum to keep it")
-        _restore_rng(state, world, device, config.seed, step)
+        restore_rng(state, world, device, config.seed, step)
     elif not world.main:
-        torch.manual_seed(_rank_seed(config.seed, world.rank, step))
+        torch.manual_seed(rank_seed(config.seed, world.rank, step))
     if world.active:
         torch.distributed.barrier()
     # The handlers go in before anything is written: from the first file on, a SIGINT or SIGTERM
@@ -256,20 +178,15 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
             run_dir.mkdir(parents=True, exist_ok=True)
             # config.json first: once it exists the run can be resumed, so a kill at any later
             # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
-            write_json(run_dir / CONFIG, {
-                "fewshot_version": __version__,
-                "model": model_config.to_dict(),
-                "tokenizer": tokenizer.spec(),
-                "train": config.to_dict(),
-                "data": {"path": str(config.data), "meta": data.meta},
-            })
-            tokenizer.save(run_dir)
+            run.write_config(RunConfig(model_config, tokenizer.spec(), train=config,
+                                       data={"path": str(config.data), "meta": data.meta}))
+            run.save_tokenizer(tokenizer)
         forward = torch.compile(wrapped) if config.compile else wrapped
 
         def checkpoint() -> None:
             # Consolidated on rank 0 in the single-process format, so any world size can resume it.
             weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
-            rng_ranks = gather(_rng_state(device), world)
+            rng_ranks = gather(rng_state(device), world)
             if not world.main:
                 return
             trainer_state = {
@@ -280,9 +197,10 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
                 trainer_state["rng_cuda"] = torch.cuda.get_rng_state(device)
             if world.active:
                 trainer_state["rng_ranks"] = rng_ranks
-            save_checkpoint(run_dir, step, weights, optimizer_state, trainer_state, config.keep_last)
+            run.save_checkpoint(step, weights, optimizer_state, trainer_state, config.keep_last)
 
-        metrics = MetricsLog(run_dir, resume_step=step, tensorboard=config.tensorboard) if world.main else None
+        metrics = (MetricsLog(run.metrics_path, resume_step=step, tensorboard_dir=run.tensorboard_dir if config.tensorboard else None)
+                   if world.main else None)
         # Global batch = micro-batch x accumulation x world size (see StepSampler).
         windows_per_step = config.batch_size * config.grad_accum * world.size
         if world.main:
@@ -335,7 +253,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
                     console.print(f"step {step}: {fit.seconds_per_step:.3f} s/step so far -> {fitted} steps "
                                   f"fit the {config.max_time:.0f} s budget (planned {config.max_steps})")
                     config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
-                    _save_fitted_config(run_dir, config)  # a resumed run keeps the fitted schedule
+                    run.write_config(run.config.replace(train=config))  # a resumed run keeps the fitted schedule
                     progress.set_total(fitted)
                     if fit.done:
                         fit = None
@@ -358,49 +276,6 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
     if interrupted and world.main:
         console.print(f"stopped by signal at step {step}; checkpoint saved in {run_dir} (continue with --resume)")
     return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
-
-
-class StepFit:
-    """Refits a run's step count to its time budget from the steps it has actually run: a
-    few calibration steps before the run misjudge a noisy 2-core machine by 20-30% either
-    way (the schedule then ends early, wasting time, or the time cap cuts it short)."""
-
-    SKIP = 5              # steps that pay for compilation and allocations, left out of the measurement
-    # Of the budget: when to refit. The second absorbs a slow spell early in the run (another
-    # process); the later ones a machine that speeds up or slows down for minutes at a time (one run
-    # measured 0.357 s/step at 25%, then ran faster and finished its schedule 170 s early). Each
-    # refit moves the cosine's position by a few percent, so the learning rate barely bends.
-    AT = (0.05, 0.25, 0.5, 0.75)
-    SHARE = 0.96          # of the remaining time: the rest absorbs noise, the last eval and save
-
-    def __init__(self, first_step: int) -> None:
-        self.start_step = first_step + self.SKIP
-        self.start_time: float | None = None
-        self.pending = list(self.AT)
-        self.seconds_per_step = float("nan")
-
-    @property
-    def done(self) -> bool:
-        return not self.pending
-
-    def observe(self, step: int, elapsed: float, config: TrainConfig) -> int | None:
-        """The refitted max_steps at the first step after each of AT of the budget that has a
-        validation and a checkpoint among its measured steps (they are part of a step's cost); else None."""
-        if step == self.start_step:
-            self.start_time = elapsed
-        measured = step - self.start_step
-        if (self.done or self.start_time is None or measured < max(config.eval_every, config.save_every)
-                or elapsed < self.pending[0] * config.max_time):
-            return None
-        self.pending.pop(0)
-        self.seconds_per_step = (elapsed - self.start_time) / measured
-        remaining = self.SHARE * (config.max_time - elapsed)
-        return max(step + 1, step + int(remaining / self.seconds_per_step))
-
-
-def _save_fitted_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = read_json(run_dir / CONFIG)
-    write_json(run_dir / CONFIG, {**saved, "train": config.to_dict()})
 
 
 def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8) -> float:

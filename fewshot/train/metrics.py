@@ -13,12 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fewshot.files import atomic_write_text
 
-METRICS = "metrics.csv"
 COLUMNS = ("step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tok_per_s", "elapsed_s")
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
-    path = run_dir / METRICS
+def read_metrics(path: Path) -> list[dict[str, float | None]]:
+    """The rows of a metrics.csv (RunDir.metrics_path); none when it does not exist yet."""
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
@@ -29,9 +28,9 @@ class MetricsLog:
     """Appends one CSV row per logged step; on resume, drops rows past the checkpoint so
     the file reads as one uninterrupted run."""
 
-    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool) -> None:
-        self.path = run_dir / METRICS
-        kept = [row for row in read_metrics(run_dir) if row["step"] is not None and row["step"] <= resume_step]
+    def __init__(self, path: Path, resume_step: int, tensorboard_dir: Path | None) -> None:
+        self.path = path
+        kept = [row for row in read_metrics(path) if row["step"] is not None and row["step"] <= resume_step]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -41,10 +40,10 @@ class MetricsLog:
         self.handle = open(self.path, "a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=COLUMNS, lineterminator="\n")
         self.board = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imported lazily: only training needs it
 
-            self.board = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1)
+            self.board = SummaryWriter(log_dir=str(tensorboard_dir), purge_step=resume_step + 1)
 
     def log(self, **values: float | int | None) -> None:
         self.writer.writerow({k: _format(values.get(k)) for k in COLUMNS})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fewshot.train.checkpoint import CONFIG
-from fewshot.files import atomic_write_text, read_json
+from fewshot.files import atomic_write_text
+from fewshot.runs import RunDir
 from fewshot.train.metrics import read_metrics
 from fewshot.eval.plots import plot_loss
 
@@ -15,17 +15,18 @@ LOSS_PLOT = "loss.png"
 
 def write_report(run_dir: Path, sections: dict[str, str] | None = None) -> Path:
     """Write report.md (and loss.png); `sections` adds titled Markdown blocks (samples, tables)."""
-    config = read_json(run_dir / CONFIG)
-    entropy = config.get("data", {}).get("meta", {}).get("unigram_entropy_bits")
-    rows = read_metrics(run_dir)
-    plot = plot_loss(rows, run_dir.name, run_dir / LOSS_PLOT, entropy) if rows else None
-    model, train = config["model"], config["train"]
+    run = RunDir.open(run_dir)
+    config = run.config
+    entropy = (config.data or {}).get("meta", {}).get("unigram_entropy_bits")
+    rows = read_metrics(run.metrics_path)
+    plot = plot_loss(rows, run.path.name, run.path / LOSS_PLOT, entropy) if rows else None
+    model, train = config.model, config.train
     lines = [
-        f"# Run report: {run_dir.name}",
+        f"# Run report: {run.path.name}",
         "",
-        f"- model: preset `{train['preset']}`, {model['n_layer']} layers, d_model {model['d_model']}, "
-        f"{model['n_head']} heads, context {model['context']}, vocabulary {model['vocab_size']}, attention {model['attention']}",
-        f"- tokenizer: `{config['tokenizer']['type']}`; data: `{train['data']}`",
+        f"- model: preset `{train.preset}`, {model.n_layer} layers, d_model {model.d_model}, "
+        f"{model.n_head} heads, context {model.context}, vocabulary {model.vocab_size}, attention {model.attention}",
+        f"- tokenizer: `{config.tokenizer['type']}`; data: `{train.data}`",
     ]
     if rows:
         last = rows[-1]
@@ -41,6 +42,5 @@ def write_report(run_dir: Path, sections: dict[str, str] | None = None) -> Path:
         lines += ["", f"![loss curve]({plot.name})"]
     for title, body in (sections or {}).items():
         lines += ["", f"## {title}", "", body.rstrip()]
-    path = run_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    atomic_write_text(run.report_path, "\n".join(lines) + "\n")
+    return run.report_path

@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 
 import fewshot as library
-from fewshot.train.checkpoint import weights_to_save
+from fewshot.runs import RunConfig, RunDir, weights_to_save
 from fewshot.config import PRESETS
-from fewshot.convert.hf import write_run
 from fewshot.model import GPT
 from fewshot.tokenizer import ByteTokenizer
 from tests.conftest import fewshot_command
 
-CONFIG = PRESETS["nano"].replace(n_layer=2, d_model=64, context=128)
+CONFIG = PRESETS["nano"].model.replace(n_layer=2, d_model=64, context=128)
 
 
 def fewshot(*args: str | Path) -> subprocess.CompletedProcess:
@@ -30,7 +29,7 @@ def fewshot(*args: str | Path) -> subprocess.CompletedProcess:
 
 def new_run(path: Path, config=CONFIG) -> Path:
     torch.manual_seed(0)
-    return write_run(path, config, ByteTokenizer(), weights_to_save(GPT(config)))
+    return RunDir.publish(path, RunConfig(config, ByteTokenizer().spec()), ByteTokenizer(), weights_to_save(GPT(config))).path
 
 
 def test_a_run_goes_out_to_gpt2_and_comes_back_working(tmp_path: Path) -> None:
@@ -57,7 +56,7 @@ def pickle_only(path: Path) -> Path:
 
 
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
-    llama = new_run(tmp_path / "llama", PRESETS["llama-nano"].replace(n_layer=1))
+    llama = new_run(tmp_path / "llama", PRESETS["llama-nano"].model.replace(n_layer=1))
     cases = [
         (("export-hf", llama, tmp_path / "out1"), "cannot export to GPT-2: block 'llama'", tmp_path / "out1"),
         (("import-hf", pickle_only(tmp_path / "pickled"), tmp_path / "out2"), "fewshot never unpickles", tmp_path / "out2"),

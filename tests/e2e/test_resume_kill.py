@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewshot.train.checkpoint import latest_checkpoint, load_checkpoint
+from fewshot.runs import latest_checkpoint, load_checkpoint
 from fewshot.config import PRESETS
 from fewshot.model import GPT
 from tests.conftest import fewshot_command
@@ -28,7 +28,7 @@ def train_command(data_dir: Path, out: Path, steps: int, resume: bool = False) -
 def assert_checkpoint_readable(run: Path) -> None:
     checkpoint = latest_checkpoint(run)
     if checkpoint is not None:
-        model = GPT(PRESETS["nano"].replace(context=64))
+        model = GPT(PRESETS["nano"].model.replace(context=64))
         load_checkpoint(checkpoint, model, torch.device("cpu"))  # raises on any damage
 
 

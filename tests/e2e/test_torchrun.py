@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewshot.train.checkpoint import LATEST, STATE, latest_checkpoint, load_checkpoint
+from fewshot.runs import LATEST, STATE, latest_checkpoint, load_checkpoint
 from fewshot.config import PRESETS
 from fewshot.model import GPT
 from fewshot.train.loop import resume_config, train
@@ -74,7 +74,7 @@ def rewind(run_dir: Path, step: int) -> None:
 
 
 def trainer_state(run_dir: Path) -> dict:
-    model = GPT(PRESETS["nano"].replace(context=64))
+    model = GPT(PRESETS["nano"].model.replace(context=64))
     return load_checkpoint(latest_checkpoint(run_dir), model, torch.device("cpu"))[1]
 
 
