@@ -114,7 +114,8 @@ def test_compiled_decoding_chooses_what_eager_and_hf_choose(model) -> None:
     from fewshot.bench import bench_decode_vs_hf
     from fewshot.bench.peer import hf_peer
     from fewshot.bench.report import markdown_table
-    from fewshot.inference.generate import SamplingOptions, generate
+    from fewshot.inference.decode import generate
+    from fewshot.inference.sampling import SamplingOptions
 
     r = bench_decode_vs_hf(model, hf_peer(model), batch=2, tokens=12, prompt_tokens=8, repeats=1, compiled=True)
     assert r.outputs_match and r.compiled_outputs_match

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import SamplingOptions, adjust_logits, generate, sample_next
+from fewshot.inference.decode import generate
+from fewshot.inference.sampling import SamplingOptions, adjust_logits, sample_next
 from fewshot.model import GPT
 from fewshot.tokenizer import ByteTokenizer
 

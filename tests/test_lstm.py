@@ -18,7 +18,8 @@ import fewshot
 from fewshot.cli import app
 from fewshot.config import PRESETS
 from fewshot.eval.harness import EvalTask, evaluate, greedy_answers
-from fewshot.inference.generate import SamplingOptions, generate
+from fewshot.inference.decode import generate
+from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
 from fewshot.serve.engine import Engine, EngineConfig
 from fewshot.tasks.taskfile import Item, Template

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fewshot.config import PRESETS
-from fewshot.inference.generate import SamplingOptions, generate
+from fewshot.inference.decode import generate
+from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
 from fewshot.serve.engine import Delta, Engine, EngineConfig, Failed, Finished, QueueFull, Request, Scored
 from fewshot.tokenizer import ByteTokenizer

@@ -20,7 +20,8 @@ import torch
 
 from fewshot.bench.timing import interleave, median, pair_ratios, progress_bar, timed
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import SamplingOptions, generate
+from fewshot.inference.decode import generate
+from fewshot.inference.sampling import SamplingOptions
 
 WARMUP_TOKENS = 4  # enough to trigger lazy allocations and kernel selection before timing
 

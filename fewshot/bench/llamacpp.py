@@ -29,7 +29,8 @@ import torch
 
 from fewshot.bench.timing import interleave, median, pair_ratios
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import SamplingOptions, generate
+from fewshot.inference.decode import generate
+from fewshot.inference.sampling import SamplingOptions
 
 PROMPT = "The three most important things to know about the history of the city are"
 

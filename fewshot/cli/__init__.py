@@ -190,7 +190,7 @@ def generate(
     import time
 
     import fewshot
-    from fewshot.inference.generate import SamplingOptions
+    from fewshot.inference.sampling import SamplingOptions
     from fewshot.train.memory import peak_rss_bytes
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -237,7 +237,7 @@ def chat(
 ) -> None:
     """Chat with a model, using its own chat template (imported models) or a plain transcript."""
     import fewshot
-    from fewshot.inference.generate import SamplingOptions
+    from fewshot.inference.sampling import SamplingOptions
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     SamplingOptions(**options)

@@ -33,7 +33,9 @@ import torch
 from rich.table import Table
 
 from fewshot.errors import FewshotError
+from fewshot.inference.decode import decode
 from fewshot.inference.lm import LM
+from fewshot.inference.scoring import score_continuations
 from fewshot.tasks.taskfile import PLAIN, Item, Template, read_task_file
 
 SEPARATOR = "\n\n"
@@ -161,17 +163,12 @@ def greedy_answers(lm: LM, prompts: Sequence[list[int]], max_tokens: int, stops:
 
 
 def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[str, ...], max_answer: int | None) -> list[str]:
-    model, tokenizer = lm.model, lm.tokenizer
-    longest = max(map(len, rows))
-    max_tokens = min(max_tokens, model.config.context - longest)
-    padding = torch.tensor([longest - len(row) for row in rows], device=lm.device)
-    padded = [[tokenizer.eot_id] * (longest - len(row)) + row for row in rows]  # the pad id is never seen
-    cache = model.new_cache(len(rows), capacity=longest + max_tokens, padding=padding if padding.any() else None)
-    logits = model.step(torch.tensor(padded, device=lm.device), cache, last_only=True)[:, -1]
+    tokenizer = lm.tokenizer
+    max_tokens = min(max_tokens, lm.model.config.context - max(map(len, rows)))
     generated: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
-    for produced in range(1, max_tokens + 1):
-        next_ids = logits.argmax(dim=-1)
+
+    def on_tokens(next_ids: torch.Tensor, _logits: torch.Tensor) -> bool:
         for i, token in enumerate(next_ids.tolist()):
             if done[i]:
                 continue
@@ -184,26 +181,17 @@ def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[s
             # strip() of a prefix is never longer than strip() of the whole, so a row whose
             # answer already outgrew every target cannot become correct.
             done[i] = finished or (max_answer is not None and len(text.strip()) > max_answer)
-        if all(done) or produced == max_tokens:
-            break
-        logits = model.step(next_ids[:, None], cache)[:, -1]
+        return all(done)
+
+    # The pad id is never seen: the model hides each row's padding.
+    decode(lm.model, rows, max_tokens, lambda logits: logits.argmax(dim=-1), on_tokens, pad_id=tokenizer.eot_id)
     return [tokenizer.decode(g) for g in generated]
 
 
-@torch.inference_mode()
 def continuation_logprobs(lm: LM, prefix: list[int], continuations: Sequence[list[int]]) -> list[float]:
-    """Summed log P(continuation | prefix) for each continuation, in one right-padded forward."""
-    rows = [prefix + c for c in continuations]
-    width = max(map(len, rows))
-    idx = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=lm.device)
-    logits, _ = lm.model(idx)
-    log_probs = logits.float().log_softmax(dim=-1)
-    scores = []
-    for i, continuation in enumerate(continuations):
-        positions = torch.arange(len(prefix) - 1, len(prefix) - 1 + len(continuation), device=lm.device)
-        targets = torch.tensor(continuation, device=lm.device)
-        scores.append(log_probs[i, positions, targets].sum().item())
-    return scores
+    """Summed log P(continuation | prefix) for each continuation, in one batch."""
+    scored = score_continuations(lm.model, [(prefix, c) for c in continuations], batch_size=max(1, len(continuations)))
+    return [logprob for logprob, _ in scored]
 
 
 def choose(lm: LM, task: EvalTask, prefix: list[int], item: Item, mc_norm: str) -> int:

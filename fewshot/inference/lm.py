@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fewshot.inference.chat import ChatPrompt, Message, render_chat
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import Completion, SamplingOptions, generate
+from fewshot.inference.decode import Completion, generate
+from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
+from fewshot.inference.scoring import score_continuations
 from fewshot.runs import RunConfig, RunDir
 from fewshot.tokenizer import Tokenizer
 from fewshot.device import pick_device
@@ -73,7 +74,6 @@ class LM:
         options["stop"] = ((stop,) if isinstance(stop, str) else tuple(stop)) + prompt.stop
         return self.complete(prompt.text, on_text=on_text, **options)
 
-    @torch.inference_mode()
     def score(self, context: str, continuation: str) -> float:
         """Summed log-probability of `continuation` given `context`.
 
@@ -84,13 +84,10 @@ class LM:
         continuation_ids = self.tokenizer.encode(continuation)
         if not continuation_ids:
             raise FewshotError("score: the continuation is empty")
-        ids = (context_ids + continuation_ids)[-(self.model.config.context + 1):]
-        if len(ids) <= len(continuation_ids):
+        if len(continuation_ids) >= self.model.config.context + 1:
             raise FewshotError(f"score: the continuation alone exceeds the context of {self.model.config.context} tokens")
-        log_probs = F.log_softmax(self.logits(ids[:-1]), dim=-1)
-        targets = torch.tensor(ids[-len(continuation_ids):], device=log_probs.device)
-        positions = torch.arange(len(ids) - 1 - len(continuation_ids), len(ids) - 1, device=log_probs.device)
-        return log_probs[positions, targets].sum().item()
+        [(logprob, _)] = score_continuations(self.model, [(context_ids, continuation_ids)], batch_size=1)
+        return logprob
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> LM:

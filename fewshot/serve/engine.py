@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import SampleText, SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
+from fewshot.inference.decode import SampleText
+from fewshot.inference.sampling import SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
 
 log = logging.getLogger("fewshot.serve")
 

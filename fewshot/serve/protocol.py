@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from fewshot.errors import FewshotError
-from fewshot.inference.generate import SamplingOptions, TokenLogprob, prompt_token_ids
+from fewshot.inference.sampling import SamplingOptions, TokenLogprob, prompt_token_ids
 from fewshot.serve.engine import Finished, Request
 from fewshot.serve.schemas import ChatRequest, CompletionRequest
 

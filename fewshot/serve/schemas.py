@@ -4,7 +4,7 @@ These models are what /openapi.json documents and what validates every request b
 are strict (no "1" for 1, no true for 1), as the reference API is: a client that sends the
 wrong type hears about it instead of getting a silently different request. Unknown fields
 are ignored, so newer clients keep working. Ranges here are the API's own; the sampling
-code checks them again (fewshot/generate.py) for callers that skip HTTP.
+code checks them again (fewshot/inference/sampling.py) for callers that skip HTTP.
 
 Responses are built as plain dicts (app.py) for speed; the models below document them.
 """

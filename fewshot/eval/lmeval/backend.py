@@ -10,9 +10,7 @@ source tree is only on PYTHONPATH), `python -m fewshot.eval.lmeval.backend` take
 `lm_eval`: it registers the model, then hands over to lm-eval's own CLI. From Python,
 `import fewshot.eval.lmeval.backend` before `lm_eval.simple_evaluate` registers it just the same.
 
-Scoring matches `LM.score` and `fewshot eval --mc-norm sum`: context and continuation are
-tokenised separately and joined (GPT-3's multiple-choice scoring), then left-truncated to
-the model's context, so the continuation's own tokens are what is scored.
+Scoring is `LM.score`'s and `fewshot eval`'s: fewshot.inference.scoring.score_continuations.
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 import fewshot
-from fewshot.inference.generate import MAX_STOP_SEQUENCES
+from fewshot.inference.sampling import MAX_STOP_SEQUENCES
+from fewshot.inference.scoring import score_continuations
 
 logger = logging.getLogger(__name__)
 
@@ -83,35 +82,8 @@ class FewshotLM(HarnessLM):
             results.append(total)
         return results
 
-    @torch.inference_mode()
     def _score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """Score token-level (context, continuation) pairs, longest first, right-padded batches
-        (causal attention never lets a real position see the padding after it)."""
-        rows = []
-        for context_ids, continuation_ids in pairs:
-            if not continuation_ids:
-                rows.append(None)  # log P(nothing) = 0, trivially greedy
-                continue
-            ids = (context_ids + continuation_ids)[-(self.context + 1):]
-            # A continuation longer than the context is scored on its last `context` tokens.
-            scored = min(len(continuation_ids), len(ids) - 1)
-            rows.append((ids[:-1], ids[-scored:]))  # (model input, scored targets)
-        results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-        order = sorted((i for i, row in enumerate(rows) if row), key=lambda i: -len(rows[i][0]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            width = len(rows[chunk[0]][0])
-            idx = torch.tensor([rows[i][0] + [0] * (width - len(rows[i][0])) for i in chunk], device=self.lm.device)
-            logits, _ = self.lm.model(idx)
-            log_probs = logits.float().log_softmax(dim=-1)
-            for row, i in enumerate(chunk):
-                inputs, targets = rows[i]
-                positions = torch.arange(len(inputs) - len(targets), len(inputs), device=self.lm.device)
-                scores = log_probs[row, positions]
-                wanted = torch.tensor(targets, device=self.lm.device)
-                greedy = bool((scores.argmax(dim=-1) == wanted).all())
-                results[i] = (scores[torch.arange(len(targets)), wanted].sum().item(), greedy)
-        return results
+        return score_continuations(self.lm.model, pairs, self.batch_size)
 
     # ------------------------------------------------------------------ generation
 

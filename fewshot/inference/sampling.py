@@ -1,7 +1,7 @@
-"""Sampling from a trained model: the knobs of OpenAI's completions API, decoded with a KV cache.
+"""Sampling options and logits processing: the knobs of OpenAI's completions API.
 
-`sample_next` is the pure part (logits in, token ids out); `generate` drives the model:
-one prefill over the prompt for a batch of `n` samples, then one cached step per token.
+`sample_next` is the pure part (logits in, token ids out); fewshot.inference.decode drives
+the model with it, and the server's engine (fewshot.serve.engine) uses the same pieces.
 
 Decisions a caller can rely on:
 - Logit processing runs in this order (OpenAI's, then Hugging Face's): logit_bias,
@@ -11,22 +11,12 @@ Decisions a caller can rely on:
   not what the model believes; this way a logprob compares with `lm.score` and with a full
   forward pass whatever the sampling settings. The bias is included because it is how a
   user edits the distribution itself (a -100 token really has ~zero probability).
-- Context overflow. The model never sees more than `config.context` tokens (learned
-  positions end there, and rotary ones were never trained past it). A prompt longer than that keeps its last tokens and leaves
-  room for `min(max_tokens, context // 2)` new ones, so generation always sees at least
-  half a context of prompt. When prompt + generated text fills the context, the cache is
-  rebuilt from the last `context // 2` tokens (one re-prefill) and decoding goes on, so a
-  sample may be far longer than the context; each slide forgets the older half.
-- Stop sequences are matched on decoded text and the match is cut off; streamed text never
-  shows any part of one. The token that completed a stop sequence stays in `token_ids`
-  (text can end mid-token); a final end-of-text token does not.
-- An empty prompt starts from the end-of-text token, as GPT-2/3 do between documents.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fewshot.errors import FewshotError
-from fewshot.tokenizer import StreamDecoder
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 MAX_LOGPROBS = 20  # as OpenAI's chat API; the legacy completions API allowed only 5
@@ -135,15 +124,6 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...]  # the most likely tokens at this position, best first
 
 
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (stop sequence or end-of-text) | "length" (max_tokens)
-    logprobs: tuple[TokenLogprob, ...] | None
-    prompt_tokens: int  # tokens in the prompt as given, before any left-truncation
-
-
 # ---------------------------------------------------------------------------- logits
 
 
@@ -206,95 +186,6 @@ def sample_next(logits: Tensor, counts: Tensor, options: SamplingOptions, genera
     return torch.multinomial(adjusted.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-# ---------------------------------------------------------------------------- text
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the earliest stop sequence in `text` starts, or None."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _held_tail(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop sequence."""
-    longest = max((len(s) for s in stops), default=1) - 1
-    for length in range(min(len(text), longest), 0, -1):
-        tail = text[-length:]
-        if any(s.startswith(tail) for s in stops):
-            return length
-    return 0
-
-
-class SampleText:
-    """One sample's decoded text, streamed without ever showing part of a stop sequence.
-
-    `pending` holds text not yet shown: only the tail that might begin a stop sequence.
-    Any stop occurrence must begin inside it (everything before was shown only once it
-    could no longer start one), so each token costs time bounded by the stop lengths,
-    not by how much text came before.
-    """
-
-    def __init__(self, tokenizer, stops: tuple[str, ...], emit: Callable[[str], None] | None) -> None:
-        self.decoder = StreamDecoder(tokenizer)
-        self.stops = stops
-        self.emit = emit
-        self.parts: list[str] = []
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, token_id: int) -> bool:
-        """Add one token's text; True when it completed a stop sequence."""
-        return self._add(self.decoder.feed([token_id]))
-
-    def finish(self) -> bool:
-        """No more tokens: release held-back text, since no stop sequence can complete now.
-
-        True when the decoder's last bytes completed a stop sequence after all.
-        """
-        if self.stopped:
-            return False
-        if self._add(self.decoder.flush()):
-            return True
-        self._show(self.pending)
-        self.pending = ""
-        return False
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def _add(self, new_text: str) -> bool:
-        if not new_text:
-            return False
-        self.pending += new_text
-        cut = _first_stop(self.pending, self.stops)
-        if cut is not None:
-            self._show(self.pending[:cut])
-            self.pending, self.stopped = "", True
-            return True
-        shown = len(self.pending) - _held_tail(self.pending, self.stops)
-        self._show(self.pending[:shown])
-        self.pending = self.pending[shown:]
-        return False
-
-    def _show(self, text: str) -> None:
-        if text:
-            self.parts.append(text)
-            if self.emit is not None:
-                self.emit(text)
-
-
-# ---------------------------------------------------------------------------- decoding
-
-
-@dataclass
-class _Sample:
-    stream: SampleText
-    token_ids: list[int]
-    logprobs: list[TokenLogprob]
-    finish_reason: str | None = None
-
-
 def prompt_token_ids(tokenizer, prompt: str | Sequence[int], vocab_size: int) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt))
@@ -303,12 +194,6 @@ def prompt_token_ids(tokenizer, prompt: str | Sequence[int], vocab_size: int) ->
     if bad:
         raise FewshotError(f"prompt: token ids must be integers in [0, {vocab_size}), got {bad[0]!r}")
     return ids
-
-
-def _prompt_window(ids: list[int], context: int, max_tokens: int) -> list[int]:
-    """The prompt tokens the model sees: the last ones, leaving room to generate (module docstring)."""
-    room = min(max_tokens, context // 2)
-    return ids[-(context - room) :]
 
 
 def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -330,97 +215,3 @@ def token_logprobs(tokenizer, logits: Tensor, chosen: Tensor, options: SamplingO
         alternatives = tuple((tokenizer.decode([i]), v) for i, v in zip(top_ids, top_lps))
         rows.append(TokenLogprob(tokenizer.decode([token_id]), token_id, lp, alternatives))
     return rows
-
-
-def _accept(sample: _Sample, token_id: int, logprob: TokenLogprob | None, stop_ids: frozenset[int], stop_at_eot: bool) -> None:
-    if stop_at_eot and token_id in stop_ids:
-        sample.finish_reason = "stop"
-        return
-    sample.token_ids.append(token_id)
-    if logprob is not None:
-        sample.logprobs.append(logprob)
-    if sample.stream.feed(token_id):
-        sample.finish_reason = "stop"
-
-
-def generate(
-    model,
-    tokenizer,
-    prompt: str | Sequence[int],
-    options: SamplingOptions,
-    on_text: Callable[[int, str], None] | None = None,
-) -> list[Completion]:
-    """Sample `options.n` completions of `prompt`; `on_text(sample_index, new_text)` streams their text.
-
-    Context overflow, logprobs and stop sequences behave as the module docstring says.
-    """
-    config = model.config
-    prompt_ids = prompt_token_ids(tokenizer, prompt, config.vocab_size)
-    bad_bias = [token for token, _ in options.logit_bias if token >= config.vocab_size]
-    if bad_bias:
-        raise FewshotError(f"sampling: logit_bias token {bad_bias[0]} is outside the vocabulary of {config.vocab_size}")
-    eot_id = getattr(tokenizer, "eot_id", None)
-    if not prompt_ids and eot_id is None:
-        raise FewshotError("prompt is empty and the tokenizer has no end-of-text token to start from")
-    window = _prompt_window(prompt_ids or [eot_id], config.context, options.max_tokens)
-
-    def emitter(index: int) -> Callable[[str], None] | None:
-        return None if on_text is None else (lambda text: on_text(index, text))
-
-    samples = [_Sample(SampleText(tokenizer, options.stop, emitter(i)), [], []) for i in range(options.n)]
-    was_training = model.training
-    model.eval()  # no dropout while sampling; the caller's mode comes back afterwards
-    try:
-        with torch.inference_mode():
-            _decode(model, tokenizer, window, samples, options, getattr(tokenizer, "stop_ids", frozenset({eot_id})))
-    finally:
-        model.train(was_training)
-    return [
-        Completion(
-            text=s.stream.text,
-            token_ids=tuple(s.token_ids),
-            finish_reason=s.finish_reason or "length",
-            logprobs=tuple(s.logprobs) if options.logprobs is not None else None,
-            prompt_tokens=len(prompt_ids),
-        )
-        for s in samples
-    ]
-
-
-def _decode(model, tokenizer, window: list[int], samples: list[_Sample], options: SamplingOptions, stop_ids: frozenset[int]) -> None:
-    """The decoding loop: all samples advance in lockstep; finished ones ride along unread."""
-    config = model.config
-    device = next(model.parameters()).device
-    n = len(samples)
-    generator = new_generator(options.seed, device)
-    # Each row's tokens in the cache, kept to rebuild it when the context fills up.
-    rows = [list(window) for _ in range(n)]
-    # Room for everything this call can feed, so short generations allocate little.
-    cache = model.new_cache(n, capacity=min(config.context, len(window) + options.max_tokens))
-    logits = model.step(torch.tensor(rows, device=device), cache, last_only=True)[:, -1]
-    counts = torch.zeros(n, config.vocab_size, device=device)
-    batch = torch.arange(n, device=device)
-    keep = max(1, config.context // 2)
-
-    for produced in range(1, options.max_tokens + 1):
-        next_ids = sample_next(logits, counts, options, generator)
-        counts[batch, next_ids] += 1
-        logprobs = token_logprobs(tokenizer, logits, next_ids, options) if options.logprobs is not None else None
-        for i, token_id in enumerate(next_ids.tolist()):
-            rows[i].append(token_id)
-            if samples[i].finish_reason is None:
-                _accept(samples[i], token_id, logprobs[i] if logprobs else None, stop_ids, options.stop_at_eot)
-        if produced == options.max_tokens or all(s.finish_reason for s in samples):
-            break
-        if cache.length < cache.capacity:
-            logits = model.decode_step(next_ids[:, None], cache)[:, -1]
-        else:
-            # The context is full: start over from the last half (module docstring). A fresh
-            # cache rather than a rewound one, so mixers with recurrent state stay correct.
-            rows = [row[-keep:] for row in rows]
-            cache = model.new_cache(n)
-            logits = model.step(torch.tensor(rows, device=device), cache, last_only=True)[:, -1]
-
-    for sample in samples:
-        if sample.stream.finish():
-            sample.finish_reason = "stop"
