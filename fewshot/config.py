@@ -226,50 +226,56 @@ def _row(name: str) -> Preset:
     return PRESETS[name]
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text: `fewshot.cli.options` turns it into the command's
+    option, so the field is the one place a setting is declared."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str
     out: str
-    preset: str = "mini"
-    max_steps: int = 2000
-    batch_size: int = 16
-    grad_accum: int = 1
-    context: int | None = None  # None: the model's context
+    preset: str = setting("mini", "Model size: nano, micro, mini, icl, gpt3-small, ... (fewshot.config.PRESETS).")
+    max_steps: int = setting(2000, "Optimizer steps.")
+    batch_size: int = setting(16, "Windows per micro-batch.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
+    context: int | None = setting(None, "Training sequence length (default: the preset's).")
     # Sequence-length warm-up (Li et al. 2022, "The Stability-Efficiency Dilemma"): the first
     # `short_context_steps` steps train on the first `short_context` tokens of each window.
     # Short steps are cheap, so a time budget buys more of them, and copying from the context
     # (an induction circuit) forms after a number of optimizer steps more than of tokens.
-    short_context: int | None = None
-    short_context_steps: int = 0
-    lr: float | None = None  # None: the preset's learning rate
-    min_lr_ratio: float = 0.1  # GPT-3 §B: cosine decay down to 10% of the peak
-    warmup_steps: int | None = None  # None: 2% of max_steps, at least 10
-    weight_decay: float = 0.1  # GPT-3 §B
-    beta1: float = 0.9  # GPT-3 §B
-    beta2: float = 0.95  # GPT-3 §B
-    eps: float = 1e-8  # GPT-3 §B
-    grad_clip: float = 1.0  # GPT-3 §B
-    # adamw (GPT-3 §B) or muon: Muon for the blocks' matrices, AdamW for the rest (fewshot.train.optim)
-    optimizer: Optimizer = "adamw"
-    dropout: float = 0.0
-    attention: Attention | None = None  # None: the preset's
-    window: int | None = None
-    eval_every: int = 100
-    eval_batches: int = 8
-    save_every: int = 200
-    keep_last: int = 3
-    log_every: int = 10
-    seed: int = 0
-    precision: Precision = "auto"
-    compile: bool = False
-    device: str = "auto"
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
-    max_time: float | None = None  # seconds; stop (and save) once spent
-    # With max_time, single process: at 5%, 25%, 50% and 75% of the time, refit max_steps from the step
-    # time measured so far, so that the schedule ends when the time does (fewshot.train.loop.StepFit).
-    fit_steps_to_time: bool = False
-    progress: bool = True
-    tensorboard: bool = True
+    short_context: int | None = setting(None, "Sequence-length warm-up: train on this many tokens of each window first.")
+    short_context_steps: int = setting(0, "Steps of the sequence-length warm-up.")
+    lr: float | None = setting(None, "Peak learning rate (default: the preset's).")
+    min_lr_ratio: float = setting(0.1, "Cosine decay ends at this share of the peak (GPT-3 §B: 0.1).")
+    warmup_steps: int | None = setting(None, "Linear warm-up steps (default: 2% of --max-steps, at least 10).")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices (GPT-3 §B).")
+    beta1: float = setting(0.9, "AdamW beta1 (GPT-3 §B).")
+    beta2: float = setting(0.95, "AdamW beta2 (GPT-3 §B).")
+    eps: float = setting(1e-8, "AdamW epsilon (GPT-3 §B).")
+    grad_clip: float = setting(1.0, "Gradient-norm clip (GPT-3 §B).")
+    optimizer: Optimizer = setting("adamw", "adamw (GPT-3), or muon: Muon for the blocks' matrices, AdamW for the rest.")
+    dropout: float = setting(0.0, "Dropout probability.")
+    attention: Attention | None = setting(None, "dense, local or alternating (GPT-3); lstm: a same-size recurrent "
+                                                "baseline (default: the preset's).")
+    window: int | None = setting(None, "Band width of local attention.")
+    eval_every: int = setting(100, "Steps between validation losses.")
+    eval_batches: int = setting(8, "Batches per validation loss.")
+    save_every: int = setting(200, "Steps between checkpoints.")
+    keep_last: int = setting(3, "Checkpoints to keep.")
+    log_every: int = setting(10, "Steps between rows of metrics.csv.")
+    seed: int = setting(0, "Seed of the initial weights, data order and dropout.")
+    precision: Precision = setting("auto", "auto, fp32 or bf16 (autocast).")
+    compile: bool = setting(False, "torch.compile the model.")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N.")
+    strategy: Literal["ddp", "fsdp"] = setting("ddp", "Under torchrun: ddp (replicate) or fsdp (shard, FSDP2).")
+    max_time: float | None = setting(None, "Stop and save after this many seconds.")
+    # At 5%, 25%, 50% and 75% of the time, refit max_steps from the step time measured so
+    # far, so that the schedule ends when the time does (fewshot.train.schedule.StepFit).
+    fit_steps_to_time: bool = setting(False, "With --max-time, one process: refit --max-steps to the measured step time.")
+    progress: bool = setting(True, "Show a progress bar.")
+    tensorboard: bool = setting(True, "Also log to TensorBoard (tb/ in the run directory).")
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

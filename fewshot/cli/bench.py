@@ -1,0 +1,242 @@
+"""`fewshot bench ...`: every speed measurement, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fewshot.cli.app import bench_app, err, out
+from fewshot.errors import FewshotError
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    """The same torch thread count for both sides; default: torch's own (all cores).
+
+    Warns when other work already keeps the cores busy: an OpenMP region waits for its
+    slowest thread, so a thread sharing its core with another process stalls every op.
+    """
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise FewshotError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    from fewshot.bench.timing import busy_cores
+
+    busy, cores = busy_cores()
+    if busy is not None and torch.get_num_threads() > cores - busy:
+        err.print(f"[yellow]warning:[/] other work keeps {busy:.1f} of {cores} cores busy and torch uses "
+                  f"{torch.get_num_threads()} threads: timings will be slow and noisy (--threads "
+                  f"{max(1, round(cores - busy))} avoids the contention).")
+
+
+def _parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise FewshotError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise FewshotError(f"{option} values must be >= 1, got {text!r}")
+    return values
+
+
+def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
+    if vs not in (None, *peers):
+        raise FewshotError(f"--vs takes {' or '.join(peers)}, got {vs!r}")
+
+
+def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str,
+                           compiled: bool) -> None:
+    from fewshot.bench.llamacpp import bench_decode_vs_llamacpp
+    from fewshot.convert.gguf import smollm2_gguf
+
+    path = gguf or smollm2_gguf()
+    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled):
+        how = r.fewshot_dtype + (", torch.compile" if r.fewshot_compiled else "")
+        out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({how}) "
+                  f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
+                  f"{r.ratio:.2f}x; {r.agreeing_tokens} leading tokens agree", markup=False, highlight=False)
+
+
+@bench_app.command("peak")
+def bench_peak_command(
+    device: Annotated[str, typer.Option()] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+) -> None:
+    """The measured fp32 and bf16 matmul peak of this machine (GFLOP/s): what MFU is relative to."""
+    from fewshot.bench.peak import measure_peak
+
+    _set_threads(threads)
+    peak = measure_peak(device, progress=err.is_terminal)
+    line = f"{peak.device}: fp32 {peak.fp32_gflops:,.1f} GFLOP/s, bf16 {peak.bf16_gflops:,.1f} GFLOP/s (best n x n matmul, n in {peak.sizes})"
+    if peak.datasheet_tflops:
+        line += f"; datasheet fp32 {peak.datasheet_tflops['fp32']:,.0f}, bf16 {peak.datasheet_tflops['bf16']:,.0f} TFLOP/s"
+    out.print(line, markup=False, highlight=False)
+
+
+@bench_app.command("decode")
+def bench_decode_command(
+    preset: Annotated[str, typer.Option()] = "micro",
+    tokens: Annotated[Optional[int], typer.Option(help="New tokens (default: 1000; 256 with --vs hf).")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Model context; must hold the prompt and all tokens (default 2048; with --vs hf just enough).")] = None,
+    repeats: Annotated[int, typer.Option()] = 1,
+    vs: Annotated[Optional[str], typer.Option(help="hf: transformers' generate on the same weights; llamacpp: llama.cpp "
+                                                    "on the same GGUF file (the bench-llamacpp extra).")] = None,
+    batch: Annotated[str, typer.Option(help="With --vs: comma-separated batch sizes.")] = "1,8",
+    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both; with --vs llamacpp: ours.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's); llama.cpp gets as many.")] = None,
+    gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
+                                                                          "step through torch.compile.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (llama.cpp runs on the CPU).")] = "cpu",
+) -> None:
+    """KV-cached decoding against recomputing the whole prefix every token, or (--vs) against transformers or llama.cpp."""
+    import torch
+
+    from fewshot.bench import bench_decode
+    from fewshot.config import preset as get_preset
+    from fewshot.model import GPT
+    from fewshot.device import pick_device
+
+    _check_vs(vs, ("hf", "llamacpp"))
+    target = pick_device(device)
+    if vs == "llamacpp" and target.type != "cpu":
+        raise FewshotError("--vs llamacpp compares on the CPU; drop --device")
+    _set_threads(threads)
+    if vs == "llamacpp":
+        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile)
+        return
+    torch.manual_seed(0)
+    if vs is None:
+        tokens, context = tokens or 1000, context or 2048
+        model = GPT(get_preset(preset).replace(context=context)).to(target)
+        result = bench_decode(model, tokens=tokens, repeats=repeats)
+        out.print(
+            f"{preset} (context {context}), {result.tokens} tokens: cached {result.cached_seconds:.2f} s "
+            f"({result.cached_tok_per_s:,.0f} tok/s), full recompute {result.recompute_seconds:.2f} s "
+            f"({result.recompute_tok_per_s:,.0f} tok/s): cache is {result.speedup:.1f}x faster"
+        )
+        return
+    from fewshot.bench import bench_decode_vs_hf, decode_cost_by_context
+    from fewshot.bench.peer import hf_peer
+
+    if dtype not in ("fp32", "bf16"):
+        raise FewshotError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    tokens, config = tokens or 256, get_preset(preset)
+    contexts = tuple(c for c in (64, 128, 256, 512, 1024) if c <= max(config.context, tokens))
+    context = context or max(config.context, 16 + tokens, max(contexts) + 17)
+    model = GPT(config.replace(context=context, dropout=0.0)).to(target, torch.float32 if dtype == "fp32" else torch.bfloat16).eval()
+    peer = hf_peer(model)
+    for rows in _parse_ints(batch, "--batch"):
+        r = bench_decode_vs_hf(model, peer, rows, tokens, repeats=max(repeats, 3), progress=err.is_terminal, compiled=compile)
+        compiled = "" if r.compiled_tok_s is None else (
+            f"; compiled {r.compiled_tok_s:,.1f} tok/s: {r.compiled_ratio_vs_hf:.2f}x"
+            f"{'' if r.compiled_outputs_match else ' (WARNING: outputs differ)'}")
+        out.print(f"{preset} {dtype}, batch {rows}, {tokens} new tokens, {r.threads} threads: fewshot {r.tok_s:,.1f} tok/s, "
+                  f"HF generate {r.hf_tok_s:,.1f} tok/s: {r.ratio_vs_hf:.2f}x"
+                  f"{'' if r.outputs_match else ' (WARNING: outputs differ)'}{compiled}")
+    costs = decode_cost_by_context(model, contexts, progress=err.is_terminal)
+    out.print("fewshot cached step, batch 1, ms/token by context: " + ", ".join(f"{c}: {ms:.2f}" for c, ms in costs.items()))
+
+
+@bench_app.command("train")
+def bench_train_command(
+    preset: Annotated[str, typer.Option()] = "mini",
+    batch_size: Annotated[int, typer.Option("--batch", "--batch-size")] = 16,
+    context: Annotated[Optional[int], typer.Option("--seq", "--context", help="Sequence length (default: the preset's).")] = None,
+    steps: Annotated[int, typer.Option()] = 5,
+    device: Annotated[str, typer.Option()] = "cpu",
+    vs: Annotated[Optional[str], typer.Option(help="hf: against GPT2LMHeadModel on the same weights.")] = None,
+    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32, bf16 (autocast, both sides) or auto.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+) -> None:
+    """Training throughput with fp32 against bf16 autocast, or (--vs hf) against transformers with MFU."""
+    from fewshot.config import preset as get_preset
+
+    _check_vs(vs)
+    _set_threads(threads)
+    config = get_preset(preset)
+    if vs is None:
+        from fewshot.bench import bench_train_precision
+
+        config = config.replace(context=context) if context else config
+        result = bench_train_precision(config, batch_size, steps=steps, device=device)
+        out.print(
+            f"{preset} on {result.device}, {result.tokens_per_step} tokens/step: fp32 {result.fp32_tok_per_s:,.0f} tok/s, "
+            f"bf16 autocast {result.bf16_tok_per_s:,.0f} tok/s: bf16 is {result.speedup:.2f}x "
+            f"(first-step loss differs by {result.loss_gap:.2e})"
+        )
+        return
+    from fewshot.bench import bench_train_vs_hf, measure_peak
+    from fewshot.device import pick_device, use_bf16
+
+    if dtype == "auto":
+        dtype = "bf16" if use_bf16("auto", pick_device(device)) else "fp32"
+    peak = measure_peak(device, progress=err.is_terminal)
+    r = bench_train_vs_hf(config, batch_size, context or config.context, dtype=dtype, steps=steps, device=device,
+                          peak_gflops=peak.gflops(dtype), progress=err.is_terminal)
+    out.print(f"{preset} {dtype}, {r.batch}x{r.seq}, {r.params:,} params both, {r.threads} threads: fewshot {r.tok_s:,.0f} tok/s, "
+              f"HF {r.hf_tok_s:,.0f} tok/s: {r.ratio_vs_hf:.2f}x; MFU {r.mfu:.1%} vs HF {r.hf_mfu:.1%} "
+              f"of the measured {dtype} peak {r.peak_gflops:,.1f} GFLOP/s ({r.flops_per_token / 1e6:.1f} MFLOP/token, "
+              f"N = {r.matmul_params:,} matmul params); first-step loss {r.loss:.4f} vs {r.hf_loss:.4f}")
+
+
+@bench_app.command("prepare")
+def bench_prepare_command(
+    mb: Annotated[float, typer.Option(help="Corpus size in MB (the default corpus, cycled).")] = 50.0,
+    vocab_size: Annotated[int, typer.Option(help="BPE vocabulary size.")] = 8192,
+) -> None:
+    """Tokenization and sharding throughput, byte and BPE, beside bare tokenizers.encode_batch."""
+    from fewshot.bench.prepare import bench_prepare
+
+    r = bench_prepare(mb, vocab_size, progress=err.is_terminal)
+    out.print(f"{r.mb:.1f} MB: prepare byte {r.byte_mb_s:.2f} MB/s; prepare BPE-{r.vocab_size} (training included) "
+              f"{r.bpe_mb_s:.2f} MB/s; bare encode_batch {r.encode_mb_s:.2f} MB/s ({r.bpe_ratio_vs_encode:.2f}x)")
+
+
+@bench_app.command("all")
+def bench_all_command(
+    out_path: Annotated[Path, typer.Option("--out", help="bench.json; bench.md (the table) goes beside it.")] = Path("bench.json"),
+    preset: Annotated[str, typer.Option()] = "mini",
+    dtype: Annotated[str, typer.Option(help="Training dtype: auto (bf16 where native), fp32 or bf16.")] = "auto",
+    tokens: Annotated[int, typer.Option(help="New tokens per decode run.")] = 64,
+    prepare_mb: Annotated[float, typer.Option(help="Corpus MB for the prepare benchmark (0 skips it).")] = 8.0,
+    device: Annotated[str, typer.Option()] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    llamacpp: Annotated[bool, typer.Option(help="Also SmolLM2 vs llama.cpp (when the bench-llamacpp extra is installed).")] = True,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also decode with our step through torch.compile "
+                                                                          "(a minute or two of compiling).")] = True,
+) -> None:
+    """Everything: peak, train and decode vs transformers (and llama.cpp), prepare; bench.json plus a markdown table."""
+    from fewshot.bench.report import bench_all, markdown_table, write_bench
+
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise FewshotError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    _set_threads(threads)
+    result = bench_all(preset=preset, dtype=dtype, tokens=tokens, prepare_mb=prepare_mb, device=device, llamacpp=llamacpp,
+                       compile_decode=compile, progress=err.is_terminal)
+    written = write_bench(result, out_path)
+    out.print(markdown_table(result), markup=False, highlight=False)
+    out.print(f"wrote {written[0]} and {written[1]}")
+
+
+@bench_app.command("serve")
+def bench_serve_command(
+    run: Annotated[Path, typer.Argument(help="Run directory to serve.")],
+    clients: Annotated[str, typer.Option(help="Concurrency levels, after the sequential baseline.")] = "1,4,16,32",
+    requests: Annotated[int, typer.Option(help="Requests per level.")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 32,
+    max_batch: Annotated[int, typer.Option()] = 32,
+) -> None:
+    """The same server driven by 1 sequential client and by concurrent ones: tok/s, p50/p99, ratio."""
+    from fewshot.bench.serve import bench_serve
+
+    try:
+        levels = tuple(int(c) for c in clients.split(","))
+    except ValueError:
+        raise FewshotError(f"--clients takes comma-separated integers, got {clients!r}") from None
+    result = bench_serve(run, clients=levels, requests=requests, max_tokens=max_tokens, max_batch=max_batch,
+                         progress=err.is_terminal)
+    out.print(result.table(), markup=False, highlight=False)

@@ -1,0 +1,67 @@
+"""`fewshot eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fewshot.cli.app import app, out, unescape
+from fewshot.errors import FewshotError
+
+
+@app.command("eval")
+def eval_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories; several give one curve each.")],
+    tasks: Annotated[Optional[str], typer.Option(help="Synthetic tasks or groups, e.g. arithmetic,wordscramble,2D+.")] = None,
+    task_file: Annotated[list[Path], typer.Option(help="JSONL task file, repeatable.")] = [],  # noqa: B006
+    template: Annotated[Optional[str], typer.Option(help="Task-file template with {input} and {target}; synthetic tasks keep GPT-3's formats.")] = None,
+    shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "0,1,4",
+    n: Annotated[int, typer.Option(help="Queries per task (task files: the first n lines).")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="results.json; results.md goes beside it.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="ICL-curve PNG; <stem>_bars.png goes beside it.")] = None,
+    mc_norm: Annotated[str, typer.Option(help="Multiple choice: sum, token or unconditional.")] = "token",
+    max_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
+    device: Annotated[str, typer.Option()] = "cpu",
+    contamination: Annotated[Optional[Path], typer.Option(
+        help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
+) -> None:
+    """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
+    import fewshot
+    from fewshot.eval.harness import (
+        MC_NORMS,
+        evaluate,
+        load_tasks,
+        parse_shots,
+        results_table,
+        write_results,
+    )
+
+    if mc_norm not in MC_NORMS or batch_size < 1 or max_tokens < 1:
+        raise FewshotError(f"--mc-norm must be one of {', '.join(MC_NORMS)}; --batch-size and --max-tokens at least 1")
+    ks = parse_shots(shots)
+    task_list = load_tasks(tasks, task_file, None if template is None else unescape(template), n, seed)
+    if contamination is not None:
+        from fewshot.eval.contamination import flag_tasks
+
+        task_list = flag_tasks(task_list, contamination, progress=out.is_terminal)
+        for t in task_list:
+            out.print(f"{t.name}: {sum(t.contaminated)} of {len(t.queries)} queries contaminated (13-gram overlap with {contamination})")
+    evaluations = []
+    for run in runs:
+        lm = fewshot.load(run, device=device)
+        result = evaluate(lm, task_list, ks, seed, model=str(run), mc_norm=mc_norm, max_tokens=max_tokens, batch_size=batch_size)
+        evaluations.append(result)
+        out.print(results_table(result, ks, f"{run}: score [95% Wilson interval], n={n} per cell"))
+        out.print(f"{result.examples} examples in {result.seconds:.1f} s: {result.examples_per_second:.1f} examples/s")
+    if out_path is not None:
+        written = write_results(evaluations, out_path)
+        out.print(f"wrote {written[0]} and {written[1]}")
+    if plot is not None:
+        from fewshot.eval.plots import bars_path, plot_icl_curves, plot_task_bars
+
+        data = [e.to_json() for e in evaluations]
+        out.print(f"wrote {plot_icl_curves(data, plot)} and {plot_task_bars(data, bars_path(plot))}")

@@ -1,0 +1,148 @@
+"""`fewshot demo` and `fewshot icl ...`: the in-context-learning recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fewshot.cli.app import RecipeCompile, app, err, icl_app, out
+from fewshot.errors import FewshotError
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
+    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 8.0,
+    preset: Annotated[str, typer.Option()] = "icl",
+    n_eval: Annotated[int, typer.Option(help="Held-out queries per family (and per arithmetic cell).")] = 40,
+    smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
+    compile: RecipeCompile = True,
+) -> None:
+    """The ICL recipe, shortened: mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
+    from fewshot.experiments.demo import run_demo
+
+    if n_eval < 2:
+        raise FewshotError(f"--n-eval must be >= 2, got {n_eval}")
+    run_demo(out_dir, minutes=minutes, preset=preset, console=out, n_eval=n_eval, smollm2=smollm2, compile=compile)
+
+
+@icl_app.command("data")
+def icl_data(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the prepared mixture (byte tokens).")],
+    megabytes: Annotated[float, typer.Option("--mb", help="Megabytes of generated text.")] = 24.0,
+    bursty: Annotated[bool, typer.Option("--bursty/--no-bursty", help="--no-bursty: the ablation, where the context does not predict the answer.")] = True,
+    text_fraction: Annotated[float, typer.Option(help="Share of documents that are natural text (Shakespeare).")] = 0.05,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate the meta-training mixture into a prepared dataset (what `--data icl` uses)."""
+    from fewshot.tasks.meta.mixture import MixtureConfig, write_mixture
+
+    if out_dir.exists():
+        raise FewshotError(f"{out_dir} already exists; remove it or choose another directory")
+    config = MixtureConfig(seed=seed, megabytes=megabytes, bursty=bursty, text_fraction=text_fraction)
+    write_mixture(out_dir, config, progress=err.is_terminal)
+    out.print(f"wrote {out_dir}; train on it with: fewshot train --data {out_dir} --preset icl")
+
+
+@icl_app.command("tasks")
+def icl_tasks(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for one JSONL task file per held-out family.")],
+    n: Annotated[int, typer.Option(help="Examples (distinct inputs) per family.")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write the held-out task families as task files for `fewshot eval --task-file`."""
+    from fewshot.tasks.meta.mixture import write_held_out_tasks
+
+    if n < 2:
+        raise FewshotError(f"--n must be >= 2 (a query needs another line to draw demonstrations from), got {n}")
+    paths = write_held_out_tasks(out_dir, n=n, seed=seed)
+    out.print(f"wrote {len(paths)} task files to {out_dir}: {', '.join(p.stem for p in paths)}")
+
+
+@icl_app.command("train")
+def icl_train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/icl"),
+    minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
+    preset: Annotated[Optional[str], typer.Option(help="Model size (default: the recipe's, icl-deep).")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Windows per optimizer step (default 4).")] = None,
+    attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="muon (the recipe's) or adamw.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, 6e-3 with muon).")] = None,
+    data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
+    n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
+    compile: RecipeCompile = True,
+) -> None:
+    """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
+    import fewshot
+    from fewshot.experiments.icl import FULL, held_out_report, train_icl
+    from fewshot.train.report import write_report
+    from fewshot.tasks.meta.mixture import parse_data_spec
+
+    mixture = parse_data_spec(data)
+    if mixture is None:
+        raise FewshotError(f"--data takes icl or icl-nonbursty (with options), got {data!r}")
+    if minutes <= 0 or (batch_size is not None and batch_size < 1):
+        raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
+    options = {"attention": attention} if attention else {}
+    # The recipe's 6e-3 is Muon's; another optimizer without --lr takes the preset's own rate.
+    recipe_lr = FULL.lr if optimizer in (None, FULL.optimizer) else None
+    recipe = FULL.replace(minutes=minutes, preset=preset or FULL.preset, context=context, batch_size=batch_size or FULL.batch_size,
+                          mixture=mixture, compile=compile, optimizer=optimizer or FULL.optimizer,
+                          lr=lr if lr is not None else recipe_lr)
+    result = train_icl(out_dir, recipe, console=err, **options)
+    sections = {}
+    if n > 0:
+        report = held_out_report([(out_dir.name, fewshot.load(out_dir))], out_dir / "heldout", n=n, console=out)
+        sections["In-context learning on held-out task families"] = f"{report.markdown}\n\n![held-out ICL](heldout/icl.png)"
+    write_report(out_dir, sections)
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/byte"
+    out.print(f"step {result.step}: val loss {val}; run directory: {out_dir}")
+
+
+@icl_app.command("ablation")
+def icl_ablation(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for ablation.md, icl.png and the results.")] = Path("docs/icl-ablation"),
+    runs_dir: Annotated[Path, typer.Option(help="Where the three runs go.")] = Path("runs/ablation"),
+    minutes: Annotated[float, typer.Option(help="Training time per arm (the demo's recipe: 2 x 512-byte windows per step).")] = 8.0,
+    n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
+) -> None:
+    """Chan et al.'s ablation: transformer on bursty vs non-bursty data, and a same-size LSTM."""
+    from fewshot.experiments.icl import ABLATION, run_ablation
+
+    if minutes <= 0 or n < 2:
+        raise FewshotError("--minutes must be > 0 and --n >= 2")
+    report = run_ablation(runs_dir, out_dir, ABLATION.replace(minutes=minutes), n=n, console=out)
+    out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
+
+
+@icl_app.command("eval")
+def icl_eval(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for task files, results, summary.json and icl.png.")],
+    n: Annotated[int, typer.Option(help="Queries per held-out family.")] = 200,
+    shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "0,1,2,4,8,16,32",
+    templates: Annotated[str, typer.Option(help="Comma-separated formats: input-output, q-a, arrow, equals.")] = "input-output,q-a,arrow,equals",
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """K-shot exact match on the held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
+    import fewshot
+    from fewshot.eval.harness import parse_shots
+    from fewshot.experiments.icl import held_out_report
+    from fewshot.tasks.meta.mixture import EVAL_TEMPLATES
+
+    chosen = [t.strip() for t in templates.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in EVAL_TEMPLATES]
+    if unknown or not chosen:
+        raise FewshotError(f"--templates: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EVAL_TEMPLATES)}")
+    if n < 2 or batch_size < 1:
+        raise FewshotError("--n must be >= 2 and --batch-size >= 1")
+    models = [(run.name if len(runs) == 1 or len({r.name for r in runs}) == len(runs) else str(run), fewshot.load(run, device=device))
+              for run in runs]
+    report = held_out_report(models, out_dir, shots=parse_shots(shots), n=n, templates=chosen, seed=seed,
+                             batch_size=batch_size, console=out)
+    out.print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'results.md'} and {report.plot}")
