@@ -1,4 +1,4 @@
-"""The library API of DESIGN.md: fewshot.load, .logits, .generate, .score."""
+"""The library API that ../shared/DESIGN.md promises: fewshot.load, .logits, .generate, .score."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def bench_train_command(
         config = config.replace(context=context) if context else config
         result = bench_train_precision(config, batch_size, steps=steps, device=device)
         out.print(
-            f"{preset} on {result.device}, {result.tokens_per_step} tokens/step: fp32 {result.fp32_tok_per_s:,.0f} tok/s, "
+            f"{preset} on {result.device}, {result.tokens_per_step} tokens per step: fp32 {result.fp32_tok_per_s:,.0f} tok/s, "
             f"bf16 autocast {result.bf16_tok_per_s:,.0f} tok/s: bf16 is {result.speedup:.2f}x "
             f"(first-step loss differs by {result.loss_gap:.2e})"
         )

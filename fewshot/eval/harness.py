@@ -255,7 +255,7 @@ class Evaluation:
         return self.examples / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        """The results schema of DESIGN.md."""
+        """The eval results schema: {"model", "tasks": {name: {"metric", "shots": {K: {"score", "n", "ci95", "effective_k"}}}}}."""
         def cell(r: ShotResult) -> dict[str, Any]:
             out = {"score": r.accuracy, "n": r.n, "ci95": list(r.ci95), "effective_k": r.effective_k}
             if r.clean is not None:
@@ -384,7 +384,7 @@ def load_tasks(names: str | None, task_files: Sequence[Path], template: str | No
 
 
 def write_results(evaluations: Sequence[Evaluation], path: Path) -> tuple[Path, Path]:
-    """results.json (one DESIGN.md object, or a JSON list of them for several models) and a
+    """results.json (one results object (to_json), or a JSON list of them for several models) and a
     markdown table beside it (results.md)."""
     from fewshot.files import atomic_write_text, write_json
 

@@ -1,7 +1,7 @@
 """Every PNG the project draws: a run's loss curve, and few-shot results as in-context
 learning curves (GPT-3 Figure 1.2) and bars per task.
 
-The few-shot plots read the results JSON objects of DESIGN.md, so they can be redrawn
+The few-shot plots read eval results objects (fewshot.eval.harness Evaluation.to_json), so they can be redrawn
 from a saved file.
 """
 

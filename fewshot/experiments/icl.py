@@ -43,8 +43,8 @@ class Recipe:
     context: int | None = None  # None: the preset's (1,024 for `icl`)
     batch_size: int = 4
     mixture: MixtureConfig = MixtureConfig()
-    # torch.compile: ~1.25x the optimizer steps per minute on a 2-core CPU (bf16), for a few
-    # seconds of compiling (inductor caches the graph after the calibration steps).
+    # torch.compile: more optimizer steps per minute for a few seconds of compiling (inductor
+    # caches the graph after the calibration steps; docs/code-notes.md).
     compile: bool = False
     # Muon for the blocks' matrices (fewshot.train.optim): at equal steps it is ~600 steps ahead of
     # AdamW in validation loss on this mixture, for ~15% more time per step (docs/icl/sweep.md).
@@ -64,8 +64,8 @@ class Recipe:
 # FULL: 30 minutes of 4 x 1,024-byte windows, long enough for 32 solved examples, on six blocks:
 # 1.5x the time per step, and still the best held-out ICL at 30 minutes (docs/icl/sweep.md).
 # SHORT: the demo's 8 minutes, in which only 2 x 512-byte windows give ~3,000 steps.
-# Both with Muon at 6e-3: the 8-minute demo went from 29% to 43% at K=16 with it; at 30 minutes
-# two runs per optimizer were level within their spread (docs/icl/sweep.md).
+# Both with Muon at 6e-3, the rate and optimizer that did best on the held-out families in
+# docs/icl/sweep.md.
 FULL = Recipe(minutes=30.0, preset="icl-deep", compile=True, optimizer="muon", lr=6e-3)
 SHORT = Recipe(minutes=8.0, context=512, batch_size=2, mixture=MixtureConfig(megabytes=4.0), compile=True,
                optimizer="muon", lr=6e-3)
@@ -94,7 +94,7 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = Non
                          **options)
     per_step = seconds_per_step(config, TokenData.open(data_dir))
     steps = max(20, int(STEP_BUDGET_SHARE * recipe.minutes * 60 / per_step))
-    console.print(f"measured {per_step:.2f} s/step on this machine -> {steps} steps in {recipe.minutes:g} minutes")
+    console.print(f"measured {per_step:.2f} seconds per step on this machine -> {steps} steps in {recipe.minutes:g} minutes")
     config = TrainConfig.from_dict({**config.to_dict(), "max_steps": steps})
     return _finished(train(config, console=console))
 
@@ -111,7 +111,7 @@ def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequenc
                     templates: Sequence[str] = tuple(EVAL_TEMPLATES), seed: int = 0, batch_size: int = 32,
                     console: Console | None = None) -> HeldOutReport:
     """Score each (label, model) on the held-out families under each template; write
-    results-<label>-<template>.json (DESIGN.md's schema), summary.json, results.md and icl.png."""
+    results-<label>-<template>.json (the eval results schema, Evaluation.to_json), summary.json, results.md and icl.png."""
     from fewshot.eval.harness import results_table, write_results
 
     console = console or Console()

@@ -198,11 +198,10 @@ class GPT(nn.Module):
         A one-token step of a small model is ~150-1,000 tiny ops (norms, rotary, attention,
         residuals) whose dispatch costs as much as the matmuls; inductor fuses them, across
         blocks too. `dynamic=True` lets one graph serve every batch size > 1, cache length
-        and capacity (batch 1 gets its own). Compiling takes time, once per process: ~15-30 s
-        for `mini`, ~3 minutes for SmolLM2-135M's 30 unrolled blocks on 2 cores. Compiling
-        `Block.step` alone, shared by all blocks, compiled SmolLM2 in ~40 s but ran 10-15%
-        slower (measured on `mini`: +25% instead of +39% over eager at batch 8), so the
-        whole step it is. A prefill runs once per request and is matmul-bound: it stays eager.
+        and capacity (batch 1 gets its own). Compiling takes time, once per process, and grows
+        with the number of blocks; compiling `Block.step` alone compiles faster but runs slower,
+        so the whole step it is (docs/code-notes.md). A prefill runs once per request and is
+        matmul-bound: it stays eager.
         """
         if enabled and self.compiled_step is None:
             self.compiled_step = torch.compile(self.step, dynamic=True)

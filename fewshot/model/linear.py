@@ -1,12 +1,11 @@
 """`nn.Linear` with a faster route for a few rows on the CPU: decoding a small batch.
 
 Decoding reads every weight once per step, so a step costs the time to stream the weights
-from memory. Measured on the 2-core EPYC (torch 2.13, MKL): for 8 rows, `x @ W.T` with the
-(49152, 576) output head of SmolLM2 streams W at 5.5 GB/s, while the same product with the
-operands' roles swapped, `(W @ x.T).T`, streams it at 12.6 GB/s, as fast as for one row.
-Decoding 8 rows of SmolLM2-135M gets ~12% more tokens/s (`fewshot bench decode --vs
-llamacpp`). One row, large batches (prefill, training) and anything with gradients keep
-the ordinary path.
+from memory. With MKL, a few rows times a wide matrix, `x @ W.T`, streams W at well under the
+memory's speed, while the same product with the operands' roles swapped, `(W @ x.T).T`,
+streams it as fast as a single row does (docs/code-notes.md has the numbers;
+`fewshot bench decode --vs llamacpp` measures the effect). One row, large batches (prefill,
+training) and anything with gradients keep the ordinary path.
 """
 
 from __future__ import annotations

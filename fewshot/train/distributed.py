@@ -33,8 +33,6 @@ import torch.distributed as dist
 from fewshot.runs import weights_to_save
 from fewshot.errors import FewshotError
 
-STRATEGIES = ("ddp", "fsdp")
-
 
 @dataclass(frozen=True)
 class World:

@@ -208,7 +208,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
             console.print(
                 f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
                 f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
-                f"= {windows_per_step * context} tokens/step, steps {step}->{config.max_steps}"
+                f"= {windows_per_step * context} tokens per step, steps {step}->{config.max_steps}"
             )
             if step < config.short_context_steps:
                 console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
@@ -250,7 +250,7 @@ def _train(config: TrainConfig, resume: bool, console: Console, world: World, de
                     raise FewshotError(f"training diverged at step {step} (loss {train_loss}); lower --lr or raise --warmup-steps")
                 interrupted, out_of_time = stops > 0, timeouts > 0
                 if fit is not None and (fitted := fit.observe(step, elapsed, config)) is not None:
-                    console.print(f"step {step}: {fit.seconds_per_step:.3f} s/step so far -> {fitted} steps "
+                    console.print(f"step {step}: {fit.seconds_per_step:.3f} seconds per step so far -> {fitted} steps "
                                   f"fit the {config.max_time:.0f} s budget (planned {config.max_steps})")
                     config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
                     run.write_config(run.config.replace(train=config))  # a resumed run keeps the fitted schedule
@@ -302,6 +302,6 @@ def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8) -> fl
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
-    # The median: single steps vary by +-25% on a 2-core machine, and the fastest of a few
-    # would overshoot the budget, so the time cap would end the run mid-schedule.
+    # The median: single steps vary a lot on a busy machine, and the fastest of a few would
+    # overshoot the budget, so the time cap would end the run mid-schedule.
     return statistics.median(timings[warmup:])

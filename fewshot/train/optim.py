@@ -67,9 +67,8 @@ class Combined:
 
 
 def _adamw(groups: list[dict[str, Any]], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    # Fused: one kernel for the whole update instead of ~6 tensor ops per parameter. On the CPU
-    # (AVX512-BF16, 2 cores, bf16 autocast) it took `mini`'s update from 23 ms (torch's default
-    # per-tensor loop; foreach 26 ms) to 10 ms of a 0.71 s step, and `icl`'s from 3.4 to 1.5 ms.
+    # Fused: one kernel for the whole update instead of ~6 tensor ops per parameter, which on the
+    # CPU more than halves the update's time (docs/code-notes.md).
     return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
                              fused=device.type in ("cpu", "cuda"))
 

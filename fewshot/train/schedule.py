@@ -19,13 +19,13 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 class StepFit:
     """Refits a run's step count to its time budget from the steps it has actually run: a
-    few calibration steps before the run misjudge a noisy 2-core machine by 20-30% either
-    way (the schedule then ends early, wasting time, or the time cap cuts it short)."""
+    few calibration steps before the run misjudge a noisy shared machine by tens of percent
+    either way (the schedule then ends early, wasting time, or the time cap cuts it short;
+    docs/code-notes.md)."""
 
     SKIP = 5              # steps that pay for compilation and allocations, left out of the measurement
     # Of the budget: when to refit. The second absorbs a slow spell early in the run (another
-    # process); the later ones a machine that speeds up or slows down for minutes at a time (one run
-    # measured 0.357 s/step at 25%, then ran faster and finished its schedule 170 s early). Each
+    # process); the later ones a machine that speeds up or slows down for minutes at a time. Each
     # refit moves the cosine's position by a few percent, so the learning rate barely bends.
     AT = (0.05, 0.25, 0.5, 0.75)
     SHARE = 0.96          # of the remaining time: the rest absorbs noise, the last eval and save

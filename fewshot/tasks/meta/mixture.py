@@ -59,7 +59,7 @@ FORMATS: tuple[tuple[str, str], ...] = (
     ("Question: {input}\nAnswer: {target}", "\n\n"),
 )
 EVAL_TEMPLATES: dict[str, str] = {
-    "input-output": "Input: {input}\nOutput: {target}",  # DESIGN.md's default template
+    "input-output": "Input: {input}\nOutput: {target}",  # the task file's default template (fewshot.tasks.taskfile)
     "q-a": "Q: {input}\nA: {target}",
     "arrow": "{input} -> {target}",
     "equals": "{input} = {target}",
