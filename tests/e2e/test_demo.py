@@ -10,7 +10,7 @@ from tests.conftest import fewshot_command
 
 def test_demo_leaves_a_normal_run_directory_with_a_report(tmp_path: Path) -> None:
     # The SmolLM2 step is covered below on the session's import: a second import costs ~15 s.
-    # Compiled training is covered in tests/test_icl_recipe.py: here it would cost two compilations.
+    # Compiled training is covered in tests/experiments/test_icl.py: here it would cost two compilations.
     command = [*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2", "--no-compile"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,7 @@
 """`fewshot export-hf` and `fewshot import-hf` through the real CLI, and their error paths.
 
 A run goes out as a GPT-2 directory and comes back as a new run, which then generates
-the same text as the original. tests/test_hf.py proves the files against transformers
+the same text as the original. tests/convert/test_hf.py proves the files against transformers
 itself, and covers the other refusals.
 """
 

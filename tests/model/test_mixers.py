@@ -25,7 +25,7 @@ from fewshot.serve.engine import Engine, EngineConfig
 from fewshot.tasks.taskfile import Item, Template
 from fewshot.tokenizer import ByteTokenizer
 from fewshot.train.loop import resume_config, train
-from tests.test_serve_engine import submit
+from tests.serve.test_engine import submit
 
 
 def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 from pathlib import Path
@@ -6,11 +7,15 @@ import pytest
 import torch
 
 from fewshot.runs import (
+    FORMAT_VERSION,
+    RunConfig,
+    RunDir,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
     save_weights,
+    weights_to_save,
 )
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
@@ -139,3 +144,84 @@ def test_written_files_and_checkpoints_get_ordinary_permissions(tmp_path: Path) 
     assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o644
     assert checkpoint.stat().st_mode & 0o777 == 0o755
     assert (checkpoint / "optimizer.pt").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------- RunDir
+
+# Written by fewshot before config.json recorded a format version (the code of stop 23): a
+# one-block nano trained four steps, with its checkpoint.
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0"
+
+
+def test_a_run_written_before_the_format_version_still_loads_and_gives_the_same_text() -> None:
+    import fewshot
+
+    run = RunDir.open(OLD_RUN)
+    assert run.config.train is not None and run.config.train.preset == "nano"
+    assert run.config.model.n_layer == 1 and run.config.tokenizer == {"type": "byte"}
+    lm = fewshot.load(OLD_RUN)
+    # What the code before the layout change generated and scored with these weights.
+    assert lm.generate("The cat", max_tokens=12, temperature=0) == "\ufffd" + ">" * 11
+    assert lm.score("The cat", " sat") == -22.294858932495117
+
+
+def test_an_old_run_resumes_and_its_config_gains_the_format_version(tmp_path: Path, data_dir: Path) -> None:
+    import shutil
+
+    from fewshot.train.loop import resume_config, train
+
+    shutil.copytree(OLD_RUN, tmp_path / "run")
+    config = resume_config(tmp_path / "run", data=str(data_dir), max_steps=6, progress=False, tensorboard=False)
+    result = train(config, resume=True)
+    assert result.step == 6
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["format_version"] == FORMAT_VERSION
+
+
+def write_config(tmp_path: Path, record: object) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(record) if not isinstance(record, str) else record)
+    return run
+
+
+def test_a_run_from_a_newer_fewshot_is_refused_with_one_clear_error(tmp_path: Path) -> None:
+    record = json.loads((OLD_RUN / "config.json").read_text()) | {"format_version": FORMAT_VERSION + 1}
+    with pytest.raises(FewshotError, match=f"newer fewshot \\(run format {FORMAT_VERSION + 1}"):
+        RunDir.open(write_config(tmp_path, record))
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"architectures": ["GPT2LMHeadModel"], "n_embd": 768}, "not a fewshot run config.*import-hf"),  # a Hugging Face directory
+    ([1, 2, 3], "not a fewshot run config"),
+    ('{"model": {"n_layer": 2', "not valid JSON"),  # truncated
+    ({"model": {"n_layer": 2, "n_head": 2, "d_model": 8, "wings": 3}, "tokenizer": {"type": "byte"}}, "unknown fields"),
+    ({"model": {"n_layer": 2}, "tokenizer": {"type": "byte"}}, "malformed"),
+    ({"format_version": "2", "model": {}, "tokenizer": {}}, "format_version must be an integer"),
+])
+def test_a_foreign_or_damaged_config_is_one_fewshot_error(tmp_path: Path, record: object, message: str) -> None:
+    with pytest.raises(FewshotError, match=message):
+        RunDir.open(write_config(tmp_path, record))
+
+
+def test_an_imported_run_cannot_be_resumed_as_training(tmp_path: Path) -> None:
+    from fewshot.tokenizer import ByteTokenizer
+    from fewshot.train.loop import resume_config
+
+    tokenizer = ByteTokenizer()
+    config = PRESETS["nano"].model.replace(n_layer=1, context=16)
+    RunDir.publish(tmp_path / "imported", RunConfig(config, tokenizer.spec(), source={"gguf": "x.gguf"}), tokenizer,
+                   weights_to_save(GPT(config)))
+    with pytest.raises(FewshotError, match="imported"):
+        resume_config(tmp_path / "imported")
+
+
+def test_publish_writes_a_run_that_round_trips_its_config(tmp_path: Path) -> None:
+    from fewshot.tokenizer import ByteTokenizer
+
+    tokenizer = ByteTokenizer()
+    config = RunConfig(PRESETS["nano"].model.replace(n_layer=1, context=16), tokenizer.spec(), source={"hf": "/models/x"})
+    run = RunDir.publish(tmp_path / "run", config, tokenizer, weights_to_save(GPT(config.model)))
+    again = RunDir.open(run.path).config
+    assert again == config and again.train is None
+    with pytest.raises(FewshotError, match="already exists"):
+        RunDir.publish(tmp_path / "run", config, tokenizer, weights_to_save(GPT(config.model)))
