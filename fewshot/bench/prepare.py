@@ -69,7 +69,7 @@ def bench_prepare(mb: float = 50, vocab_size: int = 8192, progress: bool = False
 
 def write_corpus(directory: Path, size: int) -> list[Path]:
     """About `size` bytes of the default corpus, cycled, in ~1 MB text files."""
-    from fewshot.data.corpus import write_default_corpus
+    from fewshot.tasks.gpt3.corpus import write_default_corpus
 
     source = write_default_corpus(directory.parent / "default-corpus")
     text = "\n".join(f.read_text(encoding="utf-8") for f in source)

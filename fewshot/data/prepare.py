@@ -1,10 +1,8 @@
-"""Text and JSONL in, token shards out; random training windows back.
+"""Text and JSONL in, token shards out.
 
 `prepare` streams a corpus through a tokenizer into raw little-endian uint16 (or uint32)
-shards that `np.memmap` reads without parsing, with `meta.json` saying how to read them.
-`TokenData` opens such a directory, and `BatchSampler` draws (x, y) windows from it with a
-cursor that is just three integers, so a resumed run sees exactly the batches it would have.
-`StepSampler` cuts each optimizer step's global batch between ranks and micro-steps.
+shards that `np.memmap` reads without parsing, with `meta.json` saying how to read them
+(fewshot.data.shards is the read side).
 """
 
 from __future__ import annotations
@@ -19,20 +17,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from fewshot.data.shards import FORMAT, FORMAT_VERSION, META
 from fewshot.errors import FewshotError
 from fewshot.files import fsync_dir, staging_dir
-from fewshot.tokenizer import ByteTokenizer, load_tokenizer, train_bpe
+from fewshot.tokenizer import ByteTokenizer, train_bpe
 
-FORMAT = "fewshot-tokens"
-FORMAT_VERSION = 1
-META = "meta.json"
 READ_CHUNK_BYTES = 1 << 18        # big enough for fast reads, small enough to never hold a corpus in RAM
 ENCODE_BATCH_CHARS = 2 << 20      # text handed to one encode_batch call (the Rust side runs it in parallel)
 MAX_CARRY_CHARS = 16 << 20        # whitespace-free text longer than this is cut anyway (see _last_cut)
@@ -455,172 +449,3 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old)
-
-
-# ---------------------------------------------------------------- reading shards
-
-
-class TokenSplit:
-    """One split (train or val) of a prepared dataset: a sequence of tokens over its shards."""
-
-    def __init__(self, name: str, shards: list[np.ndarray], dtype: np.dtype):
-        self.name = name
-        self.shards = shards
-        self.dtype = dtype
-        self.offsets = np.cumsum([0] + [len(s) for s in shards])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def window(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length): a view when they sit in one shard, a copy otherwise."""
-        if start < 0 or length < 0 or start + length > len(self):
-            raise IndexError(f"window [{start}, {start + length}) is outside the {self.name} split ({len(self)} tokens)")
-        parts = []
-        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        while length > 0:
-            local = start - int(self.offsets[shard])
-            part = self.shards[shard][local: local + length]
-            parts.append(part)
-            start, length, shard = start + len(part), length - len(part), shard + 1
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
-
-
-class TokenData:
-    """A directory written by `prepare`: meta.json plus memory-mapped shards."""
-
-    def __init__(self, path: Path, meta: dict):
-        self.path = Path(path)
-        self.meta = meta
-
-    @classmethod
-    def open(cls, path: Path) -> TokenData:
-        path = Path(path)
-        try:
-            meta = json.loads((path / META).read_text())
-        except FileNotFoundError:
-            raise FewshotError(f"{path} is not a prepared dataset (no {META}); create one with: fewshot prepare") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-            raise FewshotError(f"{path / META} is corrupt; prepare the data again") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise FewshotError(f"{path / META} does not describe a fewshot token dataset; prepare the data again")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise FewshotError(
-                f"{path} uses dataset format version {meta.get('format_version')} but this fewshot reads version "
-                f"{FORMAT_VERSION}; prepare the data again"
-            )
-        return cls(path, meta)
-
-    def split(self, name: str) -> TokenSplit:
-        splits = self.meta["splits"]
-        if name not in splits:
-            raise FewshotError(f"{self.path} has no split {name!r}; it has: {', '.join(splits)}")
-        dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
-        return TokenSplit(name, [self._map(shard, dtype) for shard in splits[name]["shards"]], dtype)
-
-    def _map(self, shard: dict, dtype: np.dtype) -> np.ndarray:
-        file = self.path / shard["file"]
-        expected = shard["tokens"] * dtype.itemsize
-        size = file.stat().st_size if file.is_file() else None
-        if size != expected:
-            found = "missing" if size is None else f"{size} bytes"
-            raise FewshotError(f"{file}: shard is {found}, expected {expected} bytes; prepare the data again")
-        if expected == 0:
-            return np.zeros(0, dtype=dtype)   # np.memmap cannot map an empty file
-        return np.memmap(file, dtype=dtype, mode="r")
-
-    @cached_property
-    def tokenizer(self):
-        return load_tokenizer(self.meta["tokenizer"], self.path)
-
-
-# ---------------------------------------------------------------- batches
-
-
-class BatchSampler:
-    """Random (x, y) windows from a split, resumable from three integers.
-
-    Batch i is drawn from its own generator seeded by [seed, rank, i], so resuming needs no
-    RNG state, ranks draw independent batches, and batch i is the same however it was reached.
-    """
-
-    def __init__(self, split_tokens: TokenSplit, batch_size: int, context: int, seed: int, rank: int = 0):
-        if batch_size < 1 or context < 1:
-            raise FewshotError(f"batch size and context must be at least 1 (got {batch_size} and {context})")
-        if seed < 0 or rank < 0:
-            raise FewshotError(f"seed and rank must be non-negative (got {seed} and {rank})")
-        name = getattr(split_tokens, "name", "data")
-        if len(split_tokens) < context + 1:
-            raise FewshotError(
-                f"context {context} is too long for the {name} split ({len(split_tokens)} tokens; a window needs "
-                f"{context + 1}); use a shorter context or more data"
-            )
-        self.split = split_tokens
-        self.batch_size, self.context = batch_size, context
-        self.seed, self.rank = seed, rank
-        self.position = 0
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.windows(self.next_starts())
-
-    def next_starts(self) -> np.ndarray:
-        """Where the windows of batch `position` start; moves the cursor on."""
-        rng = np.random.default_rng([self.seed, self.rank, self.position])
-        self.position += 1
-        return rng.integers(0, len(self.split) - self.context, size=self.batch_size)
-
-    def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        windows = np.stack([self.split.window(int(s), self.context + 1) for s in starts]).astype(np.int64)
-        windows = torch.from_numpy(windows)
-        return windows[:, :-1], windows[:, 1:]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "rank": self.rank, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # The rank stays this process's own: under torchrun every rank may load rank 0's
-        # saved cursor, and adopting its rank would make all ranks draw the same batches.
-        self.seed = int(state["seed"])
-        self.position = int(state["position"])
-
-
-class StepSampler:
-    """The micro-batches of each optimizer step, the same whatever the number of ranks.
-
-    Step s draws its whole global batch (micro-batch x accumulation x world size windows)
-    as BatchSampler batch s; rank r trains on the r-th contiguous slice of it and micro-step
-    a on the a-th piece of that slice. So 2 ranks x 1 micro-batch and 1 rank x 2 micro-batches
-    see the same windows in every step, ranks never share one, and the cursor is the step
-    alone: a run saved on one number of ranks resumes on another.
-    """
-
-    def __init__(self, split_tokens: TokenSplit, batch_size: int, grad_accum: int, context: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
-            raise FewshotError(f"rank {rank} is outside a world of {world_size} processes")
-        self.global_batches = BatchSampler(split_tokens, batch_size * grad_accum * world_size, context, seed)
-        self.batch_size, self.grad_accum, self.rank = batch_size, grad_accum, rank
-
-    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        share = self.batch_size * self.grad_accum
-        starts = self.global_batches.next_starts()[self.rank * share:(self.rank + 1) * share]
-        x, y = self.global_batches.windows(starts)
-        return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.global_batches.seed, "position": self.global_batches.position,
-                "global_batch": self.global_batches.batch_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # The global batch may differ from the saved one (another --grad-accum or world size):
-        # step s then draws a batch of the new size, as a run started that way would.
-        self.global_batches.seed = int(state["seed"])
-        self.global_batches.position = int(state["position"])
-
-
-def fixed_batches(split: TokenSplit, batch_size: int, context: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same n batches every call, so validation losses compare across steps and runs."""
-    sampler = BatchSampler(split, batch_size, context, seed=seed)
-    return [sampler.next_batch() for _ in range(n)]

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from fewshot.data.prepare import TokenData
+from fewshot.data.shards import TokenData
 
 if TYPE_CHECKING:
     from fewshot.eval.harness import EvalTask

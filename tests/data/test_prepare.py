@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fewshot.data.prepare as data_module
-from fewshot.data.prepare import BatchSampler, TokenData, fixed_batches, is_val_block, prepare
+from fewshot.data.shards import TokenData
+from fewshot.data.sampling import BatchSampler, fixed_batches
+from fewshot.data.prepare import is_val_block, prepare
 from fewshot.errors import FewshotError
 from fewshot.tokenizer import ByteTokenizer
 

@@ -238,7 +238,10 @@ def test_formats_are_templates_and_cover_the_evaluation_formats() -> None:
         Template(template)
         assert separator in ("\n", "\n\n")
     assert set(EVAL_TEMPLATES.values()) <= {t for t, _ in FORMATS}
-    assert EVAL_TEMPLATES["input-output"] == "Input: {input}\nOutput: {target}"  # the default template of ../shared/DESIGN.md
+    # The held-out evaluation's first format is what `fewshot eval --task-file` uses by default.
+    from fewshot.tasks.taskfile import Template as TaskTemplate
+
+    assert Template(EVAL_TEMPLATES["input-output"]).solved("x", "y") == TaskTemplate().solved("x", "y")
 
 
 def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 import string
 from dataclasses import dataclass
 
@@ -70,19 +71,27 @@ def reverse(rng: random.Random, word: str) -> str:
 SCRAMBLES = {"CL": cycle, "A1": anagram(1), "A2": anagram(2), "RI": insert, "RW": reverse}
 
 
+def scramble_word(rng: random.Random, kind: str, vocabulary: Sequence[str]) -> tuple[str, str]:
+    """(scrambled, word): a word of `vocabulary` under scramble `kind` (a key of SCRAMBLES).
+
+    A scramble equal to its word (a palindrome reversed, a 5-letter word under A2, an unlucky
+    shuffle) would be a free answer, so another word is drawn: most words can be scrambled.
+    """
+    scramble = SCRAMBLES[kind]
+    for _ in range(_TRIES):
+        word = rng.choice(vocabulary)
+        scrambled = scramble(rng, word)
+        if scrambled != word:
+            break
+    return scrambled, word
+
+
 @dataclass(frozen=True)
 class ScrambleTask:
     kind: str  # a key of SCRAMBLES
 
     def example(self, rng: random.Random) -> Example:
-        # A scramble equal to its word (a palindrome reversed, a 5-letter word under A2, an
-        # unlucky shuffle) would be a free answer, so draw again: most words can be scrambled.
-        vocabulary, scramble = words(), SCRAMBLES[self.kind]
-        for _ in range(_TRIES):
-            word = rng.choice(vocabulary)
-            scrambled = scramble(rng, word)
-            if scrambled != word:
-                break
+        scrambled, word = scramble_word(rng, self.kind, words())
         return Example(f"{INSTRUCTION}\n{scrambled} =", word)
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fewshot.data.corpus import shakespeare_documents
+from fewshot.data.prepare import prepare
 from fewshot.errors import FewshotError
 from fewshot.tasks.taskfile import Template
 from fewshot.tasks import families as procedural
@@ -145,7 +147,7 @@ def repeats(rng: random.Random, max_chars: int, bursty: bool = True) -> str:
 
 def documents(config: MixtureConfig) -> Iterator[str]:
     """The mixture's documents, the same for the same config, until `megabytes` of text."""
-    from fewshot.data.corpus import shakespeare_documents
+
 
     rng = random.Random(f"icl-mixture/{config.seed}")
     families = training_families()
@@ -179,7 +181,7 @@ def documents(config: MixtureConfig) -> Iterator[str]:
 
 def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Path:
     """Generate the mixture and prepare it (byte tokenizer) into `out`; returns `out`."""
-    from fewshot.data.prepare import prepare
+
 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:

@@ -1,0 +1,101 @@
+"""Random training windows from a prepared split, resumable from a few integers.
+
+`BatchSampler` draws (x, y) windows with a cursor that is just three integers, so a resumed run
+sees exactly the batches it would have; `StepSampler` cuts each optimizer step's global batch
+between ranks and micro-steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fewshot.data.shards import TokenSplit
+from fewshot.errors import FewshotError
+
+
+class BatchSampler:
+    """Random (x, y) windows from a split, resumable from three integers.
+
+    Batch i is drawn from its own generator seeded by [seed, rank, i], so resuming needs no
+    RNG state, ranks draw independent batches, and batch i is the same however it was reached.
+    """
+
+    def __init__(self, split_tokens: TokenSplit, batch_size: int, context: int, seed: int, rank: int = 0):
+        if batch_size < 1 or context < 1:
+            raise FewshotError(f"batch size and context must be at least 1 (got {batch_size} and {context})")
+        if seed < 0 or rank < 0:
+            raise FewshotError(f"seed and rank must be non-negative (got {seed} and {rank})")
+        name = getattr(split_tokens, "name", "data")
+        if len(split_tokens) < context + 1:
+            raise FewshotError(
+                f"context {context} is too long for the {name} split ({len(split_tokens)} tokens; a window needs "
+                f"{context + 1}); use a shorter context or more data"
+            )
+        self.split = split_tokens
+        self.batch_size, self.context = batch_size, context
+        self.seed, self.rank = seed, rank
+        self.position = 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.windows(self.next_starts())
+
+    def next_starts(self) -> np.ndarray:
+        """Where the windows of batch `position` start; moves the cursor on."""
+        rng = np.random.default_rng([self.seed, self.rank, self.position])
+        self.position += 1
+        return rng.integers(0, len(self.split) - self.context, size=self.batch_size)
+
+    def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = np.stack([self.split.window(int(s), self.context + 1) for s in starts]).astype(np.int64)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "rank": self.rank, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # The rank stays this process's own: under torchrun every rank may load rank 0's
+        # saved cursor, and adopting its rank would make all ranks draw the same batches.
+        self.seed = int(state["seed"])
+        self.position = int(state["position"])
+
+
+class StepSampler:
+    """The micro-batches of each optimizer step, the same whatever the number of ranks.
+
+    Step s draws its whole global batch (micro-batch x accumulation x world size windows)
+    as BatchSampler batch s; rank r trains on the r-th contiguous slice of it and micro-step
+    a on the a-th piece of that slice. So 2 ranks x 1 micro-batch and 1 rank x 2 micro-batches
+    see the same windows in every step, ranks never share one, and the cursor is the step
+    alone: a run saved on one number of ranks resumes on another.
+    """
+
+    def __init__(self, split_tokens: TokenSplit, batch_size: int, grad_accum: int, context: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise FewshotError(f"rank {rank} is outside a world of {world_size} processes")
+        self.global_batches = BatchSampler(split_tokens, batch_size * grad_accum * world_size, context, seed)
+        self.batch_size, self.grad_accum, self.rank = batch_size, grad_accum, rank
+
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        share = self.batch_size * self.grad_accum
+        starts = self.global_batches.next_starts()[self.rank * share:(self.rank + 1) * share]
+        x, y = self.global_batches.windows(starts)
+        return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.global_batches.seed, "position": self.global_batches.position,
+                "global_batch": self.global_batches.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # The global batch may differ from the saved one (another --grad-accum or world size):
+        # step s then draws a batch of the new size, as a run started that way would.
+        self.global_batches.seed = int(state["seed"])
+        self.global_batches.position = int(state["position"])
+
+
+def fixed_batches(split: TokenSplit, batch_size: int, context: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same n batches every call, so validation losses compare across steps and runs."""
+    sampler = BatchSampler(split, batch_size, context, seed=seed)
+    return [sampler.next_batch() for _ in range(n)]
