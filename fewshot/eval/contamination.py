@@ -40,14 +40,14 @@ from fewshot.data.shards import TokenData
 
 if TYPE_CHECKING:
     from fewshot.eval.harness import EvalTask
-    from fewshot.tasks.taskfile import Item
+    from fewshot.tasks.base import Example
 
 NGRAM = 13  # GPT-3 Appendix C
 CHUNK_TOKENS = 1 << 22  # ~32 MB of uint64 hashes per pass over a chunk
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication mod 2^64 loses no bits
 
 
-def example_text(item: Item) -> str:
+def example_text(item: Example) -> str:
     """The text of an example that the check looks for: input, a space, the answer."""
     return f"{item.input} {item.target}"
 

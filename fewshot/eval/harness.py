@@ -36,7 +36,8 @@ from fewshot.errors import FewshotError
 from fewshot.inference.decode import decode
 from fewshot.inference.lm import LM
 from fewshot.inference.scoring import score_continuations
-from fewshot.tasks.taskfile import PLAIN, Item, Template, read_task_file
+from fewshot.tasks.base import Example
+from fewshot.tasks.taskfile import PLAIN, Template, read_task_file
 
 SEPARATOR = "\n\n"
 POOL_SIZE = 512  # demonstrations available per synthetic task; K above this is an error
@@ -75,8 +76,8 @@ class EvalTask:
 
     name: str
     metric: str  # "exact_match" | "accuracy"
-    queries: tuple[Item, ...]
-    pool: tuple[Item, ...]
+    queries: tuple[Example, ...]
+    pool: tuple[Example, ...]
     template: Template = PLAIN
     leave_one_out: bool = False
     contaminated: tuple[bool, ...] = ()  # per query, once checked (fewshot.eval.contamination); () = not checked
@@ -85,13 +86,13 @@ class EvalTask:
     def multiple_choice(self) -> bool:
         return self.metric == "accuracy"
 
-    def candidates(self, index: int) -> list[Item]:
+    def candidates(self, index: int) -> list[Example]:
         query = self.queries[index]
         skip = index if self.leave_one_out else -1
         return [item for j, item in enumerate(self.pool) if j != skip and item != query]
 
 
-def draw(task: EvalTask, index: int, k: int, seed: int) -> list[Item]:
+def draw(task: EvalTask, index: int, k: int, seed: int) -> list[Example]:
     """The K demonstrations of query `index`: seeded by (seed, task, index), never the query."""
     candidates = task.candidates(index)
     if k > len(candidates):
@@ -113,8 +114,8 @@ def synthetic_tasks(names: str, n: int, seed: int) -> list[EvalTask]:
 
     tasks = []
     for task in resolve_tasks(names):
-        queries = tuple(Item(e.input, e.target) for e in task.examples(n, seed))
-        pool = tuple(Item(e.input, e.target) for e in task.pool(POOL_SIZE, seed, exclude=n))
+        queries = tuple(task.examples(n, seed))
+        pool = tuple(task.pool(POOL_SIZE, seed, exclude=n))
         tasks.append(EvalTask(task.name, task.metric, queries, pool, PLAIN))
     return tasks
 
@@ -122,7 +123,7 @@ def synthetic_tasks(names: str, n: int, seed: int) -> list[EvalTask]:
 # ---------------------------------------------------------------------------- prompts
 
 
-def render(task: EvalTask, demonstrations: Sequence[Item], query: Item) -> str:
+def render(task: EvalTask, demonstrations: Sequence[Example], query: Example) -> str:
     shown = [task.template.solved(d.input, d.target) for d in demonstrations]
     return SEPARATOR.join([*shown, task.template.query(query.input)])
 
@@ -194,7 +195,7 @@ def continuation_logprobs(lm: LM, prefix: list[int], continuations: Sequence[lis
     return [logprob for logprob, _ in scored]
 
 
-def choose(lm: LM, task: EvalTask, prefix: list[int], item: Item, mc_norm: str) -> int:
+def choose(lm: LM, task: EvalTask, prefix: list[int], item: Example, mc_norm: str) -> int:
     """Index of the choice the model prefers after `prefix`."""
     gap = task.template.gap()
     continuations = [lm.tokenizer.encode(gap + choice) or [lm.tokenizer.eot_id] for choice in item.choices or ()]

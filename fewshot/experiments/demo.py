@@ -68,8 +68,8 @@ def held_out_prompt(lm: LM, k: int = 8) -> tuple[str, str, str]:
     family = held_out_families()[0]
     examples = held_out_examples(family, k + 1, seed=0)
     template = Template(EVAL_TEMPLATES["input-output"])
-    shown = [template.solved(x, y) for x, y in examples[:k]]
-    query, target = examples[k]
+    shown = [template.solved(e.input, e.target) for e in examples[:k]]
+    query, target = examples[k].input, examples[k].target
     prompt = "\n\n".join([*shown, template.query(query)])
     answer = lm.generate(prompt, max_tokens=len(target) + 4, temperature=0, stop=["\n"])
     return prompt, answer, target

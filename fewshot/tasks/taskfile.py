@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot.errors import FewshotError
+from fewshot.tasks.base import Example
 
 DEFAULT_TEMPLATE = "Input: {input}\nOutput: {target}"
 INPUT, TARGET = "{input}", "{target}"
@@ -66,19 +67,9 @@ PLAIN = Template("{input} {target}")
 
 
 @dataclass(frozen=True)
-class Item:
-    """One line of a task file. `choices`/`label` are set for multiple choice only."""
-
-    input: str
-    target: str
-    choices: tuple[str, ...] | None = None
-    label: int | None = None
-
-
-@dataclass(frozen=True)
 class TaskFile:
     name: str
-    items: tuple[Item, ...]
+    items: tuple[Example, ...]
 
     @property
     def multiple_choice(self) -> bool:
@@ -89,8 +80,8 @@ class TaskFile:
         return "accuracy" if self.multiple_choice else "exact_match"
 
 
-def parse_line(line: str, where: str) -> Item:
-    """One JSONL line -> Item; `where` ("file:line") starts every error message."""
+def parse_line(line: str, where: str) -> Example:
+    """One JSONL line -> Example; `where` ("file:line") starts every error message."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -107,14 +98,14 @@ def parse_line(line: str, where: str) -> Item:
             raise FewshotError(f"{where}: \"label\" must be an integer index into \"choices\"")
         if not 0 <= label < len(choices):
             raise FewshotError(f"{where}: label {label} is out of range for {len(choices)} choices")
-        return Item(record["input"], choices[label], tuple(choices), label)
+        return Example(record["input"], choices[label], tuple(choices), label)
     if not isinstance(record.get("target"), str):
         raise FewshotError(f"{where}: missing string field \"target\" (or \"choices\" and \"label\" for multiple choice)")
-    return Item(record["input"], record["target"])
+    return Example(record["input"], record["target"])
 
 
-def parse_task_lines(lines: list[str], source: str) -> tuple[Item, ...]:
-    items: list[Item] = []
+def parse_task_lines(lines: list[str], source: str) -> tuple[Example, ...]:
+    items: list[Example] = []
     first_kind: tuple[bool, int] | None = None
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -19,8 +19,9 @@ from fewshot.eval.contamination import (
     find_contaminated,
     ngram_hashes,
 )
-from fewshot.data.prepare import TokenData, prepare
-from fewshot.tasks.taskfile import Item
+from fewshot.data.shards import TokenData
+from fewshot.data.prepare import prepare
+from fewshot.tasks.base import Example
 from fewshot.train.loop import train
 from tests.conftest import fewshot_command, tiny_config
 
@@ -94,7 +95,7 @@ def test_report_and_degenerate_inputs(planted) -> None:
     assert report.flags == [False, True, True] and report.contaminated == 2
     assert report.tokens == len(TokenData.open(data_dir).split("train"))
     assert find_contaminated([], data_dir) == []
-    assert example_text(Item("Q: 2+2?\nA:", "4")) == "Q: 2+2?\nA: 4"
+    assert example_text(Example("Q: 2+2?\nA:", "4")) == "Q: 2+2?\nA: 4"
 
 
 def naive_hash(tokens: list[int], n: int) -> list[int]:

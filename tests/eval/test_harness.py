@@ -38,7 +38,8 @@ from fewshot.eval.harness import (
 )
 from fewshot.inference.lm import LM
 from fewshot.model import GPT
-from fewshot.tasks.taskfile import Item, Template
+from fewshot.tasks.base import Example
+from fewshot.tasks.taskfile import Template
 from fewshot.tokenizer import ByteTokenizer
 
 
@@ -49,7 +50,7 @@ def lm() -> LM:
 
 
 def file_task(n: int = 12, template: str = "Input: {input}\nOutput: {target}") -> EvalTask:
-    items = tuple(Item(f"{i}+{i}", str(2 * i)) for i in range(n))
+    items = tuple(Example(f"{i}+{i}", str(2 * i)) for i in range(n))
     return EvalTask("add", "exact_match", items, items, Template(template), leave_one_out=True)
 
 
@@ -108,7 +109,7 @@ def test_first_line_is_the_text_before_a_newline_or_stop_trimmed() -> None:
 @pytest.mark.parametrize("mc_norm", ["sum", "token", "unconditional"])
 def test_multiple_choice_picks_the_best_scored_choice_as_lm_score_sees_it(lm: LM, mc_norm: str) -> None:
     task = EvalTask("mc", "accuracy", (), (), Template("Q: {input}\nA: {target}"))
-    item = Item("which?", "a", ("a", "bb bb", "ccc", "a longer choice here"), 0)
+    item = Example("which?", "a", ("a", "bb bb", "ccc", "a longer choice here"), 0)
     prefix_text = "Q: which?\nA:"
     got = choose(lm, task, lm.tokenizer.encode(prefix_text), item, mc_norm)
     scores = []
@@ -138,7 +139,7 @@ def test_a_model_that_knows_the_answer_gets_multiple_choice_right(lm: LM) -> Non
         model.head.weight[ord("y")] += 5 * model.head.weight.abs().max()
         model.norm.weight.fill_(1.0)
     biased = LM(model, lm.tokenizer, {})
-    items = tuple(Item(f"q{i}", "yy", ("nn", "yy") if i % 2 else ("yy", "nn"), 1 if i % 2 else 0) for i in range(6))
+    items = tuple(Example(f"q{i}", "yy", ("nn", "yy") if i % 2 else ("yy", "nn"), 1 if i % 2 else 0) for i in range(6))
     task = EvalTask("mc", "accuracy", items, items, Template(), leave_one_out=True)
     # Sanity check of the construction itself, then the harness.
     assert biased.score("Output:", " yy") > biased.score("Output:", " nn")

@@ -22,7 +22,8 @@ from fewshot.inference.decode import generate
 from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
 from fewshot.serve.engine import Engine, EngineConfig
-from fewshot.tasks.taskfile import Item, Template
+from fewshot.tasks.base import Example
+from fewshot.tasks.taskfile import Template
 from fewshot.tokenizer import ByteTokenizer
 from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
@@ -51,9 +52,9 @@ def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates
     prompts = [lm.tokenizer.encode(f"Input: {'x' * i}\nOutput:") for i in range(7)]
     # Left-padded batches decode each row as if it were alone.
     assert greedy_answers(lm, prompts, max_tokens=6, batch_size=4) == greedy_answers(lm, prompts, max_tokens=6, batch_size=1)
-    items = tuple(Item(f"{i}+{i}", str(2 * i)) for i in range(6))
+    items = tuple(Example(f"{i}+{i}", str(2 * i)) for i in range(6))
     task = EvalTask("add", "exact_match", items, items, Template("Input: {input}\nOutput: {target}"), leave_one_out=True)
-    choices = tuple(Item(f"{i} is", "even" if i % 2 == 0 else "odd", ("even", "odd"), i % 2) for i in range(4))
+    choices = tuple(Example(f"{i} is", "even" if i % 2 == 0 else "odd", ("even", "odd"), i % 2) for i in range(4))
     mc = EvalTask("parity", "accuracy", choices, choices, leave_one_out=True)
     result = evaluate(lm, [task, mc], shots=[0, 1], max_tokens=4)
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]

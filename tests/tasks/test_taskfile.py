@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fewshot.errors import FewshotError
 from fewshot.tasks.taskfile import (
     DEFAULT_TEMPLATE,
-    Item,
+    Example,
     Template,
     parse_task_lines,
     read_task_file,
@@ -27,7 +27,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 def test_generation_and_multiple_choice_files_parse(tmp_path: Path) -> None:
     gen = read_task_file(write_lines(tmp_path / "add.jsonl", ['{"input": "1+1", "target": "2"}', "", '{"input": "2+2", "target": "4"}']))
     assert gen.name == "add" and gen.metric == "exact_match" and not gen.multiple_choice
-    assert gen.items == (Item("1+1", "2"), Item("2+2", "4"))
+    assert gen.items == (Example("1+1", "2"), Example("2+2", "4"))
     mc = read_task_file(write_lines(tmp_path / "mc.jsonl", ['{"input": "sky?", "choices": ["blue", "green"], "label": 0}']))
     assert mc.metric == "accuracy" and mc.items[0].target == "blue" and mc.items[0].choices == ("blue", "green")
 
@@ -66,13 +66,13 @@ def test_empty_missing_and_binary_files_are_clear_errors(tmp_path: Path) -> None
 
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-generation = st.builds(Item, text, text)
+generation = st.builds(Example, text, text)
 multiple_choice = st.lists(text, min_size=1, max_size=4).flatmap(
-    lambda choices: st.builds(lambda i, label: Item(i, choices[label], tuple(choices), label), text,
+    lambda choices: st.builds(lambda i, label: Example(i, choices[label], tuple(choices), label), text,
                               st.integers(0, len(choices) - 1)))
 
 
-def dump(item: Item) -> str:
+def dump(item: Example) -> str:
     if item.choices is None:
         return json.dumps({"input": item.input, "target": item.target})
     return json.dumps({"input": item.input, "choices": list(item.choices), "label": item.label}, ensure_ascii=False)
@@ -80,13 +80,13 @@ def dump(item: Item) -> str:
 
 @settings(max_examples=60, deadline=None)
 @given(st.one_of(st.lists(generation, min_size=1, max_size=8), st.lists(multiple_choice, min_size=1, max_size=8)))
-def test_any_valid_file_round_trips(items: list[Item]) -> None:
+def test_any_valid_file_round_trips(items: list[Example]) -> None:
     assert parse_task_lines([dump(item) for item in items], "f.jsonl") == tuple(items)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(generation, min_size=1, max_size=8), st.data())
-def test_a_broken_line_anywhere_is_reported_at_its_number(items: list[Item], data: st.DataObject) -> None:
+def test_a_broken_line_anywhere_is_reported_at_its_number(items: list[Example], data: st.DataObject) -> None:
     lines = [dump(item) for item in items]
     where = data.draw(st.integers(0, len(lines)))
     lines.insert(where, data.draw(st.sampled_from(['{"input": "x"', '{"input": 1, "target": "y"}', "null"])))

@@ -2,7 +2,8 @@
 in-context-learning meta-training mixture (procedural task families, GINC, bursty sequences,
 mixture)."""
 
-from fewshot.tasks.gpt3.arithmetic import ARITHMETIC_TASKS, Example, arithmetic_examples
+from fewshot.tasks.base import Example
+from fewshot.tasks.gpt3.arithmetic import ARITHMETIC_TASKS, arithmetic_examples
 from fewshot.tasks.gpt3.registry import GROUPS, TASKS, SyntheticTask, resolve_tasks
 from fewshot.tasks.gpt3.wordscramble import WORDSCRAMBLE_TASKS
 

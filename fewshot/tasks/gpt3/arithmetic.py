@@ -13,19 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fewshot.tasks.base import Example
+
 OPERATIONS = {"plus": int.__add__, "minus": int.__sub__, "times": int.__mul__}
 SYMBOLS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
-
-
-@dataclass(frozen=True)
-class Example:
-    input: str
-    target: str
-
-    @property
-    def solved(self) -> str:
-        """How a demonstration shows it in a prompt."""
-        return f"{self.input} {self.target}"
 
 
 def question(text: str) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fewshot.errors import FewshotError
-from fewshot.tasks.gpt3.arithmetic import ARITHMETIC_TASKS, Example
+from fewshot.tasks.base import Example
+from fewshot.tasks.gpt3.arithmetic import ARITHMETIC_TASKS
 from fewshot.tasks.gpt3.wordscramble import WORDSCRAMBLE_TASKS
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import string
 from dataclasses import dataclass
 
-from fewshot.tasks.gpt3.arithmetic import Example
+from fewshot.tasks.base import Example
 
 INSTRUCTION = "Please unscramble the letters into a word, and write that word:"
 WORD_LENGTHS = (4, 15)

@@ -34,6 +34,7 @@ from pathlib import Path
 from fewshot.data.corpus import shakespeare_documents
 from fewshot.data.prepare import prepare
 from fewshot.errors import FewshotError
+from fewshot.tasks.base import Example
 from fewshot.tasks.taskfile import Template
 from fewshot.tasks import families as procedural
 from fewshot.tasks.meta import bursty, ginc
@@ -254,7 +255,7 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
     return MixtureConfig(**fields)
 
 
-def held_out_examples(family: Family, n: int, seed: int) -> list[tuple[str, str]]:
+def held_out_examples(family: Family, n: int, seed: int) -> list[Example]:
     """n examples of one task of a held-out family, with n distinct inputs where it has them."""
     rng = random.Random(f"held-out/{family.name}/{seed}")
     task = family.build(rng)
@@ -266,7 +267,7 @@ def held_out_examples(family: Family, n: int, seed: int) -> list[tuple[str, str]
             break
     if len(seen) < n:
         raise FewshotError(f"held-out family {family.name} has fewer than {n} distinct inputs")
-    return list(seen.items())
+    return [Example(x, y) for x, y in seen.items()]
 
 
 def write_held_out_tasks(out: Path, n: int = 200, seed: int = 0) -> list[Path]:
@@ -276,7 +277,7 @@ def write_held_out_tasks(out: Path, n: int = 200, seed: int = 0) -> list[Path]:
     paths = []
     for family in held_out_families():
         path = out / f"{family.name}.jsonl"
-        lines = [json.dumps({"input": x, "target": y}) for x, y in held_out_examples(family, n, seed)]
+        lines = [json.dumps({"input": e.input, "target": e.target}) for e in held_out_examples(family, n, seed)]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
