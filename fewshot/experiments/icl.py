@@ -29,6 +29,8 @@ from fewshot.eval.plots import plot_mean_curves
 from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
 from fewshot.train.loop import TrainResult, seconds_per_step, train
 
+# Where the commands keep generated mixtures (relative to the working directory, like runs/);
+# every function here takes its own `data_root`.
 DATA_ROOT = Path("data/icl")
 # Evaluation, logging and checkpoints take some of a run's time; the schedule should end
 # before the time cap cuts the run short.
@@ -78,7 +80,8 @@ class HeldOutReport:
     plot: Path
 
 
-def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = None, **options: Any) -> TrainResult:
+def train_icl(out: Path, recipe: Recipe = FULL, *, data_root: Path = DATA_ROOT, console: Console | None = None,
+              **options: Any) -> TrainResult:
     """Train `recipe` for about its minutes; continues `out` if it has a checkpoint.
     `options` are further TrainConfig fields (attention="lstm" for the recurrent baseline)."""
     console = console or Console(stderr=True)
@@ -87,7 +90,7 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, console: Console | None = Non
         console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
         config = run.config.train
         return _finished(train(config, resume=True, console=console))
-    data_dir = ensure_mixture(DATA_ROOT, recipe.mixture, progress=console.is_terminal)
+    data_dir = ensure_mixture(data_root, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
                          context=recipe.context, eval_every=100, save_every=100, max_time=recipe.minutes * 60,
                          compile=recipe.compile, optimizer=recipe.optimizer, lr=recipe.lr, fit_steps_to_time=True,
@@ -150,7 +153,7 @@ ABLATION = SHORT.replace(compile=False, optimizer="adamw", lr=None)
 
 
 def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
-                 template: str = "input-output", console: Console | None = None) -> HeldOutReport:
+                 template: str = "input-output", data_root: Path = DATA_ROOT, console: Console | None = None) -> HeldOutReport:
     """Train each arm with `recipe` (continuing any that already has a checkpoint), then score
     all of them on the held-out families; writes out/ablation.md beside the held-out files."""
     console = console or Console()
@@ -159,7 +162,7 @@ def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, n: int
         console.rule(f"ablation arm {name}: {recipe.minutes:g} minutes")
         options = {"attention": attention} if attention else {}
         arm = recipe.replace(mixture=dataclasses.replace(recipe.mixture, bursty=bursty))
-        result = train_icl(runs_dir / name, arm, console=console, **options)
+        result = train_icl(runs_dir / name, arm, data_root=data_root, console=console, **options)
         runs.append((name, load(runs_dir / name), result))
     report = held_out_report([(name, lm) for name, lm, _ in runs], out, shots=shots, n=n, templates=(template,), console=console)
     rows = ["| arm | parameters | steps | tokens seen | final val loss (nats/byte) |", "|---|---|---|---|---|"]
