@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewshot.config import PRESETS, TrainConfig
-from fewshot.data.prepare import BatchSampler, StepSampler
+from fewshot.data.sampling import BatchSampler, StepSampler
 from fewshot.train.distributed import World, full_state, gradient_sync, load_optimizer_state, sum_over_ranks
 from fewshot.errors import FewshotError
 from fewshot.model import GPT

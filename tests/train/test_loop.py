@@ -176,7 +176,7 @@ def test_a_signal_during_set_up_saves_a_checkpoint_instead_of_raising(data_dir: 
     import signal
 
     from fewshot.runs import latest_checkpoint
-    from fewshot.data.prepare import TokenData
+    from fewshot.data.shards import TokenData
 
     tokenizer_class = type(TokenData.open(data_dir).tokenizer)
     save = tokenizer_class.save
