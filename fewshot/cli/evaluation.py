@@ -8,11 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from fewshot.cli.app import app, out, unescape
-from fewshot.errors import FewshotError
+from fewshot.cli.options import config_options
+from fewshot.eval.options import EvalOptions
 
 
 @app.command("eval")
+@config_options(EvalOptions)
 def eval_command(
+    given: dict,
     runs: Annotated[list[Path], typer.Argument(help="Run directories; several give one curve each.")],
     tasks: Annotated[Optional[str], typer.Option(help="Synthetic tasks or groups, e.g. arithmetic,wordscramble,2D+.")] = None,
     task_file: Annotated[list[Path], typer.Option(help="JSONL task file, repeatable.")] = [],  # noqa: B006
@@ -22,26 +25,15 @@ def eval_command(
     seed: Annotated[int, typer.Option()] = 0,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="results.json; results.md goes beside it.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="ICL-curve PNG; <stem>_bars.png goes beside it.")] = None,
-    mc_norm: Annotated[str, typer.Option(help="Multiple choice: sum, token or unconditional.")] = "token",
-    max_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
     device: Annotated[str, typer.Option()] = "cpu",
     contamination: Annotated[Optional[Path], typer.Option(
         help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
 ) -> None:
     """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
     import fewshot
-    from fewshot.eval.harness import (
-        MC_NORMS,
-        evaluate,
-        load_tasks,
-        parse_shots,
-        results_table,
-        write_results,
-    )
+    from fewshot.eval.harness import evaluate, load_tasks, parse_shots, results_table, write_results
 
-    if mc_norm not in MC_NORMS or batch_size < 1 or max_tokens < 1:
-        raise FewshotError(f"--mc-norm must be one of {', '.join(MC_NORMS)}; --batch-size and --max-tokens at least 1")
+    EvalOptions(**given)  # checked before any task is read or model loaded
     ks = parse_shots(shots)
     task_list = load_tasks(tasks, task_file, None if template is None else unescape(template), n, seed)
     if contamination is not None:
@@ -53,7 +45,7 @@ def eval_command(
     evaluations = []
     for run in runs:
         lm = fewshot.load(run, device=device)
-        result = evaluate(lm, task_list, ks, seed, model=str(run), mc_norm=mc_norm, max_tokens=max_tokens, batch_size=batch_size)
+        result = evaluate(lm, task_list, ks, seed, model=str(run), **given)
         evaluations.append(result)
         out.print(results_table(result, ks, f"{run}: score [95% Wilson interval], n={n} per cell"))
         out.print(f"{result.examples} examples in {result.seconds:.1f} s: {result.examples_per_second:.1f} examples/s")

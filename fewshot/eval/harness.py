@@ -33,6 +33,7 @@ import torch
 from rich.table import Table
 
 from fewshot.errors import FewshotError
+from fewshot.eval.options import EvalOptions
 from fewshot.inference.decode import decode
 from fewshot.inference.lm import LM
 from fewshot.inference.scoring import score_continuations
@@ -41,7 +42,6 @@ from fewshot.tasks.taskfile import PLAIN, Template, read_task_file
 
 SEPARATOR = "\n\n"
 POOL_SIZE = 512  # demonstrations available per synthetic task; K above this is an error
-MC_NORMS = ("sum", "token", "unconditional")
 
 
 def first_line(text: str, stops: Sequence[str] = ()) -> str:
@@ -272,11 +272,10 @@ class Evaluation:
         return {"model": self.model, "tasks": {task.name: entry(task) for task in self.tasks}}
 
 
-def evaluate_shots(lm: LM, task: EvalTask, shots: int, seed: int = 0, *, mc_norm: str = "token",
-                   max_tokens: int = 16, stops: Sequence[str] = (), batch_size: int = 32) -> ShotResult:
-    """Score every query of `task` with `shots` demonstrations."""
-    if mc_norm not in MC_NORMS:
-        raise FewshotError(f"--mc-norm must be one of {', '.join(MC_NORMS)}, got {mc_norm!r}")
+def evaluate_shots(lm: LM, task: EvalTask, shots: int, seed: int = 0, **options: Any) -> ShotResult:
+    """Score every query of `task` with `shots` demonstrations; options are EvalOptions' fields."""
+    opts = EvalOptions(**options)
+    mc_norm, max_tokens, stops, batch_size = opts.mc_norm, opts.max_tokens, tuple(opts.stops), opts.batch_size
     context = lm.model.config.context
     if task.multiple_choice:
         longest = max(len(lm.tokenizer.encode(task.template.gap() + c)) for q in task.queries for c in q.choices or ())
@@ -304,7 +303,8 @@ def evaluate_shots(lm: LM, task: EvalTask, shots: int, seed: int = 0, *, mc_norm
 
 def evaluate(lm: LM, tasks: Sequence[EvalTask], shots: Sequence[int], seed: int = 0, model: str = "",
              **options: Any) -> Evaluation:
-    """Every task at every K; options are those of `evaluate_shots`."""
+    """Every task at every K; options are EvalOptions' fields."""
+    EvalOptions(**options)  # a bad option fails before any task is scored
     for task in tasks:  # fail before spending time on the others
         if not task.queries:
             raise FewshotError(f"task {task.name}: no queries")
