@@ -94,11 +94,6 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     default_permissions(path)
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    tensors = weights_to_save(model)
-    atomic_write(path, lambda tmp: write_safetensors(tmp, tensors))
-
-
 def load_weights(path: Path, model: torch.nn.Module) -> None:
     """Load safetensors weights into `model`, refusing files that do not fit it.
 

@@ -14,7 +14,7 @@ from fewshot.runs import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
-    save_weights,
+    write_safetensors,
     weights_to_save,
 )
 from fewshot.config import PRESETS
@@ -38,7 +38,7 @@ def save(run: Path, step: int, net: GPT, keep_last: int = 2) -> Path:
 
 def test_weights_round_trip_bit_for_bit_and_stay_tied(tmp_path: Path) -> None:
     source, target = model(0), model(1)
-    save_weights(tmp_path / "w.safetensors", source)
+    write_safetensors(tmp_path / "w.safetensors", weights_to_save(source))
     load_weights(tmp_path / "w.safetensors", target)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
@@ -76,14 +76,14 @@ def test_a_flipped_byte_is_caught_by_the_manifest(tmp_path: Path) -> None:
 
 
 def test_truncated_top_level_weights_give_a_clear_error(tmp_path: Path) -> None:
-    save_weights(tmp_path / "w.safetensors", model())
+    write_safetensors(tmp_path / "w.safetensors", weights_to_save(model()))
     (tmp_path / "w.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:-100])
     with pytest.raises(FewshotError, match="corrupt or truncated"):
         load_weights(tmp_path / "w.safetensors", model())
 
 
 def test_weights_for_another_shape_are_refused(tmp_path: Path) -> None:
-    save_weights(tmp_path / "w.safetensors", model())
+    write_safetensors(tmp_path / "w.safetensors", weights_to_save(model()))
     other = GPT(PRESETS["nano"].model.replace(context=32, d_model=64))
     with pytest.raises(FewshotError, match="shape"):
         load_weights(tmp_path / "w.safetensors", other)
