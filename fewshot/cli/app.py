@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,9 +14,6 @@ icl_app = typer.Typer(no_args_is_help=True, help="In-context learning: the meta-
 app.add_typer(icl_app, name="icl")
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
-# `demo` and `icl train`: the ICL recipes train compiled unless told not to.
-RecipeCompile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model: ~1.25x the "
-                                                                            "steps on a CPU; needs a C compiler.")]
 
 
 def unescape(text: str) -> str:

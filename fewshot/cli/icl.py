@@ -7,25 +7,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from fewshot.cli.app import RecipeCompile, app, err, icl_app, out
+from fewshot.cli.app import app, err, icl_app, out
+from fewshot.cli.options import config_options
 from fewshot.errors import FewshotError
+from fewshot.experiments.recipe import FULL, SHORT, Recipe
 
 
 @app.command()
+@config_options(Recipe, skip=("minutes", "context", "batch_size", "optimizer", "lr"), defaults=SHORT)
 def demo(
+    given: dict,
     out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
-    minutes: Annotated[float, typer.Option(help="Training time budget.")] = 8.0,
-    preset: Annotated[str, typer.Option()] = "icl",
+    minutes: Annotated[float, typer.Option(help="Training time budget.")] = SHORT.minutes,
     n_eval: Annotated[int, typer.Option(help="Held-out queries per family (and per arithmetic cell).")] = 40,
     smollm2: Annotated[bool, typer.Option(help="Also prompt SmolLM2-135M few-shot (imported to runs/smollm2 beside --out).")] = True,
-    compile: RecipeCompile = True,
 ) -> None:
-    """The ICL recipe, shortened: mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
+    """The ICL recipe, shortened (SHORT): mixture, training, samples, held-out ICL curve (then SmolLM2's few-shot)."""
     from fewshot.experiments.demo import run_demo
 
     if n_eval < 2:
         raise FewshotError(f"--n-eval must be >= 2, got {n_eval}")
-    run_demo(out_dir, minutes=minutes, preset=preset, console=out, n_eval=n_eval, smollm2=smollm2, compile=compile)
+    recipe = SHORT.replace(minutes=minutes, **given)
+    run_demo(out_dir, minutes=recipe.minutes, preset=recipe.preset, console=out, n_eval=n_eval, smollm2=smollm2,
+             compile=recipe.compile)
 
 
 @icl_app.command("data")
@@ -62,36 +66,30 @@ def icl_tasks(
 
 
 @icl_app.command("train")
+@config_options(Recipe, skip=("minutes",), defaults=FULL)
 def icl_train(
+    given: dict,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/icl"),
-    minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = 30.0,
-    preset: Annotated[Optional[str], typer.Option(help="Model size (default: the recipe's, icl-deep).")] = None,
-    context: Annotated[Optional[int], typer.Option(help="Training window in bytes (default: the preset's, 1,024 for icl).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Windows per optimizer step (default 4).")] = None,
+    minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = FULL.minutes,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="muon (the recipe's) or adamw.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, 6e-3 with muon).")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
     n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
-    compile: RecipeCompile = True,
 ) -> None:
-    """The ICL recipe: train on the mixture for a time budget, then evaluate on held-out families."""
+    """The ICL recipe (FULL: icl-deep, Muon at 6e-3, compiled): train on the mixture for a time budget, then
+    evaluate on held-out families. The other options are the Recipe's fields; unset, they are FULL's."""
     import fewshot
-    from fewshot.experiments.icl import FULL, held_out_report, train_icl
-    from fewshot.train.report import write_report
+    from fewshot.experiments.icl import held_out_report, train_icl
     from fewshot.tasks.meta.mixture import parse_data_spec
+    from fewshot.train.report import write_report
 
     mixture = parse_data_spec(data)
     if mixture is None:
         raise FewshotError(f"--data takes icl or icl-nonbursty (with options), got {data!r}")
-    if minutes <= 0 or (batch_size is not None and batch_size < 1):
-        raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {minutes} and {batch_size}")
     options = {"attention": attention} if attention else {}
     # The recipe's 6e-3 is Muon's; another optimizer without --lr takes the preset's own rate.
-    recipe_lr = FULL.lr if optimizer in (None, FULL.optimizer) else None
-    recipe = FULL.replace(minutes=minutes, preset=preset or FULL.preset, context=context, batch_size=batch_size or FULL.batch_size,
-                          mixture=mixture, compile=compile, optimizer=optimizer or FULL.optimizer,
-                          lr=lr if lr is not None else recipe_lr)
+    if given.get("optimizer", FULL.optimizer) != FULL.optimizer and "lr" not in given:
+        given["lr"] = None
+    recipe = FULL.replace(minutes=minutes, mixture=mixture, **given)
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:

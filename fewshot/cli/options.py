@@ -28,8 +28,11 @@ def _option_type(annotation: Any) -> type:
     return annotation
 
 
-def config_options(config: type, *, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add one option per `setting` field of `config` to a command that takes `given: dict`."""
+def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one option per `setting` field of `config` to a command that takes `given: dict`.
+
+    `defaults`, an instance of `config`, is what the command falls back to (the help shows its
+    values); without it, the fields' own defaults."""
     hints = typing.get_type_hints(config)
     fields = [f for f in dataclasses.fields(config) if "help" in f.metadata and f.name not in skip]
 
@@ -42,7 +45,9 @@ def config_options(config: type, *, skip: tuple[str, ...] = ()) -> Callable[[Cal
             kind = _option_type(hints[f.name])
             flag = f"--{f.name.replace('_', '-')}"
             declaration = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
-            annotation = Annotated[Optional[kind], typer.Option(declaration, help=f"{f.metadata['help']} [default: {f.default}]",
+            default = f.default if defaults is None else getattr(defaults, f.name)
+            shown = "" if default is None else f" Default: {default}."
+            annotation = Annotated[Optional[kind], typer.Option(declaration, help=f"{f.metadata['help']}{shown}",
                                                                show_default=False)]
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
             annotations[f.name] = annotation

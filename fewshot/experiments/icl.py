@@ -19,14 +19,15 @@ from typing import Any
 from rich.console import Console
 
 from fewshot.runs import RunDir
-from fewshot.config import Optimizer, TrainConfig, check_optimizer
+from fewshot.config import TrainConfig
+from fewshot.experiments.recipe import FULL, SHORT, Recipe
 from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import write_json
 from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.inference.lm import LM, load
 from fewshot.eval.plots import plot_mean_curves
-from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, MixtureConfig, ensure_mixture
+from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, ensure_mixture
 from fewshot.train.loop import TrainResult, seconds_per_step, train
 
 # Where the commands keep generated mixtures (relative to the working directory, like runs/);
@@ -35,42 +36,6 @@ DATA_ROOT = Path("data/icl")
 # Evaluation, logging and checkpoints take some of a run's time; the schedule should end
 # before the time cap cuts the run short.
 STEP_BUDGET_SHARE = 0.92
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a time budget is spent on the mixture: which model, how long its windows, how big a batch."""
-    minutes: float
-    preset: str = "icl"
-    context: int | None = None  # None: the preset's (1,024 for `icl`)
-    batch_size: int = 4
-    mixture: MixtureConfig = MixtureConfig()
-    # torch.compile: more optimizer steps per minute for a few seconds of compiling (inductor
-    # caches the graph after the calibration steps; docs/code-notes.md).
-    compile: bool = False
-    # Muon for the blocks' matrices (fewshot.train.optim): at equal steps it is ~600 steps ahead of
-    # AdamW in validation loss on this mixture, for ~15% more time per step (docs/icl/sweep.md).
-    optimizer: Optimizer = "adamw"
-    lr: float | None = None  # None: the preset's
-
-    def __post_init__(self) -> None:
-        # Checked here, before the mixture is generated for a run that cannot start.
-        check_optimizer(self.optimizer)
-
-    def replace(self, **changes: Any) -> Recipe:
-        return dataclasses.replace(self, **changes)
-
-
-# Copying from the context (the induction circuit every task here needs) forms after a number
-# of optimizer steps (~1,500-2,000 at lr 3e-3), not tokens, so small batches win (docs/icl/sweep.md).
-# FULL: 30 minutes of 4 x 1,024-byte windows, long enough for 32 solved examples, on six blocks:
-# 1.5x the time per step, and still the best held-out ICL at 30 minutes (docs/icl/sweep.md).
-# SHORT: the demo's 8 minutes, in which only 2 x 512-byte windows give ~3,000 steps.
-# Both with Muon at 6e-3, the rate and optimizer that did best on the held-out families in
-# docs/icl/sweep.md.
-FULL = Recipe(minutes=30.0, preset="icl-deep", compile=True, optimizer="muon", lr=6e-3)
-SHORT = Recipe(minutes=8.0, context=512, batch_size=2, mixture=MixtureConfig(megabytes=4.0), compile=True,
-               optimizer="muon", lr=6e-3)
 
 
 @dataclass(frozen=True)
