@@ -56,7 +56,7 @@ class LM:
         return self.complete(prompt, **options)[0].text
 
     def chat_prompt(self, messages: Sequence[Message | dict[str, str]]) -> ChatPrompt:
-        """Messages rendered with the model's chat template (fewshot/chat.py)."""
+        """Messages rendered with the model's chat template (fewshot/inference/chat.py)."""
         parsed = []
         for message in messages:
             if isinstance(message, dict):
