@@ -48,13 +48,37 @@ def default_permissions(path: Path) -> None:
     path.chmod(0o666 & ~_umask())
 
 
+# Temporaries are hidden and named after their target, so a directory's leftovers (from a
+# `kill -9` mid-write) can be told from its real files and removed: `.NAME.XXXX.tmp` files,
+# `.NAME.tmp-XXXX` directories.
+TMP_SUFFIX = ".tmp"
+STAGING_INFIX = ".tmp-"
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Delete what an interrupted atomic_write or staging_dir left in `directory`; return it.
+
+    Only for a directory this process alone writes to: another writer's temporaries are live.
+    """
+    removed = []
+    for path in directory.glob(".*") if directory.is_dir() else ():
+        if path.is_file() and path.name.endswith(TMP_SUFFIX):
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and STAGING_INFIX in path.name:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
 def staging_dir(final: Path) -> Path:
     """A hidden temporary directory beside `final`, to fill and then rename into place.
 
     mkdtemp makes it private (0700); it gets the permissions a plain mkdir would, so the
     renamed result is as readable as any other directory the user creates.
     """
-    directory = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    directory = Path(tempfile.mkdtemp(prefix=f".{final.name}{STAGING_INFIX}", dir=final.parent))
     directory.chmod(0o777 & ~_umask())
     return directory
 
@@ -62,7 +86,7 @@ def staging_dir(final: Path) -> Path:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, fsync it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -18,11 +18,14 @@ through safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from fewshot.files import (
     fsync_file,
     publish_dir,
     read_json,
+    remove_temporaries,
     staging_dir,
     write_json,
 )
@@ -252,11 +256,43 @@ class RunDir:
 
     def check_new_or_resumable(self, resume: bool) -> None:
         """Training writes into an empty directory, or resumes one that holds a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise FewshotError(f"{self.path} is a file; --out takes a run directory")
         if resume:
             if not self.exists():
                 raise FewshotError(f"{self.path}: no run to resume (no {CONFIG}); drop --resume to start a new run")
         elif self.path.exists() and any(self.path.iterdir()):
             raise FewshotError(f"{self.path} already holds files; pass --resume to continue that run or choose another --out")
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the run for one writer, and clear what a killed writer left behind.
+
+        A second `train` into the same directory is refused, instead of interleaving its
+        checkpoints with the first one's; and only because no one else writes here is it safe
+        to delete the temporaries (up to a full copy of the weights) that a `kill -9` left. A
+        directory made here and left empty by a failure is removed again.
+        """
+        made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FewshotError(f"{self.path}: another process is writing this run (a `fewshot train` still "
+                                   "running?); wait for it to finish or stop it") from None
+            except OSError:  # a file system without locks (some network mounts): go on unguarded
+                pass
+            for directory in (self.path, self.state_dir):
+                remove_temporaries(directory)
+            yield
+        except BaseException:
+            if made and not any(self.path.iterdir()):
+                self.path.rmdir()
+            raise
+        finally:
+            os.close(handle)
 
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.path)
@@ -308,27 +344,62 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def step_of(path: Path) -> int | None:
+    """The step a `step_N` checkpoint directory holds; None for anything else."""
+    digits = path.name.removeprefix("step_")
+    return int(digits) if digits != path.name and digits.isdigit() else None
+
+
+def checkpoints(state_dir: Path) -> list[Path]:
+    """The step directories, oldest first: by number, since `step_1000000` sorts before
+    `step_999850` as a string."""
+    found = [p for p in state_dir.glob("step_*") if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of)
+
+
 def _prune(state_dir: Path, keep_last: int) -> None:
-    checkpoints = sorted(p for p in state_dir.glob("step_*") if p.is_dir())
-    for old in checkpoints[:-keep_last]:
+    for old in checkpoints(state_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in state_dir.glob(".step_*"):  # staging dirs left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / STATE / LATEST
-    if not pointer.is_file():
+    """The newest complete checkpoint, or None before the first one.
+
+    LATEST names the last checkpoint whose save finished. A kill between a step directory's
+    rename and LATEST's rewrite leaves a newer checkpoint that LATEST does not name yet; it is
+    complete (its files were fsynced before the rename), so it wins once its manifest checks out.
+    """
+    state_dir = run_dir / STATE
+    pointer = state_dir / LATEST
+    named = None
+    if pointer.is_file():
+        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+        if step_of(Path(name)) is None or Path(name).name != name:
+            raise FewshotError(f"{pointer} should name a step directory (step_N), not {name[:60]!r}; the run directory is damaged")
+        named = state_dir / name
+    floor = -1 if named is None else step_of(named)
+    for candidate in reversed(checkpoints(state_dir)):
+        if step_of(candidate) <= floor:
+            break
+        try:
+            verify_checkpoint(candidate)
+        except FewshotError:
+            continue  # never published through LATEST: damaged later, or not ours
+        return candidate
+    if named is None:
         return None
-    checkpoint = run_dir / STATE / pointer.read_text(encoding="utf-8").strip()
-    if not checkpoint.is_dir():
-        raise FewshotError(f"{pointer} names {checkpoint.name}, which is missing; the run directory is damaged")
-    return checkpoint
+    if not named.is_dir():
+        raise FewshotError(f"{pointer} names {named.name}, which is missing; the run directory is damaged")
+    return named
 
 
 def verify_checkpoint(checkpoint: Path) -> None:
     manifest = read_json(checkpoint / MANIFEST)
-    for name, expected in manifest.items():
+    entries = manifest.items() if isinstance(manifest, dict) else ()
+    if not entries or not all(isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+                              and Path(n).name == n for n, e in entries):
+        raise FewshotError(f"{checkpoint / MANIFEST}: not a checkpoint manifest; pick an earlier checkpoint in {checkpoint.parent}")
+    for name, expected in entries:
         path = checkpoint / name
         if not path.is_file():
             raise FewshotError(f"{path}: missing from checkpoint")

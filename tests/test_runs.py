@@ -3,17 +3,24 @@ import os
 import pickle
 from pathlib import Path
 
+import shutil
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fewshot.runs import (
     FORMAT_VERSION,
     RunConfig,
     RunDir,
+    _prune,
+    checkpoints,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    step_of,
     write_safetensors,
     weights_to_save,
 )
@@ -55,6 +62,83 @@ def test_checkpoints_rotate_and_latest_points_at_the_newest(tmp_path: Path) -> N
     load_weights(tmp_path / "model.safetensors", model(3))
     _, trainer = load_checkpoint(latest_checkpoint(tmp_path), model(4), torch.device("cpu"))
     assert trainer["step"] == 30
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.integers(0, 10**8), min_size=1, max_size=12, unique=True), keep=st.integers(1, 5))
+def test_prune_keeps_the_newest_steps_by_number_not_by_name(tmp_path: Path, steps: list[int], keep: int) -> None:
+    state = tmp_path / f"state-{len(list(tmp_path.iterdir()))}"
+    for step in steps:
+        (state / f"step_{step:06d}").mkdir(parents=True)
+    _prune(state, keep)
+    assert [step_of(p) for p in checkpoints(state)] == sorted(steps)[-keep:]
+
+
+def test_prune_past_step_999999_keeps_the_newest(tmp_path: Path) -> None:
+    for step in (999_850, 999_900, 999_950, 1_000_000):
+        (tmp_path / f"step_{step:06d}").mkdir()
+    _prune(tmp_path, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1000000", "step_999900", "step_999950"]
+
+
+def test_a_checkpoint_newer_than_latest_is_used_when_it_is_complete(tmp_path: Path) -> None:
+    """A kill between the step directory's rename and LATEST's rewrite loses no checkpoint."""
+    net = model()
+    save(tmp_path, 10, net)
+    newer = save(tmp_path, 20, net)
+    (tmp_path / "state" / "LATEST").write_text("step_000010\n")
+    assert latest_checkpoint(tmp_path) == newer
+    # ... but not when it does not verify: then LATEST's stands
+    (newer / "trainer.pt").write_bytes(b"torn")
+    assert latest_checkpoint(tmp_path).name == "step_000010"
+    # and before the first LATEST was written
+    (tmp_path / "state" / "LATEST").unlink()
+    shutil.rmtree(newer)
+    assert latest_checkpoint(tmp_path).name == "step_000010"
+
+
+@pytest.mark.parametrize("pointer", ["../../etc", "step_x", "\udcff" * 3, ""])
+def test_a_damaged_latest_pointer_is_one_error(tmp_path: Path, pointer: str) -> None:
+    save(tmp_path, 10, model())
+    (tmp_path / "state" / "LATEST").write_bytes(pointer.encode("utf-8", "surrogateescape"))
+    with pytest.raises(FewshotError, match="should name a step directory"):
+        latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("manifest", ["[]", "{}", '{"model.safetensors": 3}', '{"../x": {"bytes": 1, "sha256": "a"}}'])
+def test_a_garbage_manifest_is_one_error(tmp_path: Path, manifest: str) -> None:
+    checkpoint = save(tmp_path, 1, model())
+    (checkpoint / "manifest.json").write_text(manifest)
+    with pytest.raises(FewshotError, match="not a checkpoint manifest"):
+        load_checkpoint(checkpoint, model(), torch.device("cpu"))
+
+
+def test_a_writer_clears_temporaries_left_by_a_kill_and_keeps_real_files(tmp_path: Path) -> None:
+    net = model()
+    save(tmp_path, 10, net)
+    stale = [tmp_path / ".model.safetensors.abc123.tmp", tmp_path / "state" / ".LATEST.x1y2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    staging = tmp_path / "state" / ".step_000020.tmp-q9"
+    staging.mkdir()
+    (staging / "optimizer.pt").write_bytes(b"half")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")
+                    if not any(part.startswith(".") for part in p.relative_to(tmp_path).parts))
+    with RunDir(tmp_path).writing():
+        pass
+    assert not any(p.exists() for p in [*stale, staging])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_second_writer_is_refused_and_a_failed_start_leaves_no_directory(tmp_path: Path) -> None:
+    with RunDir(tmp_path / "run").writing():
+        with pytest.raises(FewshotError, match="another process is writing"):
+            with RunDir(tmp_path / "run").writing():
+                pass
+    with pytest.raises(RuntimeError):
+        with RunDir(tmp_path / "new").writing():
+            raise RuntimeError
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_truncated_checkpoint_is_refused(tmp_path: Path) -> None:

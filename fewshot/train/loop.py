@@ -122,16 +122,16 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     """Train in this process, or as one rank of a torchrun job (see fewshot.train.distributed)."""
     world = World.from_env()
     device = rank_device(pick_device(config.device), world)
-    with process_group(world, device):
-        return _train(config, resume, console or Console(stderr=True), world, device)
-
-
-def _train(config: TrainConfig, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
     run = RunDir(config.out)
-    run_dir = run.path
     # Every rank checks (the run directory must be on a file system all ranks see); only rank 0
-    # writes, after the barrier below, so no rank mistakes rank 0's new files for an old run.
+    # writes, after the barrier in _train, so no rank mistakes rank 0's new files for an old run.
     run.check_new_or_resumable(resume)
+    with process_group(world, device), run.writing() if world.main else contextlib.nullcontext():
+        return _train(config, run, resume, console or Console(stderr=True), world, device)
+
+
+def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
+    run_dir = run.path
     data = TokenData.open(Path(config.data))
     tokenizer = data.tokenizer
     model_config = _model_config(config, run, resume, tokenizer.spec(), tokenizer.vocab_size)
