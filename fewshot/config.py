@@ -285,6 +285,8 @@ class TrainConfig:
                 raise FewshotError(f"train: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise FewshotError(f"train: --lr must be > 0, got {self.lr}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise FewshotError(f"train: --warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.context is not None and self.context < 2:
             raise FewshotError(f"train: --context must be >= 2, got {self.context}")
         if self.short_context_steps < 0:

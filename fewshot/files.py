@@ -116,10 +116,40 @@ def read_json(path: Path) -> Any:
         raise FewshotError(f"{path}: not valid JSON ({error})") from None
 
 
+def check_creatable(path: Path) -> None:
+    """Refuse a path that could not be created: a file in the way above it, or no write permission.
+
+    Commands call this (through the two checks below) before any work starts, so a bad
+    output path costs nothing, instead of failing after an evaluation or a training run.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FewshotError(f"{path} cannot be created: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FewshotError(f"{path} cannot be created: no permission to write in {ancestor}")
+
+
 def check_new_dir(out: Path) -> None:
     """Refuse to write into anything but a missing or empty directory: nothing is overwritten."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"{out} is a file; pick a new directory")
+    if out.exists() and any(out.iterdir()):
         raise FewshotError(f"{out} already exists; pick a new directory")
+    check_creatable(out)
+
+
+def check_output_file(path: Path, overwrite: bool = False) -> None:
+    """Refuse an output file path that is a directory, cannot be created, or exists (unless `overwrite`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FewshotError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise FewshotError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
+    check_creatable(path)
 
 
 def publish_dir(out: Path, fill: Callable[[Path], None]) -> Path:

@@ -38,6 +38,7 @@ from fewshot import __version__
 from fewshot.config import ModelConfig, TrainConfig
 from fewshot.errors import FewshotError
 from fewshot.files import (
+    check_creatable,
     atomic_write,
     atomic_write_text,
     default_permissions,
@@ -263,6 +264,7 @@ class RunDir:
                 raise FewshotError(f"{self.path}: no run to resume (no {CONFIG}); drop --resume to start a new run")
         elif self.path.exists() and any(self.path.iterdir()):
             raise FewshotError(f"{self.path} already holds files; pass --resume to continue that run or choose another --out")
+        check_creatable(self.path)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewshot.files import write_json
+from fewshot.files import atomic_write_text, write_json
 
 # The defaults keep `bench all` within a few minutes on 2 loaded CPU cores.
 DEFAULTS = dict(preset="mini", batch=8, seq=256, train_steps=5, tokens=64, batches=(1, 8), decode_repeats=3,
@@ -130,12 +130,17 @@ def _vs_llamacpp(batches: tuple[int, ...], tokens: int, repeats: int, progress: 
     return {"gguf": gguf.name, **{f"batch{r.batch}": r.to_json() for r in rows}}
 
 
+def bench_paths(out: Path) -> tuple[Path, Path]:
+    """bench.json and, beside it, bench.md."""
+    out = Path(out)
+    return out, out.with_suffix(".md") if out.suffix != ".md" else out.with_name(out.name + ".md")
+
+
 def write_bench(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """bench.json and, beside it, bench.md with the table."""
-    out = Path(out)
+    out, table = bench_paths(out)
     write_json(out, result)
-    table = out.with_suffix(".md")
-    table.write_text(markdown_table(result) + "\n", encoding="utf-8")
+    atomic_write_text(table, markdown_table(result) + "\n")
     return out, table
 
 

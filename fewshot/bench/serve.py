@@ -26,6 +26,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from fewshot.errors import FewshotError
+from fewshot.runs import RunDir
 
 PROMPTS = ("ROMEO:", "To be, or not to be", "KING:", "Once upon a time", "The cat sat", "Q: 2+2?\nA:")
 
@@ -64,6 +65,7 @@ def bench_serve(run_dir: str | Path, clients: Sequence[int] = (1, 4, 16, 32), re
     """Start a server on `run_dir`; run the sequential client, then each concurrency level."""
     if requests < 1 or max_tokens < 1 or any(c < 1 for c in clients):
         raise FewshotError("bench serve: requests, max_tokens and clients must be >= 1")
+    RunDir.open(run_dir)  # a wrong path is told here, not by a server process that failed to start
     with _server(Path(run_dir), max_batch, threads) as url:
         levels = asyncio.run(_levels(url, clients, requests, max_tokens, temperature, progress, _stop_bias(Path(run_dir))))
     return ServeBench(Path(run_dir).resolve().name, max_tokens, tuple(levels))

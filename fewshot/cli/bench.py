@@ -42,6 +42,12 @@ def _parse_ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _check_positive(**values: Optional[float]) -> None:
+    for name, value in values.items():
+        if value is not None and not value >= 1:
+            raise FewshotError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
     if vs not in (None, *peers):
         raise FewshotError(f"--vs takes {' or '.join(peers)}, got {vs!r}")
@@ -67,7 +73,9 @@ def bench_peak_command(
 ) -> None:
     """The measured fp32 and bf16 matmul peak of this machine (GFLOP/s): what MFU is relative to."""
     from fewshot.bench.peak import measure_peak
+    from fewshot.device import pick_device
 
+    pick_device(device)
     _set_threads(threads)
     peak = measure_peak(device, progress=err.is_terminal)
     line = f"{peak.device}: fp32 {peak.fp32_gflops:,.1f} GFLOP/s, bf16 {peak.bf16_gflops:,.1f} GFLOP/s (best n x n matmul, n in {peak.sizes})"
@@ -101,6 +109,8 @@ def bench_decode_command(
     from fewshot.device import pick_device
 
     _check_vs(vs, ("hf", "llamacpp"))
+    _check_positive(tokens=tokens, context=context, repeats=repeats)
+    get_preset(preset)
     target = pick_device(device)
     if vs == "llamacpp" and target.type != "cpu":
         raise FewshotError("--vs llamacpp compares on the CPU; drop --device")
@@ -154,8 +164,13 @@ def bench_train_command(
 ) -> None:
     """Training throughput with fp32 against bf16 autocast, or (--vs hf) against transformers with MFU."""
     from fewshot.config import preset as get_preset
+    from fewshot.device import pick_device
 
     _check_vs(vs)
+    _check_positive(batch_size=batch_size, context=context, steps=steps)
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise FewshotError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    pick_device(device)
     _set_threads(threads)
     config = get_preset(preset)
     if vs is None:
@@ -170,7 +185,7 @@ def bench_train_command(
         )
         return
     from fewshot.bench import bench_train_vs_hf, measure_peak
-    from fewshot.device import pick_device, use_bf16
+    from fewshot.device import use_bf16
 
     if dtype == "auto":
         dtype = "bf16" if use_bf16("auto", pick_device(device)) else "fp32"
@@ -191,6 +206,9 @@ def bench_prepare_command(
     """Tokenization and sharding throughput, byte and BPE, beside bare tokenizers.encode_batch."""
     from fewshot.bench.prepare import bench_prepare
 
+    if not mb > 0:
+        raise FewshotError(f"--mb must be > 0, got {mb}")
+    _check_positive(vocab_size=vocab_size)
     r = bench_prepare(mb, vocab_size, progress=err.is_terminal)
     out.print(f"{r.mb:.1f} MB: prepare byte {r.byte_mb_s:.2f} MB/s; prepare BPE-{r.vocab_size} (training included) "
               f"{r.bpe_mb_s:.2f} MB/s; bare encode_batch {r.encode_mb_s:.2f} MB/s ({r.bpe_ratio_vs_encode:.2f}x)")
@@ -208,12 +226,23 @@ def bench_all_command(
     llamacpp: Annotated[bool, typer.Option(help="Also SmolLM2 vs llama.cpp (when the bench-llamacpp extra is installed).")] = True,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also decode with our step through torch.compile "
                                                                           "(a minute or two of compiling).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out (and its .md).")] = False,
 ) -> None:
     """Everything: peak, train and decode vs transformers (and llama.cpp), prepare; bench.json plus a markdown table."""
-    from fewshot.bench.report import bench_all, markdown_table, write_bench
+    from fewshot.bench.report import bench_all, bench_paths, markdown_table, write_bench
+    from fewshot.config import preset as get_preset
+    from fewshot.device import pick_device
+    from fewshot.files import check_output_file
 
     if dtype not in ("auto", "fp32", "bf16"):
         raise FewshotError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    _check_positive(tokens=tokens)
+    if not prepare_mb >= 0:
+        raise FewshotError(f"--prepare-mb must be >= 0, got {prepare_mb}")
+    get_preset(preset)
+    pick_device(device)
+    for path in bench_paths(out_path):  # before minutes of measuring
+        check_output_file(path, overwrite)
     _set_threads(threads)
     result = bench_all(preset=preset, dtype=dtype, tokens=tokens, prepare_mb=prepare_mb, device=device, llamacpp=llamacpp,
                        compile_decode=compile, progress=err.is_terminal)
@@ -233,10 +262,8 @@ def bench_serve_command(
     """The same server driven by 1 sequential client and by concurrent ones: tok/s, p50/p99, ratio."""
     from fewshot.bench.serve import bench_serve
 
-    try:
-        levels = tuple(int(c) for c in clients.split(","))
-    except ValueError:
-        raise FewshotError(f"--clients takes comma-separated integers, got {clients!r}") from None
+    levels = _parse_ints(clients, "--clients")
+    _check_positive(requests=requests, max_tokens=max_tokens, max_batch=max_batch)
     result = bench_serve(run, clients=levels, requests=requests, max_tokens=max_tokens, max_batch=max_batch,
                          progress=err.is_terminal)
     out.print(result.table(), markup=False, highlight=False)

@@ -28,13 +28,22 @@ def eval_command(
     device: Annotated[str, typer.Option()] = "cpu",
     contamination: Annotated[Optional[Path], typer.Option(
         help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing --out and --plot files.")] = False,
 ) -> None:
     """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
     import fewshot
-    from fewshot.eval.harness import evaluate, load_tasks, parse_shots, results_table, write_results
+    from fewshot.eval.harness import evaluate, load_tasks, parse_shots, results_paths, results_table, write_results
+    from fewshot.eval.plots import bars_path
+    from fewshot.files import check_output_file
+    from fewshot.runs import RunDir
 
     EvalOptions(**given)  # checked before any task is read or model loaded
     ks = parse_shots(shots)
+    outputs = [*(results_paths(out_path) if out_path else ()), *((plot, bars_path(plot)) if plot else ())]
+    for path in outputs:  # before the evaluation, so a bad path never costs its results
+        check_output_file(path, overwrite)
+    for run in runs:  # so the last run's typo does not surface after the first run's evaluation
+        RunDir.open(run)
     task_list = load_tasks(tasks, task_file, None if template is None else unescape(template), n, seed)
     if contamination is not None:
         from fewshot.eval.contamination import flag_tasks
@@ -53,7 +62,7 @@ def eval_command(
         written = write_results(evaluations, out_path)
         out.print(f"wrote {written[0]} and {written[1]}")
     if plot is not None:
-        from fewshot.eval.plots import bars_path, plot_icl_curves, plot_task_bars
+        from fewshot.eval.plots import plot_icl_curves, plot_task_bars
 
         data = [e.to_json() for e in evaluations]
         out.print(f"wrote {plot_icl_curves(data, plot)} and {plot_task_bars(data, bars_path(plot))}")

@@ -56,9 +56,10 @@ def generate(
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                    logit_bias=parse_logit_bias(logit_bias), stop=tuple(map(unescape, stop)), n=n, seed=seed,
                    logprobs=logprobs)
-    SamplingOptions(**options)  # validate before loading the model or printing anything
+    sampling = SamplingOptions(**options)  # validate before loading the model or printing anything
     start = time.perf_counter()
     lm = fewshot.load(run, device=device)
+    sampling.check_vocab(lm.model.config.vocab_size)
     lm.model.compile_decoding(compile)
     loaded, load_rss = time.perf_counter(), peak_rss_bytes()
     text = unescape(prompt)

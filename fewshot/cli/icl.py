@@ -10,6 +10,7 @@ import typer
 from fewshot.cli.app import app, err, icl_app, out
 from fewshot.cli.options import config_options
 from fewshot.errors import FewshotError
+from fewshot.files import check_creatable, check_new_dir
 from fewshot.experiments.recipe import FULL, SHORT, Recipe
 
 
@@ -43,8 +44,7 @@ def icl_data(
     """Generate the meta-training mixture into a prepared dataset (what `--data icl` uses)."""
     from fewshot.tasks.meta.mixture import MixtureConfig, write_mixture
 
-    if out_dir.exists():
-        raise FewshotError(f"{out_dir} already exists; remove it or choose another directory")
+    check_new_dir(out_dir)
     config = MixtureConfig(seed=seed, megabytes=megabytes, bursty=bursty, text_fraction=text_fraction)
     write_mixture(out_dir, config, progress=err.is_terminal)
     out.print(f"wrote {out_dir}; train on it with: fewshot train --data {out_dir} --preset icl")
@@ -61,6 +61,7 @@ def icl_tasks(
 
     if n < 2:
         raise FewshotError(f"--n must be >= 2 (a query needs another line to draw demonstrations from), got {n}")
+    check_new_dir(out_dir)
     paths = write_held_out_tasks(out_dir, n=n, seed=seed)
     out.print(f"wrote {len(paths)} task files to {out_dir}: {', '.join(p.stem for p in paths)}")
 
@@ -126,6 +127,7 @@ def icl_eval(
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
     device: Annotated[str, typer.Option()] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Write into an --out directory that already holds results.")] = False,
 ) -> None:
     """K-shot exact match on the held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
     import fewshot
@@ -139,6 +141,11 @@ def icl_eval(
         raise FewshotError(f"--templates: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EVAL_TEMPLATES)}")
     if n < 2 or batch_size < 1:
         raise FewshotError("--n must be >= 2 and --batch-size >= 1")
+    if out_dir.is_file():
+        raise FewshotError(f"{out_dir} is a file; --out takes a directory")
+    if not overwrite:
+        check_new_dir(out_dir)
+    check_creatable(out_dir)
     models = [(run.name if len(runs) == 1 or len({r.name for r in runs}) == len(runs) else str(run), fewshot.load(run, device=device))
               for run in runs]
     report = held_out_report(models, out_dir, shots=parse_shots(shots), n=n, templates=chosen, seed=seed,

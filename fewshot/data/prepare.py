@@ -24,7 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from fewshot.data.shards import FORMAT, FORMAT_VERSION, META
 from fewshot.errors import FewshotError
-from fewshot.files import fsync_dir, staging_dir
+from fewshot.files import check_creatable, fsync_dir, staging_dir
 from fewshot.tokenizer import ByteTokenizer, train_bpe
 
 READ_CHUNK_BYTES = 1 << 18        # big enough for fast reads, small enough to never hold a corpus in RAM
@@ -354,6 +354,7 @@ def _check_options(tokenizer: str, val_fraction: float, shard_tokens: int, block
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FewshotError(f"{out} is a file; pick a directory for the prepared data")
+    check_creatable(out)
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:

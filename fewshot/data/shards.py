@@ -54,12 +54,16 @@ class TokenData:
     @classmethod
     def open(cls, path: Path) -> TokenData:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise FewshotError(f"{path} is a file; --data takes a prepared dataset directory (fewshot prepare makes one)")
         try:
             meta = json.loads((path / META).read_text())
         except FileNotFoundError:
             raise FewshotError(f"{path} is not a prepared dataset (no {META}); create one with: fewshot prepare") from None
         except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
             raise FewshotError(f"{path / META} is corrupt; prepare the data again") from None
+        except OSError as error:
+            raise FewshotError(f"{path / META}: cannot read ({error.strerror})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise FewshotError(f"{path / META} does not describe a fewshot token dataset; prepare the data again")
         if meta.get("format_version") != FORMAT_VERSION:

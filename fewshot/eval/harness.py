@@ -384,13 +384,19 @@ def load_tasks(names: str | None, task_files: Sequence[Path], template: str | No
     return tasks
 
 
+def results_paths(path: Path) -> tuple[Path, Path]:
+    """results.json and the markdown table beside it (results.md)."""
+    path = Path(path)
+    return path, path.with_suffix(".md") if path.suffix != ".md" else path.with_name(path.name + ".md")
+
+
 def write_results(evaluations: Sequence[Evaluation], path: Path) -> tuple[Path, Path]:
     """results.json (one results object (to_json), or a JSON list of them for several models) and a
     markdown table beside it (results.md)."""
     from fewshot.files import atomic_write_text, write_json
 
     objects = [e.to_json() for e in evaluations]
+    path, markdown = results_paths(path)
     write_json(path, objects[0] if len(objects) == 1 else objects)
-    markdown = path.with_suffix(".md") if path.suffix != ".md" else path.with_name(path.name + ".md")
     atomic_write_text(markdown, markdown_table(evaluations) + "\n")
     return path, markdown

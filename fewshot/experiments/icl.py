@@ -55,6 +55,7 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, data_root: Path = DATA_ROOT, 
         console.print(f"{out} has a checkpoint: continuing it (delete it to start over)")
         config = run.config.train
         return _finished(train(config, resume=True, console=console))
+    run.check_new_or_resumable(resume=False)  # before the mixture and the timing, which take a while
     data_dir = ensure_mixture(data_root, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
                          context=recipe.context, eval_every=100, save_every=100, max_time=recipe.minutes * 60,

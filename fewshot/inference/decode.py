@@ -203,9 +203,7 @@ def generate(
     """
     config = model.config
     prompt_ids = prompt_token_ids(tokenizer, prompt, config.vocab_size)
-    bad_bias = [token for token, _ in options.logit_bias if token >= config.vocab_size]
-    if bad_bias:
-        raise FewshotError(f"sampling: logit_bias token {bad_bias[0]} is outside the vocabulary of {config.vocab_size}")
+    options.check_vocab(config.vocab_size)
     eot_id = getattr(tokenizer, "eot_id", None)
     if not prompt_ids and eot_id is None:
         raise FewshotError("prompt is empty and the tokenizer has no end-of-text token to start from")

@@ -33,6 +33,7 @@ class LM:
     model: GPT
     tokenizer: Tokenizer
     config: RunConfig
+    source: str = "the model"  # what error messages call it: the run directory, once loaded
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +65,7 @@ class LM:
                     raise FewshotError(f"chat: each message needs a string role and content, got {message!r}")
                 message = Message(message["role"], message["content"])
             parsed.append(message)
-        return render_chat(parsed, self.tokenizer.chat_template)
+        return render_chat(parsed, self.tokenizer.chat_template, self.source)
 
     def chat(self, messages: Sequence[Message | dict[str, str]], on_text: Callable[[int, str], None] | None = None,
              **options: Any) -> list[Completion]:
@@ -104,4 +105,4 @@ def load(run_dir: str | Path, device: str = "cpu") -> LM:
     model = model.to_empty(device=pick_device(device))
     model.tie_weights()  # to_empty gave the head its own storage; share it again before loading
     run.load_weights(model)
-    return LM(model.eval(), tokenizer, run.config)
+    return LM(model.eval(), tokenizer, run.config, str(run.path))

@@ -28,6 +28,7 @@ from fewshot.errors import FewshotError
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 MAX_LOGPROBS = 20  # as OpenAI's chat API; the legacy completions API allowed only 5
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI: "values between -100 and 100"
+MAX_N = 128  # samples of one prompt, as OpenAI; more is several requests
 MIN_TEMPERATURE = 1e-6
 
 
@@ -54,7 +55,7 @@ class SamplingOptions:
         object.__setattr__(self, "stop", _normalize_stop(self.stop))
         _check_int("max_tokens", self.max_tokens, low=1)
         _check_int("top_k", self.top_k, low=0)
-        _check_int("n", self.n, low=1)
+        _check_int("n", self.n, low=1, high=MAX_N)
         _check_range("temperature", self.temperature, 0.0, 2.0)
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise FewshotError(f"sampling: top_p must be in (0, 1], got {self.top_p!r}")
@@ -67,6 +68,16 @@ class SamplingOptions:
             _check_int("seed", self.seed, low=-(2**63), high=2**64 - 1)
         if not isinstance(self.stop_at_eot, bool):
             raise FewshotError(f"sampling: stop_at_eot must be true or false, got {self.stop_at_eot!r}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuse a logit_bias id the model has no token for: the one rule for the CLI and the server.
+
+        A bias on an id outside the vocabulary would change nothing, so accepting it silently
+        hides a client's mistake (GPT-2's 50256 sent to another tokenizer, say).
+        """
+        outside = [token for token, _ in self.logit_bias if token >= vocab_size]
+        if outside:
+            raise FewshotError(f"sampling: logit_bias token {outside[0]} is outside the vocabulary of {vocab_size} tokens")
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:

@@ -15,9 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fewshot.inference.sampling import MAX_N
+
 MAX_LOGPROBS = 5  # the legacy completions API
 MAX_TOP_LOGPROBS = 20  # the chat API
-MAX_N = 128
 MAX_BEST_OF = 20
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]

@@ -132,4 +132,8 @@ def read_task_file(path: str | Path) -> TaskFile:
         raise FewshotError(f"{path}: task file not found") from None
     except UnicodeDecodeError as error:
         raise FewshotError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except IsADirectoryError:
+        raise FewshotError(f"{path} is a directory; --task-file takes a JSONL file") from None
+    except OSError as error:
+        raise FewshotError(f"{path}: cannot read ({error.strerror})") from None
     return TaskFile(path.stem, parse_task_lines(text.split("\n"), str(path)))  # not splitlines(): JSON may hold U+2028

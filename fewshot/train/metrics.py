@@ -20,8 +20,14 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
     """The rows of a metrics.csv (RunDir.metrics_path); none when it does not exist yet."""
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(handle)]
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            try:
+                rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items() if k is not None})
+            except (TypeError, ValueError):
+                continue  # the torn last line of a killed writer: the rows before it are whole
+        return rows
 
 
 class MetricsLog:
@@ -61,11 +67,12 @@ class MetricsLog:
 
 
 def _format(value: float | int | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return ""
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.6g}"
-    return str(int(value))
+    value = float(value)  # numpy and torch scalars too, which are not `float`
+    if math.isnan(value):
+        return ""
+    return str(int(value)) if value.is_integer() else f"{value:.6g}"
 
 
 class TrainingProgress:

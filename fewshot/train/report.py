@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,18 +44,22 @@ def write_report(run_dir: Path, sections: dict[str, str] | None = None) -> Path:
     rows = read_metrics(run.metrics_path)
     plot = plot_loss(rows, run.path.name, run.path / LOSS_PLOT, entropy) if rows else None
     model, train = config.model, config.train
+    # An imported run has no training config: it says where its weights came from instead.
+    origin = f"preset `{train.preset}`" if train else f"imported ({json.dumps(config.source, sort_keys=True)})"
     lines = [
         f"# Run report: {run.path.name}",
         "",
-        f"- model: preset `{train.preset}`, {model.n_layer} layers, d_model {model.d_model}, "
+        f"- model: {origin}, {model.n_layer} layers, d_model {model.d_model}, "
         f"{model.n_head} heads, context {model.context}, vocabulary {model.vocab_size}, attention {model.attention}",
-        f"- tokenizer: `{config.tokenizer['type']}`; data: `{train.data}`",
+        f"- tokenizer: `{config.tokenizer['type']}`" + (f"; data: `{train.data}`" if train else ""),
     ]
     if rows:
         last = rows[-1]
         vals = [r for r in rows if r["val_loss"] is not None]
-        lines.append(f"- steps: {int(last['step'])}, tokens seen: {int(last['tokens']):,}, time: {last['elapsed_s']:.0f} s")
-        lines.append(f"- final train loss: {last['train_loss']:.4f} nats/token")
+        tokens, elapsed = last["tokens"] or 0, last["elapsed_s"] or 0
+        lines.append(f"- steps: {int(last['step'] or 0)}, tokens seen: {int(tokens):,}, time: {elapsed:.0f} s")
+        if last["train_loss"] is not None:
+            lines.append(f"- final train loss: {last['train_loss']:.4f} nats/token")
         if vals:
             best = min(vals, key=lambda r: r["val_loss"])
             lines.append(f"- final val loss: {vals[-1]['val_loss']:.4f} nats/token (best {best['val_loss']:.4f} at step {int(best['step'])})")

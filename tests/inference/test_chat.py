@@ -5,6 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fewshot.errors import FewshotError
+import time
+
+from fewshot.inference import chat
 from fewshot.inference.chat import DEFAULT_STOP, Message, render_chat
 
 
@@ -40,12 +43,12 @@ def test_a_models_own_template_is_used_and_brings_no_transcript_stop() -> None:
     "{% for m in messages %}{{ m.update({'role': 'x'}) }}{% endfor %}",   # mutating the input (immutable sandbox)
 ])
 def test_a_template_cannot_reach_python_objects(template: str) -> None:
-    with pytest.raises(FewshotError, match="chat template failed"):
+    with pytest.raises(FewshotError, match="chat template of the model failed"):
         render_chat([Message("user", "Hi")], template)
 
 
 def test_template_errors_and_raise_exception_become_fewshot_errors() -> None:
-    with pytest.raises(FewshotError, match="chat template failed"):
+    with pytest.raises(FewshotError, match="chat template of the model failed"):
         render_chat([Message("user", "Hi")], "{% for m in messages %}")  # never closed
     with pytest.raises(FewshotError, match="roles must alternate"):
         render_chat([Message("user", "Hi")], "{{ raise_exception('Conversation roles must alternate') }}")
@@ -56,3 +59,33 @@ def test_unknown_roles_and_empty_conversations_are_refused() -> None:
         render_chat([Message("tool", "42")], None)
     with pytest.raises(FewshotError, match="must not be empty"):
         render_chat([], None)
+
+
+@pytest.mark.parametrize("template, reason", [
+    ("{{ 1/0 }}", "ZeroDivisionError"),
+    ("{{ 1 + 'a' }}", "TypeError"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    ("{% for i in range(10**9) %}x{% endfor %}", "Range too big"),
+    ("{{ 'x' * 10**10 }}", "MemoryError"),  # the worker's address-space limit
+    ("{% for i in range(99999) %}{{ 'x' * 99999 }}{% endfor %}", "longer than"),  # the output bound, met while streaming
+])
+def test_any_failure_of_a_template_is_one_fewshot_error_naming_it(template: str, reason: str) -> None:
+    with pytest.raises(FewshotError, match=f"chat template of runs/x failed: .*{reason}"):
+        render_chat([Message("user", "Hi")], template, "runs/x")
+
+
+def test_a_template_that_runs_too_long_is_killed_and_the_next_render_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat, "RENDER_SECONDS", 0.5)
+    endless = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    start = time.monotonic()
+    with pytest.raises(FewshotError, match="took longer than 0.5 s"):
+        render_chat([Message("user", "Hi")], endless, "runs/x")
+    assert time.monotonic() - start < 3
+    assert render_chat([Message("user", "Hi")], "<{{ messages[0]['content'] }}>").text == "<Hi>"
+
+
+def test_a_renderer_killed_between_calls_is_replaced() -> None:
+    render_chat([Message("user", "Hi")], "{{ 'warm' }}")
+    chat._WORKER._process.kill()  # as the OOM killer would
+    chat._WORKER._process.wait()
+    assert render_chat([Message("user", "Hi")], "{{ 'again' }}").text == "again"

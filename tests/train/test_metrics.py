@@ -176,3 +176,25 @@ def test_a_disabled_progress_bar_prints_nothing() -> None:
 def test_an_enabled_progress_bar_shows_step_total_losses_and_speed() -> None:
     text = progress_output(enabled=True)
     assert "5/20" in text and "loss 2.250" in text and "val 2.125" in text and "5,678 tok/s" in text
+
+
+def test_a_torn_last_line_is_dropped_and_the_whole_rows_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    write_run(path, [row(1, 5.5), row(2, 5.25)])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("3,768,5.1e")  # a kill in the middle of a write
+    assert [r["step"] for r in read_metrics(path)] == [1.0, 2.0]
+
+
+def test_numpy_and_torch_scalars_are_written_with_their_fraction(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, resume_step=0, tensorboard_dir=None)
+    try:
+        log.log(step=1, train_loss=np.float32(2.5), lr=torch.tensor(0.125).item(), grad_norm=np.float64(0.75))
+    finally:
+        log.close()
+    [only] = read_metrics(path)
+    assert only["train_loss"] == 2.5 and only["lr"] == 0.125 and only["grad_norm"] == 0.75

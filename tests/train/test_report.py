@@ -124,3 +124,19 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FewshotError, match="not a fewshot run config"):
         write_report(tmp_path / "foreign")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "empty", "foreign"]
+
+
+def test_an_imported_run_gets_a_report_that_names_its_source(tmp_path: Path) -> None:
+    import torch
+
+    from fewshot.config import PRESETS
+    from fewshot.model import GPT
+    from fewshot.runs import RunConfig, weights_to_save
+    from fewshot.tokenizer import ByteTokenizer
+
+    config = PRESETS["nano"].model.replace(n_layer=1, context=16)
+    torch.manual_seed(0)
+    RunDir.publish(tmp_path / "imported", RunConfig(config, ByteTokenizer().spec(), source={"gguf": "smol.gguf"}),
+                   ByteTokenizer(), weights_to_save(GPT(config)))
+    text = write_report(tmp_path / "imported", {"Samples": "hi"}).read_text()
+    assert "imported" in text and "smol.gguf" in text and "## Samples" in text
