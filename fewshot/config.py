@@ -24,6 +24,11 @@ Attention = Literal["dense", "local", "alternating", "lstm"]
 Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
 Optimizer = Literal["adamw", "muon"]  # fewshot.train.optim
+# Fine-tuning (fewshot.train.finetune): every weight, or a peft adapter on a frozen base.
+Method = Literal["full", "lora", "ia3"]
+# `--target` names -> the modules they cover, as suffixes of the model's module names.
+# Attention's q, k and v are one fused `qkv` layer (as GPT-2's c_attn), so they are one target.
+ADAPTER_TARGETS = {"qkv": ("mixer.qkv",), "o": ("mixer.proj",), "mlp": ("mlp.gate", "mlp.up", "mlp.down")}
 
 
 def check_optimizer(name: str) -> None:
@@ -233,6 +238,36 @@ def setting(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """What `fewshot finetune` adds to a training run: the base it starts from, and how."""
+
+    base: str  # the run directory whose weights, model config and tokenizer are the start
+    base_sha256: str = ""  # the base weights' fingerprint, recorded when the run starts
+    method: Method = setting("lora", "full (every weight), or a peft adapter on the frozen base: lora or ia3.")
+    lora_rank: int = setting(8, "LoRA rank r.")
+    lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r.")
+    target: str = setting("qkv,o,mlp", "LoRA: the layers that get adapters, from qkv, o, mlp.")
+    epochs: float = setting(3.0, "Passes over the training examples; sets the step count unless --max-steps is given.")
+
+    def __post_init__(self) -> None:
+        if self.method not in get_args(Method):
+            raise FewshotError(f"finetune: --method must be one of {', '.join(get_args(Method))}, got {self.method!r}")
+        if self.lora_rank < 1 or not self.lora_alpha > 0:
+            raise FewshotError(f"finetune: --lora-rank must be >= 1 and --lora-alpha > 0, got {self.lora_rank} and {self.lora_alpha}")
+        if not self.epochs > 0 or not math.isfinite(self.epochs):
+            raise FewshotError(f"finetune: --epochs must be > 0, got {self.epochs}")
+        self.targets()  # fail early on an unknown name
+
+    def targets(self) -> tuple[str, ...]:
+        """The module-name suffixes that `target` covers."""
+        names = [t.strip() for t in self.target.split(",") if t.strip()]
+        unknown = [t for t in names if t not in ADAPTER_TARGETS]
+        if unknown or not names:
+            raise FewshotError(f"finetune: --target takes {', '.join(ADAPTER_TARGETS)} (comma-separated), got {self.target!r}")
+        return tuple(suffix for name in names for suffix in ADAPTER_TARGETS[name])
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: str
     out: str
@@ -277,8 +312,11 @@ class TrainConfig:
     progress: bool = setting(True, "Show a progress bar.")
     tensorboard: bool = setting(True, "Also log to TensorBoard (tb/ in the run directory).")
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    finetune: FinetuneConfig | None = None  # set by `fewshot finetune`: `data` is then a JSONL file of examples
 
     def __post_init__(self) -> None:
+        if isinstance(self.finetune, dict):  # read back from config.json
+            object.__setattr__(self, "finetune", FinetuneConfig(**self.finetune))
         positive = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "keep_last", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -298,6 +336,10 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FewshotError(f"train: --precision must be auto, fp32 or bf16, got {self.precision!r}")
         check_optimizer(self.optimizer)
+        if self.finetune is not None and self.finetune.method != "full" and (self.optimizer == "muon" or self.strategy == "fsdp"):
+            # An adapter's vectors and thin matrices are not what Muon orthogonalises, and
+            # peft's modules are not sharded here.
+            raise FewshotError("finetune: lora and ia3 train with --optimizer adamw and --strategy ddp")
         if self.optimizer == "muon" and self.strategy == "fsdp":
             # Muon orthogonalises whole matrices; FSDP gives each rank a shard of one.
             raise FewshotError("train: --optimizer muon needs whole matrices on every rank: use --strategy ddp")

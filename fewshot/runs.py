@@ -25,14 +25,14 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fewshot import __version__
 from fewshot.config import ModelConfig, TrainConfig
@@ -64,9 +64,11 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.csv"
 TENSORBOARD = "tb"
 REPORT = "report.md"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's own names: an adapter run is also a peft adapter directory
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -135,6 +137,7 @@ class RunConfig:
     train: TrainConfig | None = None
     data: dict[str, Any] | None = None  # {"path": ..., "meta": the prepared data's meta.json}
     source: dict[str, Any] | None = None  # where an imported model came from
+    adapter: dict[str, Any] | None = None  # a LoRA/(IA)3 run: its peft config (also in adapter_config.json)
     fewshot_version: str = __version__
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -145,7 +148,7 @@ class RunConfig:
                                   "model": self.model.to_dict(), "tokenizer": self.tokenizer}
         if self.train is not None:
             record["train"] = self.train.to_dict()
-        for key in ("data", "source"):
+        for key in ("data", "source", "adapter"):
             if getattr(self, key) is not None:
                 record[key] = getattr(self, key)
         return record
@@ -166,7 +169,7 @@ class RunConfig:
         try:
             return cls(model=ModelConfig.from_dict(record["model"]), tokenizer=record["tokenizer"],
                        train=TrainConfig.from_dict(record["train"]) if "train" in record else None,
-                       data=record.get("data"), source=record.get("source"),
+                       data=record.get("data"), source=record.get("source"), adapter=record.get("adapter"),
                        fewshot_version=record.get("fewshot_version", "unknown"))
         except (KeyError, TypeError, AttributeError) as error:
             raise FewshotError(f"{where}: malformed ({error!r})") from None
@@ -301,12 +304,43 @@ class RunDir:
 
     def save_checkpoint(self, step: int, model: torch.nn.Module | dict[str, torch.Tensor], optimizer_state: dict,
                         trainer_state: dict, keep_last: int) -> Path:
-        return save_checkpoint(self.path, step, model, optimizer_state, trainer_state, keep_last)
+        published = ADAPTER_WEIGHTS if self.config.adapter is not None else WEIGHTS
+        return save_checkpoint(self.path, step, model, optimizer_state, trainer_state, keep_last, published)
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.config.adapter is not None
+
+    @property
+    def adapter_weights_path(self) -> Path:
+        return self.path / ADAPTER_WEIGHTS
+
+    def write_adapter_config(self, record: dict[str, Any]) -> None:
+        """adapter_config.json beside config.json: what peft's own loaders read."""
+        write_json(self.path / ADAPTER_CONFIG, record)
+
+    def weights_sha256(self) -> str:
+        """The fingerprint a fine-tuned run keeps of its base: the SHA-256 of model.safetensors."""
+        if not self.weights_path.is_file():
+            raise FewshotError(f"{self.weights_path}: weights not found; a base for fine-tuning needs its model.safetensors")
+        return file_sha256(self.weights_path)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        path = self.adapter_weights_path
+        if not path.is_file():
+            raise FewshotError(f"{path}: adapter weights not found (a fine-tune killed before its first checkpoint?)")
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise FewshotError(f"{path}: adapter weights are corrupt or truncated ({error})") from None
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor], optimizer_state: dict,
-                    trainer_state: dict, keep_last: int) -> Path:
-    """Write state/step_N atomically, point LATEST at it, refresh model.safetensors, prune old ones.
+                    trainer_state: dict, keep_last: int, published: str = WEIGHTS) -> Path:
+    """Write state/step_N atomically, point LATEST at it, refresh the run's weights (`published`:
+    model.safetensors, or an adapter run's adapter_model.safetensors), prune old ones.
 
     `model` is the module, or its weights already gathered onto rank 0 (sharded training).
     """
@@ -319,7 +353,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(trainer_state, staging / "trainer.pt")
         files = [WEIGHTS, "optimizer.pt", "trainer.pt"]
-        manifest = {name: {"sha256": _sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files}
+        manifest = {name: {"sha256": file_sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         for name in [*files, MANIFEST]:
             fsync_file(staging / name)
@@ -333,7 +367,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
             shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(state_dir / LATEST, final.name + "\n")
     # The weights are never modified in place, so a hard link is a free, atomic copy.
-    atomic_write(run_dir / WEIGHTS, lambda tmp: _link_or_copy(final / WEIGHTS, tmp))
+    atomic_write(run_dir / published, lambda tmp: _link_or_copy(final / WEIGHTS, tmp))
     _prune(state_dir, keep_last)
     return final
 
@@ -407,14 +441,16 @@ def verify_checkpoint(checkpoint: Path) -> None:
             raise FewshotError(f"{path}: missing from checkpoint")
         if path.stat().st_size != expected["bytes"]:
             raise FewshotError(f"{path}: checkpoint is truncated (expected {expected['bytes']} bytes, found {path.stat().st_size})")
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise FewshotError(f"{path}: checkpoint is corrupt (SHA-256 mismatch); pick an earlier checkpoint in {checkpoint.parent}")
 
 
-def load_checkpoint(checkpoint: Path, model: torch.nn.Module, device: torch.device) -> tuple[dict, dict]:
-    """Load weights into `model`; return (optimizer_state, trainer_state) without unpickling code."""
+def load_checkpoint(checkpoint: Path, model: torch.nn.Module, device: torch.device,
+                    load: Callable[[Path, torch.nn.Module], None] = load_weights) -> tuple[dict, dict]:
+    """Load weights into `model` (with `load`: an adapter run loads only its adapter); return
+    (optimizer_state, trainer_state) without unpickling code."""
     verify_checkpoint(checkpoint)
-    load_weights(checkpoint / WEIGHTS, model)
+    load(checkpoint / WEIGHTS, model)
     try:
         optimizer_state = torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
         trainer_state = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=True)

@@ -12,7 +12,7 @@ import fewshot
 # Bottom to top. A module may import its own stage and any stage listed before it.
 STAGES = [
     ("errors", "files", "figures"),
-    ("config", "tokenizer"),
+    ("config", "tokenizer", "chat", "template_worker"),
     ("runs", "device"),
     ("model",),
     ("data",),

@@ -29,6 +29,7 @@ def parse_logit_bias(items: list[str]) -> tuple[tuple[int, float], ...]:
 def generate(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     prompt: Annotated[str, typer.Option(help="Text to continue; \\n and \\t escapes are understood.")] = "",
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA/(IA)3 run from `fewshot finetune`, applied to RUN.")] = None,
     max_tokens: Annotated[int, typer.Option()] = 200,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
@@ -58,7 +59,7 @@ def generate(
                    logprobs=logprobs)
     sampling = SamplingOptions(**options)  # validate before loading the model or printing anything
     start = time.perf_counter()
-    lm = fewshot.load(run, device=device)
+    lm = fewshot.load(run, device=device, adapter=adapter)
     sampling.check_vocab(lm.model.config.vocab_size)
     lm.model.compile_decoding(compile)
     loaded, load_rss = time.perf_counter(), peak_rss_bytes()
@@ -88,6 +89,7 @@ def generate(
 def chat(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     message: Annotated[Optional[str], typer.Option(help="Ask once and exit; without it, chat turn by turn on stdin.")] = None,
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA/(IA)3 run from `fewshot finetune`, applied to RUN.")] = None,
     system: Annotated[Optional[str], typer.Option(help="A system message to start with.")] = None,
     max_tokens: Annotated[int, typer.Option()] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
@@ -101,7 +103,7 @@ def chat(
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     SamplingOptions(**options)
-    lm = fewshot.load(run, device=device)
+    lm = fewshot.load(run, device=device, adapter=adapter)
     messages = [{"role": "system", "content": unescape(system)}] if system else []
     interactive = message is None
     while True:

@@ -28,18 +28,20 @@ def _option_type(annotation: Any) -> type:
     return annotation
 
 
-def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = None,
+                   into: str = "given") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per `setting` field of `config` to a command that takes `given: dict`.
 
     `defaults`, an instance of `config`, is what the command falls back to (the help shows its
-    values); without it, the fields' own defaults."""
+    values); without it, the fields' own defaults. `into` names the dict parameter, so that a
+    command can take the options of two configs (one decorator each)."""
     hints = typing.get_type_hints(config)
     fields = [f for f in dataclasses.fields(config) if "help" in f.metadata and f.name not in skip]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command)
         resolved = typing.get_type_hints(command, include_extras=True)  # the module's own annotations are strings
-        own = [p.replace(annotation=resolved[name]) for name, p in signature.parameters.items() if name != "given"]
+        own = [p.replace(annotation=resolved[name]) for name, p in signature.parameters.items() if name != into]
         added, annotations = [], {}
         for f in fields:
             kind = _option_type(hints[f.name])
@@ -56,10 +58,10 @@ def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = 
         def wrapper(**values: Any) -> Any:
             chosen = {f.name: values.pop(f.name) for f in fields}
             given = {name: value for name, value in chosen.items() if value is not None}
-            return command(given=given, **values)
+            return command(**{into: given}, **values)
 
         wrapper.__signature__ = signature.replace(parameters=[*own, *added])
-        wrapper.__annotations__ = {**{k: v for k, v in resolved.items() if k != "given"}, **annotations}
+        wrapper.__annotations__ = {**{k: v for k, v in resolved.items() if k != into}, **annotations}
         return wrapper
 
     return decorate

@@ -62,6 +62,8 @@ def train(
         given["data"] = str(resolve_data(data, world.main))
     if resume:
         config = resume_config(out_dir, **given)
+        if config.finetune is not None:
+            raise FewshotError(f"{out_dir} is a fine-tune; continue it with `fewshot finetune --resume --out {out_dir}`")
     else:
         if data is None:
             raise FewshotError("--data is required (a directory written by `fewshot prepare`)")

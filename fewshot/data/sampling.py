@@ -7,9 +7,12 @@ between ranks and micro-steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from fewshot.data.examples import TrainingExample
 from fewshot.data.shards import TokenSplit
 from fewshot.errors import FewshotError
 
@@ -99,3 +102,70 @@ def fixed_batches(split: TokenSplit, batch_size: int, context: int, n: int, seed
     """The same n batches every call, so validation losses compare across steps and runs."""
     sampler = BatchSampler(split, batch_size, context, seed=seed)
     return [sampler.next_batch() for _ in range(n)]
+
+
+class ExampleSampler:
+    """Fine-tuning batches: whole examples, padded, the loss only where the example's mask is.
+
+    Step s takes global batch s from an endless sequence of epochs, each a permutation seeded
+    by [seed, epoch]; like StepSampler, ranks and micro-steps take contiguous slices, and the
+    cursor is the step alone, so resume is exact and any world size sees the same batches.
+    """
+
+    def __init__(self, examples: Sequence[TrainingExample], batch_size: int, grad_accum: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if not examples:
+            raise FewshotError("no fine-tuning examples to sample from")
+        if not 0 <= rank < world_size:
+            raise FewshotError(f"rank {rank} is outside a world of {world_size} processes")
+        self.examples = list(examples)
+        self.batch_size, self.grad_accum, self.rank, self.world_size = batch_size, grad_accum, rank, world_size
+        self.seed, self.position = seed, 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def indices(self, step: int) -> list[int]:
+        """The examples of global batch `step`, in order."""
+        n, size = len(self.examples), self.global_batch
+        orders: dict[int, np.ndarray] = {}
+        picked = []
+        for g in range(step * size, (step + 1) * size):
+            epoch, within = divmod(g, n)
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
+            picked.append(int(orders[epoch][within]))
+        return picked
+
+    def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        share = self.batch_size * self.grad_accum
+        mine = self.indices(self.position)[self.rank * share:(self.rank + 1) * share]
+        self.position += 1
+        return [padded_batch([self.examples[i] for i in mine[a:a + self.batch_size]])
+                for a in range(0, share, self.batch_size)]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "position": self.position, "global_batch": self.global_batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.position = int(state["position"])
+
+
+def padded_batch(examples: Sequence[TrainingExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of a few examples, right-padded to the longest; y is -1 (no loss) off the mask."""
+    length = max(len(e.ids) for e in examples) - 1
+    x = torch.zeros(len(examples), length, dtype=torch.long)
+    y = torch.full((len(examples), length), -1, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = torch.tensor(example.ids, dtype=torch.long)
+        learned = torch.tensor(example.loss_mask[1:], dtype=torch.bool)
+        x[row, : len(ids) - 1] = ids[:-1]
+        y[row, : len(ids) - 1] = torch.where(learned, ids[1:], -1)
+    return x, y
+
+
+def example_batches(examples: Sequence[TrainingExample], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation examples in fixed batches."""
+    return [padded_batch(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewshot.inference.chat import ChatPrompt, Message, render_chat
+from fewshot.chat import ChatPrompt, Message, render_chat
 from fewshot.errors import FewshotError
 from fewshot.inference.decode import Completion, generate
 from fewshot.inference.sampling import SamplingOptions
@@ -57,7 +57,7 @@ class LM:
         return self.complete(prompt, **options)[0].text
 
     def chat_prompt(self, messages: Sequence[Message | dict[str, str]]) -> ChatPrompt:
-        """Messages rendered with the model's chat template (fewshot/inference/chat.py)."""
+        """Messages rendered with the model's chat template (fewshot/chat.py)."""
         parsed = []
         for message in messages:
             if isinstance(message, dict):
@@ -91,9 +91,16 @@ class LM:
         return logprob
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> LM:
-    """Model and tokenizer from a run directory, in eval mode."""
+def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None) -> LM:
+    """Model and tokenizer from a run directory, in eval mode; `adapter`: a LoRA/(IA)3 run on top.
+
+    An adapter run given as `run_dir` loads onto the base it records.
+    """
     run = RunDir.open(run_dir)
+    if run.is_adapter:
+        if adapter is not None:
+            raise FewshotError(f"{run_dir} is itself an adapter; give its base as the run and it as the adapter")
+        adapter, run = run_dir, RunDir.open((run.config.source or {}).get("base", ""))
     model_config, tokenizer = run.config.model, run.tokenizer()
     if tokenizer.vocab_size > model_config.vocab_size:
         raise FewshotError(
@@ -105,4 +112,10 @@ def load(run_dir: str | Path, device: str = "cpu") -> LM:
     model = model.to_empty(device=pick_device(device))
     model.tie_weights()  # to_empty gave the head its own storage; share it again before loading
     run.load_weights(model)
-    return LM(model.eval(), tokenizer, run.config, str(run.path))
+    source = str(run.path)
+    if adapter is not None:
+        from fewshot.train.finetune import apply_adapter
+
+        model = apply_adapter(model, adapter, run)
+        source = f"{run.path} + {adapter}"
+    return LM(model.eval(), tokenizer, run.config, source)

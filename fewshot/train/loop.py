@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from fewshot.config import ModelConfig, TrainConfig
+from fewshot.config import TrainConfig
 from fewshot.data.shards import TokenData
-from fewshot.data.sampling import BatchSampler, StepSampler, fixed_batches
+from fewshot.data.sampling import BatchSampler
 from fewshot.train.distributed import (
     World,
     full_state,
@@ -41,13 +41,13 @@ from fewshot.train.distributed import (
 )
 from fewshot.device import autocast, pick_device, use_bf16
 from fewshot.errors import FewshotError
-from fewshot.train.memory import check_fits, estimate_training_memory
 from fewshot.train.metrics import MetricsLog, TrainingProgress
 from fewshot.model import GPT
-from fewshot.runs import RunConfig, RunDir, load_checkpoint, tied_aliases
+from fewshot.runs import RunDir, load_checkpoint, tied_aliases
 from fewshot.train.checkpoint import rank_seed, restore_rng, rng_state
 from fewshot.train.optim import make_optimizer
 from fewshot.train.schedule import StepFit, learning_rate
+from fewshot.train.setup import pretraining
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,6 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _model_config(config: TrainConfig, run: RunDir, resume: bool, tokenizer_spec: dict, vocab_size: int) -> ModelConfig:
-    if not resume:
-        return config.model_config(vocab_size)
-    saved = run.config
-    if saved.tokenizer != tokenizer_spec:
-        raise FewshotError(
-            f"{config.data} was prepared with tokenizer {tokenizer_spec} but {run.path} was trained with {saved.tokenizer}"
-        )
-    return saved.model
-
-
 def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> TrainResult:
     """Train in this process, or as one rank of a torchrun job (see fewshot.train.distributed)."""
     world = World.from_env()
@@ -132,27 +121,24 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
 
 def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
     run_dir = run.path
-    data = TokenData.open(Path(config.data))
-    tokenizer = data.tokenizer
-    model_config = _model_config(config, run, resume, tokenizer.spec(), tokenizer.vocab_size)
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise FewshotError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}")
+    if config.finetune is None:
+        setup = pretraining(config, run, resume, world, device)
+    else:
+        from fewshot.train.finetune import finetuning
+
+        setup = finetuning(config, run, resume, world, device)
+    tokenizer, model_config, sampler, val_batches = setup.tokenizer, setup.model_config, setup.sampler, setup.val_batches
     context = model_config.context
     bf16 = use_bf16(config.precision, device)
-    check_fits(estimate_training_memory(model_config, config.batch_size, context, bf16), device)
-
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = GPT(model_config).to(device)
+    model = setup.model.to(device)
     aliases = tied_aliases(model)
-    sampler = StepSampler(data.split("train"), config.batch_size, config.grad_accum, context, config.seed, world.rank, world.size)
-    val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed)
     step, tokens, elapsed = 0, 0, 0.0
     # A run killed before its first checkpoint resumes from step 0 with its saved config.
     checkpoint_dir = run.latest_checkpoint() if resume else None
     optimizer_state, state = None, None
     if checkpoint_dir is not None:
         # Every rank loads the full checkpoint, so FSDP below shards identical weights.
-        optimizer_state, state = load_checkpoint(checkpoint_dir, model, device)
+        optimizer_state, state = load_checkpoint(checkpoint_dir, model, device, setup.load)
     wrapped = wrap(model, config.strategy, world, device, bf16)
     optimizer = make_optimizer(model, config, device)
     if state is not None:
@@ -179,14 +165,18 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
             run_dir.mkdir(parents=True, exist_ok=True)
             # config.json first: once it exists the run can be resumed, so a kill at any later
             # moment (even before the tokenizer is written, which every start rewrites) is recoverable.
-            run.write_config(RunConfig(model_config, tokenizer.spec(), train=config,
-                                       data={"path": str(config.data), "meta": data.meta}))
+            run.write_config(setup.record)
             run.save_tokenizer(tokenizer)
+            if setup.record.adapter is not None:
+                run.write_adapter_config(setup.record.adapter)
         forward = torch.compile(wrapped) if config.compile else wrapped
 
         def checkpoint() -> None:
             # Consolidated on rank 0 in the single-process format, so any world size can resume it.
-            weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
+            if setup.weights is None:
+                weights, optimizer_state = full_state(wrapped, optimizer, aliases)  # a collective under FSDP
+            else:  # an adapter: its own tensors; the frozen base is the base run's file
+                weights, optimizer_state = setup.weights(), optimizer.state_dict()
             rng_ranks = gather(rng_state(device), world)
             if not world.main:
                 return
@@ -240,7 +230,8 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens += windows_per_step * length
+                tokens += windows_per_step * length if config.finetune is None else world.size * sum(
+                    int((y[:, :length] >= 0).sum()) for _, y in micro_batches)  # the completion tokens trained on
                 elapsed = time.perf_counter() - session_start
                 out_of_time = config.max_time is not None and elapsed >= config.max_time
                 # One collective per step: the global mean loss, and whether any rank was asked to
@@ -261,7 +252,7 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                 last = step >= config.max_steps or interrupted or out_of_time
                 val_loss_now = None
                 # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
-                if (step % config.eval_every == 0 or last) and (world.main or sharded(wrapped)):
+                if (step % config.eval_every == 0 or last) and val_batches and (world.main or sharded(wrapped)):
                     val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
                 tok_per_s = windows_per_step * length / (time.perf_counter() - started)
                 if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
@@ -276,7 +267,7 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
         metrics.close()
     if interrupted and world.main:
         console.print(f"stopped by signal at step {step}; checkpoint saved in {run_dir} (continue with --resume)")
-    return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, data.meta.get("unigram_entropy_bits"))
+    return TrainResult(run_dir, step, train_loss, val_loss, tokens, elapsed, interrupted, setup.data_meta.get("unigram_entropy_bits"))
 
 
 def seconds_per_step(config: TrainConfig, data: TokenData, steps: int = 8) -> float:

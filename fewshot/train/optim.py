@@ -79,11 +79,15 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
     def under_muon(name: str, p: torch.Tensor) -> bool:
         return config.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")
 
-    # Decay matrices (embeddings included) but not biases or norm gains: shrinking those
-    # towards zero only fights the normalisation.
-    adamw = _adamw([{"params": [p for name, p in named if p.dim() >= 2 and not under_muon(name, p)],
+    def decayed(name: str, p: torch.Tensor) -> bool:
+        # Matrices (embeddings included), but not biases or norm gains: shrinking those towards
+        # zero only fights the normalisation. Nor (IA)3's scales (peft's `ia3_l`, shaped
+        # (n, 1)): they start at one, and decay would pull the model away from its base.
+        return p.dim() >= 2 and ".ia3_l." not in name
+
+    adamw = _adamw([{"params": [p for name, p in named if decayed(name, p) and not under_muon(name, p)],
                      "weight_decay": config.weight_decay},
-                    {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}], config, device)
+                    {"params": [p for name, p in named if not decayed(name, p)], "weight_decay": 0.0}], config, device)
     if config.optimizer == "adamw":
         return adamw
     muon = torch.optim.Muon([p for name, p in named if under_muon(name, p)], lr=config.peak_lr,

@@ -1,4 +1,4 @@
-"""fewshot.inference.chat: messages -> one prompt, through the model's template in Jinja's sandbox."""
+"""fewshot.chat: messages -> one prompt, through the model's template in Jinja's sandbox."""
 
 import pytest
 from hypothesis import given
@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from fewshot.errors import FewshotError
 import time
 
-from fewshot.inference import chat
-from fewshot.inference.chat import DEFAULT_STOP, Message, render_chat
+from fewshot import chat
+from fewshot.chat import DEFAULT_STOP, Message, render_chat
 
 
 def test_the_default_transcript_ends_in_the_assistants_turn_and_stops_at_the_next_user_turn() -> None:

@@ -15,7 +15,7 @@ and generation stops where the model starts the user's next turn ("\\nUser:").
 
 Templates come from files a user downloaded, so they are code we do not trust. They run in
 Jinja's immutable sandbox (they can format strings, never touch Python objects or files),
-and in a separate worker process (fewshot/inference/template_worker.py) with a memory
+and in a separate worker process (fewshot/template_worker.py) with a memory
 limit, a time limit (`RENDER_SECONDS`) and an output bound (`MAX_PROMPT_CHARS`): whatever a
 template does, the caller gets a FewshotError naming the template, never a traceback, a
 hang or an exhausted machine. Our own DEFAULT_TEMPLATE renders in-process.
@@ -66,8 +66,11 @@ class ChatPrompt:
     stop: tuple[str, ...]  # where the assistant's turn ends, beyond the tokenizer's stop tokens
 
 
-def render_chat(messages: Sequence[Message], template: str | None, source: str = "the model") -> ChatPrompt:
-    """The prompt that asks the model for the assistant's next turn; `source` names the template's owner in errors."""
+def render_chat(messages: Sequence[Message], template: str | None, source: str = "the model",
+                add_generation_prompt: bool = True) -> ChatPrompt:
+    """The prompt that asks the model for the assistant's next turn; `source` names the template's owner in errors.
+
+    With add_generation_prompt=False, the conversation as it stands (what fine-tuning renders)."""
     if not messages:
         raise FewshotError("chat: messages must not be empty")
     for message in messages:
@@ -75,14 +78,14 @@ def render_chat(messages: Sequence[Message], template: str | None, source: str =
             raise FewshotError(f"chat: unknown role {message.role!r}; use one of {', '.join(ROLES)}")
     turns = [{"role": m.role, "content": m.content} for m in messages]
     if template is None:
-        return ChatPrompt(_render_default(turns), DEFAULT_STOP)
-    return ChatPrompt(_WORKER.render(template, turns, source), ())
+        return ChatPrompt(_render_default(turns, add_generation_prompt), DEFAULT_STOP)
+    return ChatPrompt(_WORKER.render(template, turns, source, add_generation_prompt), ())
 
 
-def _render_default(turns: list[dict[str, str]]) -> str:
+def _render_default(turns: list[dict[str, str]], add_generation_prompt: bool) -> str:
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
-        return environment.from_string(DEFAULT_TEMPLATE).render(messages=turns, add_generation_prompt=True)
+        return environment.from_string(DEFAULT_TEMPLATE).render(messages=turns, add_generation_prompt=add_generation_prompt)
     except TemplateError as error:  # a bug here, but one with a readable message
         raise FewshotError(f"chat: the default chat template failed: {error}") from None
 
@@ -99,8 +102,9 @@ class _TemplateWorker:
         self._process: subprocess.Popen | None = None
         self._buffer = b""
 
-    def render(self, template: str, turns: list[dict[str, str]], source: str) -> str:
-        request = json.dumps({"template": template, "messages": turns, "max_chars": MAX_PROMPT_CHARS}) + "\n"
+    def render(self, template: str, turns: list[dict[str, str]], source: str, add_generation_prompt: bool) -> str:
+        request = json.dumps({"template": template, "messages": turns, "max_chars": MAX_PROMPT_CHARS,
+                              "add_generation_prompt": add_generation_prompt}) + "\n"
         with self._lock:
             answer = self._ask(request.encode(), source)
         if "raised" in answer:

@@ -1,11 +1,11 @@
 """The process that renders a model's chat template: one JSON line in, one JSON line out.
 
-fewshot.inference.chat starts it as a plain script (`python -I template_worker.py`), so it
+fewshot.chat starts it as a plain script (`python -I template_worker.py`), so it
 imports nothing but Jinja: a template is code from a file a user downloaded, and whatever
 it does (divide by zero, recurse, loop for an hour, build a gigabyte string) happens here,
 under a memory limit, where the parent can time it out and kill it.
 
-    in:  {"template": "...", "messages": [{"role": ..., "content": ...}], "max_chars": N}
+    in:  {"template": "...", "messages": [{"role": ..., "content": ...}], "add_generation_prompt": true, "max_chars": N}
     out: {"text": "..."}  or  {"error": "ZeroDivisionError: division by zero"}
 """
 
@@ -37,7 +37,7 @@ def render(environment: ImmutableSandboxedEnvironment, cache: dict, request: dic
     # generate() yields the output piece by piece, so an endless or huge template is stopped
     # at the size bound instead of first filling memory.
     pieces, size = [], 0
-    for piece in template.generate(messages=request["messages"], add_generation_prompt=True):
+    for piece in template.generate(messages=request["messages"], add_generation_prompt=request["add_generation_prompt"]):
         size += len(piece)
         if size > request["max_chars"]:
             return {"error": f"the prompt it renders is longer than {request['max_chars']:,} characters"}

@@ -1,0 +1,130 @@
+"""Fine-tuning examples: JSONL lines -> token ids with a loss mask.
+
+Two shapes, one per line:
+
+    {"prompt": "Q: 2+2?\\nA:", "completion": " 4"}       the loss covers the completion (and the
+                                                        end-of-text token after it)
+    {"messages": [{"role": "user", "content": "Hi"},   the loss covers the assistant turns, as
+                  {"role": "assistant", "content": "Hello"}]}   the run's chat template renders them
+
+A conversation is rendered once per message, and each message's share of the text is the
+difference between consecutive renderings; so every template that renders a conversation as
+a growing string works, whatever its markup. The pieces are tokenised one by one and joined,
+as GPT-3's scoring joins context and continuation, so the mask falls on token boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewshot.errors import FewshotError
+from fewshot.tokenizer import Tokenizer
+
+# messages, add_generation_prompt -> text: the run's chat template (fewshot.chat)
+Render = Callable[[list[dict[str, str]], bool], str]
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]  # per token: is it one the model learns to predict
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(self.loss_mask[1:])  # the first token is never predicted
+
+
+def read_examples(path: str | Path, tokenizer: Tokenizer, render: Render, context: int) -> list[TrainingExample]:
+    """Every line of a JSONL file as an example; a bad line is one error naming its line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FewshotError(f"{path}: examples file not found") from None
+    except IsADirectoryError:
+        raise FewshotError(f"{path} is a directory; --data takes a JSONL file of examples") from None
+    except UnicodeDecodeError as error:
+        raise FewshotError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise FewshotError(f"{path}: cannot read ({error.strerror})") from None
+    examples = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FewshotError(f"{where}: not JSON ({error.msg})") from None
+        example = _example(record, tokenizer, render, where)
+        if example.trained_tokens == 0:
+            raise FewshotError(f"{where}: no tokens to train on (the completion or assistant turn is empty)")
+        if len(example.ids) > context + 1:
+            raise FewshotError(f"{where}: {len(example.ids)} tokens, more than the model's context of {context} (+1); shorten it")
+        examples.append(example)
+    if not examples:
+        raise FewshotError(f"{path}: no examples (expected one JSON object per line)")
+    return examples
+
+
+def _example(record: object, tokenizer: Tokenizer, render: Render, where: str) -> TrainingExample:
+    if not isinstance(record, dict):
+        raise FewshotError(f"{where}: expected a JSON object with prompt and completion, or messages")
+    if "messages" in record:
+        return _conversation(record["messages"], tokenizer, render, where)
+    for field in ("prompt", "completion"):
+        if not isinstance(record.get(field), str):
+            raise FewshotError(f'{where}: "{field}" must be a string (a line holds prompt and completion, or messages)')
+    eot = getattr(tokenizer, "eot_id", None)
+    return _join([(record["prompt"], False), (record["completion"], True)], tokenizer, [] if eot is None else [eot])
+
+
+def _conversation(messages: object, tokenizer: Tokenizer, render: Render, where: str) -> TrainingExample:
+    if not isinstance(messages, list) or not messages:
+        raise FewshotError(f'{where}: "messages" must be a non-empty list')
+    for index, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+            raise FewshotError(f'{where}: messages[{index}] needs a string "role" and "content"')
+    if not any(m["role"] == "assistant" for m in messages):
+        raise FewshotError(f"{where}: no assistant turn to learn")
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    pieces, done = [], ""
+    for index, turn in enumerate(turns):
+        if turn["role"] == "assistant":
+            # The template's own opening of the assistant turn is context, not something to learn.
+            opened = _render(render, turns[:index], True, where) if index else ""
+            pieces.append((_extend(done, opened, where), False))
+            done = opened
+        text = _render(render, turns[: index + 1], False, where)
+        pieces.append((_extend(done, text, where), turn["role"] == "assistant"))
+        done = text
+    return _join(pieces, tokenizer, [])
+
+
+def _render(render: Render, turns: list[dict[str, str]], add_generation_prompt: bool, where: str) -> str:
+    try:
+        return render(turns, add_generation_prompt)
+    except FewshotError as error:
+        raise FewshotError(f"{where}: {error}") from None
+
+
+def _extend(done: str, text: str, where: str) -> str:
+    if not text.startswith(done):
+        raise FewshotError(f"{where}: the chat template does not render a conversation as a growing text, so its "
+                           "assistant turns cannot be told apart; use prompt/completion lines instead")
+    return text[len(done):]
+
+
+def _join(pieces: Sequence[tuple[str, bool]], tokenizer: Tokenizer, end: list[int]) -> TrainingExample:
+    ids: list[int] = []
+    mask: list[bool] = []
+    for text, learned in pieces:
+        piece = tokenizer.encode(text) if text else []
+        ids += piece
+        mask += [learned] * len(piece)
+    ids += end
+    mask += [True] * len(end)
+    return TrainingExample(tuple(ids), tuple(mask))
