@@ -98,8 +98,9 @@ def finetuning(config: TrainConfig, run: RunDir, resume: bool, world: World, dev
     if tokenizer.vocab_size > model_config.vocab_size:
         raise FewshotError(f"{base.path}: tokenizer has {tokenizer.vocab_size} ids but the model only "
                            f"{model_config.vocab_size}; the tokenizer does not belong to this model")
-    check_memory(config, model_config, device)
     train_examples, val_examples = split_examples(config, load_examples(config, base))
+    # Batches are as long as their longest example, which is usually far short of the context.
+    check_memory(config, model_config, device, length=max(len(e.ids) for e in train_examples + val_examples))
     with torch.device("meta"):
         model = GPT(model_config)
     model = model.to_empty(device="cpu")

@@ -196,10 +196,15 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
         windows_per_step = config.batch_size * config.grad_accum * world.size
         if world.main:
             ranks = f" on each of {world.size} ranks ({config.strategy.upper()})" if world.active else ""
+            if config.finetune is None:
+                shape = f"{config.batch_size}x{config.grad_accum}x{context}{ranks} = {windows_per_step * context} tokens per step"
+            else:
+                trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                shape = (f"{config.finetune.method}, {trainable / 1e6:.3g}M trainable; {config.batch_size}x{config.grad_accum}"
+                         f"{ranks} = {windows_per_step} examples per step")
             console.print(
                 f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
-                f"{' (bf16 autocast)' if bf16 else ''}: {config.batch_size}x{config.grad_accum}x{context}{ranks} "
-                f"= {windows_per_step * context} tokens per step, steps {step}->{config.max_steps}"
+                f"{' (bf16 autocast)' if bf16 else ''}: {shape}, steps {step}->{config.max_steps}"
             )
             if step < config.short_context_steps:
                 console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
@@ -230,8 +235,9 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens += windows_per_step * length if config.finetune is None else world.size * sum(
-                    int((y[:, :length] >= 0).sum()) for _, y in micro_batches)  # the completion tokens trained on
+                step_tokens = windows_per_step * length if config.finetune is None else world.size * sum(
+                    int((y >= 0).sum()) for _, y in micro_batches)  # fine-tuning: the completion tokens trained on
+                tokens += step_tokens
                 elapsed = time.perf_counter() - session_start
                 out_of_time = config.max_time is not None and elapsed >= config.max_time
                 # One collective per step: the global mean loss, and whether any rank was asked to
@@ -254,7 +260,7 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                 # a run always ends with a measured val loss; under FSDP every rank takes part in the forward
                 if (step % config.eval_every == 0 or last) and val_batches and (world.main or sharded(wrapped)):
                     val_loss = val_loss_now = evaluate_loss(model, val_batches, device, bf16)
-                tok_per_s = windows_per_step * length / (time.perf_counter() - started)
+                tok_per_s = step_tokens / (time.perf_counter() - started)
                 if metrics is not None and (step % config.log_every == 0 or val_loss_now is not None or last):
                     metrics.log(step=step, tokens=tokens, train_loss=train_loss, val_loss=val_loss_now, lr=lr,
                                 grad_norm=grad_norm, tok_per_s=tok_per_s, elapsed_s=elapsed)

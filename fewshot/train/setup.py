@@ -40,9 +40,9 @@ class Setup:
     load: Callable[[Path, torch.nn.Module], None] = load_weights
 
 
-def check_memory(config: TrainConfig, model_config: ModelConfig, device: torch.device) -> None:
-    """Before any weight is allocated: refuse what cannot fit."""
-    check_fits(estimate_training_memory(model_config, config.batch_size, model_config.context,
+def check_memory(config: TrainConfig, model_config: ModelConfig, device: torch.device, length: int | None = None) -> None:
+    """Before any weight is allocated: refuse what cannot fit (`length`: the longest sequence, if under the context)."""
+    check_fits(estimate_training_memory(model_config, config.batch_size, length or model_config.context,
                                         use_bf16(config.precision, device)), device)
 
 
