@@ -162,8 +162,8 @@ def publish_dir(out: Path, fill: Callable[[Path], None]) -> Path:
     staging = staging_dir(out)
     try:
         fill(staging)
-        for file in staging.iterdir():
-            fsync_file(file)
+        for path in staging.rglob("*"):
+            fsync_file(path) if path.is_file() else fsync_dir(path)
         fsync_dir(staging)
         if out.exists():
             out.rmdir()  # empty, checked above

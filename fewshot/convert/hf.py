@@ -95,6 +95,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
 
     run_dir, out = Path(run_dir), Path(out_dir)
     check_new_dir(out)
+    if (run_dir / "adapter_config.json").is_file() and RunDir.open(run_dir).is_adapter:
+        return export_adapter_hf(RunDir.open(run_dir), out)
     config = _run_model_config(run_dir)
     if config is not None:
         check_exportable(config, run_dir)  # before loading any weights
@@ -106,6 +108,46 @@ def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
         write_safetensors(staging / HF_WEIGHTS, weights)
         write_json(staging / HF_CONFIG, gpt2_config(lm.model.config, lm.tokenizer, dtype))
         write_hf_tokenizer(staging, lm.tokenizer, lm.model.config.context)
+
+    return publish_dir(out, fill)
+
+
+ADAPTER_DIR = "adapter"  # where an exported adapter goes inside the exported base
+
+
+def export_adapter_hf(adapter: RunDir, out: Path) -> Path:
+    """The adapter's base as a GPT-2 directory, and the adapter, renamed for GPT-2, in OUT/adapter.
+
+    `peft.PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(OUT), OUT/adapter)` then
+    runs the model fewshot ran. GPT-2's layers are Conv1D ([in, out]); peft's adapter tensors
+    keep Linear's shapes, and `fan_in_fan_out` tells peft to merge them into a transposed weight.
+    """
+    from fewshot.inference.lm import load
+    from fewshot.model.adapters import PEFT_PREFIX
+
+    base_path = (adapter.config.source or {}).get("base", "")
+    lm = load(base_path, adapter=adapter.path)  # checks the base's fingerprint
+    check_exportable(lm.model.config, adapter.path)
+    base = load(base_path)
+    weights = gpt2_weights(base.model)
+    dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    tensors = {}
+    for name, tensor in adapter.adapter_tensors().items():
+        match = re.fullmatch(r"blocks\.(\d+)\.(.+?)\.((?:lora_|ia3_).+)", name.removeprefix(PEFT_PREFIX))
+        tensors[f"{PEFT_PREFIX}transformer.h.{match[1]}.{_LAYER[match[2]]}.{match[3]}"] = tensor
+    record = dict(adapter.config.adapter)
+    for key in ("target_modules", "feedforward_modules"):
+        if record.get(key):
+            record[key] = sorted(_LAYER[name] for name in record[key])
+    record["fan_in_fan_out"] = True
+
+    def fill(staging: Path) -> None:
+        write_safetensors(staging / HF_WEIGHTS, weights)
+        write_json(staging / HF_CONFIG, gpt2_config(base.model.config, base.tokenizer, dtype))
+        write_hf_tokenizer(staging, base.tokenizer, base.model.config.context)
+        (staging / ADAPTER_DIR).mkdir()
+        write_safetensors(staging / ADAPTER_DIR / "adapter_model.safetensors", tensors)
+        write_json(staging / ADAPTER_DIR / "adapter_config.json", record)
 
     return publish_dir(out, fill)
 

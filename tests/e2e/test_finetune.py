@@ -121,3 +121,19 @@ def test_a_kill_during_a_lora_fine_tune_then_resume_is_bitwise_equal(base: Path,
     b = load_file(str(tmp_path / "killed" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert [p for p in (tmp_path / "killed").rglob(".*")] == []
+
+
+def test_a_lora_exported_with_export_hf_loads_in_peft_onto_gpt2(lora: Path, base: Path, tmp_path: Path) -> None:
+    import peft
+    import torch
+    import transformers
+
+    done = run_cli("export-hf", str(lora), str(tmp_path / "hf"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    hf = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf"), tmp_path / "hf" / "adapter").eval()
+    ours = fewshot.load(base, adapter=lora)
+    ids = ours.tokenizer.encode("Reverse: sun\nAnswer: nus")
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0].float()
+    assert (theirs - ours.logits(ids)).abs().max() < 1e-4
+    assert (theirs - fewshot.load(base).logits(ids)).abs().max() > 1e-2  # the adapter is really on
