@@ -29,6 +29,8 @@ def eval_command(
     contamination: Annotated[Optional[Path], typer.Option(
         help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --out and --plot files.")] = False,
+    adapter: Annotated[Optional[Path], typer.Option(help="A LoRA/(IA)3 run from `fewshot finetune`, applied to each run "
+                                                         "(an adapter run given as a run loads onto its own base).")] = None,
 ) -> None:
     """Few-shot accuracy with 95% intervals, GPT-3 style: K demonstrations, then the query."""
     import fewshot
@@ -53,7 +55,7 @@ def eval_command(
             out.print(f"{t.name}: {sum(t.contaminated)} of {len(t.queries)} queries contaminated (13-gram overlap with {contamination})")
     evaluations = []
     for run in runs:
-        lm = fewshot.load(run, device=device)
+        lm = fewshot.load(run, device=device, adapter=adapter)
         result = evaluate(lm, task_list, ks, seed, model=str(run), **given)
         evaluations.append(result)
         out.print(results_table(result, ks, f"{run}: score [95% Wilson interval], n={n} per cell"))

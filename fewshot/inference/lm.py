@@ -107,10 +107,7 @@ def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = 
             f"{run.path}: tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}; "
             "the tokenizer does not belong to this model"
         )
-    with torch.device("meta"):
-        model = GPT(model_config)
-    model = model.to_empty(device=pick_device(device))
-    model.tie_weights()  # to_empty gave the head its own storage; share it again before loading
+    model = GPT.for_loading(model_config, pick_device(device))
     run.load_weights(model)
     source = str(run.path)
     if adapter is not None:

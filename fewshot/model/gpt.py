@@ -131,6 +131,16 @@ class GPT(nn.Module):
         if self.config.tie_embeddings:
             self.head.weight = self.token_embedding.weight
 
+    @classmethod
+    def for_loading(cls, config: ModelConfig, device: torch.device | str = "cpu") -> GPT:
+        """A model whose weights are about to be loaded: built on the meta device, so nothing is
+        initialised (or allocated twice), then given real, uninitialised storage on `device`."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device=device)
+        model.tie_weights()
+        return model
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 

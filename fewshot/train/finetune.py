@@ -101,10 +101,7 @@ def finetuning(config: TrainConfig, run: RunDir, resume: bool, world: World, dev
     train_examples, val_examples = split_examples(config, load_examples(config, base))
     # Batches are as long as their longest example, which is usually far short of the context.
     check_memory(config, model_config, device, length=max(len(e.ids) for e in train_examples + val_examples))
-    with torch.device("meta"):
-        model = GPT(model_config)
-    model = model.to_empty(device="cpu")
-    model.tie_weights()
+    model = GPT.for_loading(model_config)
     base.load_weights(model)
     torch.manual_seed(config.seed)  # the adapter's initial weights (LoRA's A)
     adapter = None
@@ -158,10 +155,7 @@ def merge_into_run(adapter_dir: str | Path, out: str | Path) -> RunDir:
     adapter = RunDir.open(adapter_dir)
     source = adapter.config.source or {}
     base = RunDir.open(source.get("base", ""))
-    with torch.device("meta"):
-        model = GPT(base.config.model)
-    model = model.to_empty(device="cpu")
-    model.tie_weights()
+    model = GPT.for_loading(base.config.model)
     base.load_weights(model)
     merge_adapter(apply_adapter(model, adapter_dir, base))
     model.tie_weights()
