@@ -143,6 +143,21 @@ def cases() -> list[tuple[str, list[str]]]:
     add("chat-adapter-on-another-base", "chat", "imported", "--adapter", "adapter", "--message", "Hi")
     add("train-resume-an-adapter-run", "train", "--resume", "--out", "adapter", "--data", "data")
 
+    # compare
+    compare = ["compare", "trained", "--out", "cmp_new", "--k", "2", "--steps", "1", "--queries", "2"]
+    for name, extra in {
+        "no-task": [], "task-and-example": ["--task-file", "tasks.jsonl", "--example"],
+        "task-file-missing": ["--task-file", "nope.jsonl"], "task-file-a-dir": ["--task-file", "emptydir"],
+        "task-file-random-bytes": ["--task-file", "random.jsonl"], "too-few-lines": ["--task-file", "tasks.jsonl", "--k", "32"],
+        "methods-unknown": ["--task-file", "tasks.jsonl", "--methods", "icl,prompt-tuning"],
+        "k-zero": ["--task-file", "tasks.jsonl", "--k", "0"], "k-malformed": ["--task-file", "tasks.jsonl", "--k", "a"],
+        "queries-zero": ["--task-file", "tasks.jsonl", "--queries", "0"],
+        "out-exists": ["--task-file", "tasks.jsonl", "--out", "trained"],
+    }.items():
+        add(f"compare-{name}", *compare, *extra)
+    add("compare-base-missing", "compare", "nope", "--task-file", "tasks.jsonl", "--out", "cmp_new")
+    add("compare-base-a-file", "compare", "file.txt", "--task-file", "tasks.jsonl", "--out", "cmp_new")
+
     # prepare
     add("prepare-missing-input", "prepare", "nope.txt", "--out", "prepared_new")
     add("prepare-empty-dir", "prepare", "emptydir", "--out", "prepared_new")
