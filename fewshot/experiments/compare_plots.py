@@ -23,6 +23,8 @@ def plot_accuracy(cells: Sequence, path: Path, task: str) -> Path:
         axes.errorbar(ks, scores, yerr=[scores - low, high - scores], marker="o", capsize=3, label=method,
                       color=COLORS.get(method))
     axes.set_xscale("log", base=2)
+    shown = sorted({c.k for c in cells})
+    axes.set_xticks(shown, labels=[str(k) for k in shown])
     axes.set_xlabel("K (examples: in the prompt for icl, fine-tuned on for the others)")
     axes.set_ylabel("accuracy on held-out queries (95% CI)")
     axes.set_ylim(-0.02, 1.02)
