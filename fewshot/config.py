@@ -248,6 +248,7 @@ class FinetuneConfig:
     lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r.")
     target: str = setting("qkv,o,mlp", "LoRA: the layers that get adapters, from qkv, o, mlp.")
     epochs: float = setting(3.0, "Passes over the training examples; sets the step count unless --max-steps is given.")
+    pack: bool = setting(False, "Join examples end to end into full context windows (fewer, fuller batches).")
 
     def __post_init__(self) -> None:
         if self.method not in get_args(Method):

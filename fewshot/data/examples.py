@@ -128,3 +128,24 @@ def _join(pieces: Sequence[tuple[str, bool]], tokenizer: Tokenizer, end: list[in
     ids += end
     mask += [True] * len(end)
     return TrainingExample(tuple(ids), tuple(mask))
+
+
+def pack(examples: Sequence[TrainingExample], context: int) -> list[TrainingExample]:
+    """Examples joined end to end into sequences of at most context + 1 tokens, in order.
+
+    Fewer, fuller batches: no padding is trained through. An example never straddles two
+    sequences, and each keeps its own mask; attention does cross into the examples before it,
+    as in GPT-3's packed pre-training documents, which end-of-text separates.
+    """
+    packed: list[TrainingExample] = []
+    ids: list[int] = []
+    mask: list[bool] = []
+    for example in examples:
+        if ids and len(ids) + len(example.ids) > context + 1:
+            packed.append(TrainingExample(tuple(ids), tuple(mask)))
+            ids, mask = [], []
+        ids += example.ids
+        mask += example.loss_mask
+    if ids:
+        packed.append(TrainingExample(tuple(ids), tuple(mask)))
+    return packed

@@ -21,7 +21,7 @@ import torch
 
 from fewshot.chat import Message, render_chat
 from fewshot.config import FinetuneConfig, TrainConfig
-from fewshot.data.examples import TrainingExample, read_examples
+from fewshot.data.examples import TrainingExample, pack, read_examples
 from fewshot.data.sampling import ExampleSampler, example_batches
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
@@ -56,6 +56,8 @@ def finetune_config(base: str | Path, data: str | Path, out: str | Path, given: 
     config = TrainConfig(data=str(data), out=str(out), finetune=spec, **given)
     if "max_steps" not in given:
         train_examples, _ = split_examples(config, load_examples(config, run))
+        if spec.pack:
+            train_examples = pack(train_examples, run.config.model.context)
         steps = math.ceil(spec.epochs * len(train_examples) / (config.batch_size * config.grad_accum))
         config = dataclasses.replace(config, max_steps=max(1, steps))
     if "warmup_steps" not in given:  # a fine-tune starts from a trained model: a short warm-up
@@ -108,6 +110,8 @@ def finetuning(config: TrainConfig, run: RunDir, resume: bool, world: World, dev
     if spec.method != "full":
         adapter = peft_config(spec, model)
         add_adapter(model, adapter)
+    if spec.pack:
+        train_examples = pack(train_examples, model_config.context)
     sampler = ExampleSampler(train_examples, config.batch_size, config.grad_accum, config.seed, world.rank, world.size)
     record = RunConfig(model_config, tokenizer.spec(), train=config,
                        data={"path": str(config.data), "examples": len(train_examples) + len(val_examples),

@@ -128,3 +128,15 @@ def test_every_example_is_seen_once_per_epoch_and_ranks_split_each_step() -> Non
     mine = [r.next_step()[0][0] for r in ranks]
     assert torch.equal(mine[0], padded_batch([EXAMPLES[sampler.indices(0)[0]]])[0])
     assert torch.equal(mine[1], padded_batch([EXAMPLES[sampler.indices(0)[1]]])[0])
+
+
+@given(st.lists(st.integers(2, 9), min_size=1, max_size=30), st.integers(8, 20))
+def test_packing_keeps_every_token_and_mask_in_order_within_the_context(lengths: list[int], context: int) -> None:
+    from fewshot.data.examples import pack
+
+    examples = [TrainingExample(tuple(range(n)), tuple(i % 2 == 1 for i in range(n))) for n in lengths]
+    packed = pack(examples, context)
+    assert [t for e in packed for t in e.ids] == [t for e in examples for t in e.ids]
+    assert [m for e in packed for m in e.loss_mask] == [m for e in examples for m in e.loss_mask]
+    assert all(len(e.ids) <= context + 1 for e in packed)
+    assert len(packed) <= len(examples)
