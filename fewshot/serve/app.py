@@ -2,9 +2,9 @@
 
     app = create_app(fewshot.load("runs/mine"), ServeOptions(model_name="mine"))
 
-Handlers never run the model: they validate, submit a job to the engine's thread, and
-await its events through an asyncio queue, so the event loop stays free for other
-clients while the model computes. A client that goes away cancels its job: streams notice
+Handlers never run the model: they validate (parsing, tokenising and chat templates on a
+worker thread), submit a job to the engine's thread, and await its events through an
+asyncio queue, so the event loop stays free for other clients while the model computes. A client that goes away cancels its job: streams notice
 on their next write, other requests through a task that waits for the disconnect.
 
 Every error, FastAPI's own included, leaves in OpenAI's shape with a string code, and
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from fewshot import __version__
@@ -42,6 +41,8 @@ from fewshot.serve.engine import (
     QueueFull,
     Scored,
 )
+from fewshot.serve.guard import Guard
+from fewshot.serve.options import ServeOptions
 from fewshot.serve.protocol import APIError, Plan, error_body
 from fewshot.serve.schemas import (
     ChatRequest,
@@ -55,22 +56,11 @@ from fewshot.serve.schemas import (
 )
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    model_name: str
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
-    max_batch: int = 32
-    max_queue: int = 256
-    step_tokens: int = 512
-    request_timeout: float = 600.0
-    drain_seconds: float = 30.0  # on shutdown, how long running requests may take to finish
-    retry_after: int = 1  # seconds, sent with 429
-
-
 ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
     400: "Invalid request (names the param), or context_length_exceeded",
     401: "Missing or wrong API key",
     404: "Unknown model",
+    413: "The body is larger than --max-body-mb",
     429: "The queue is full; retry after Retry-After seconds",
     503: "The server is shutting down",
 }.items()}
@@ -107,15 +97,12 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
     app = FastAPI(title="fewshot", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible completions and chat completions for a fewshot model.")
     app.state.engine = engine
+    app.add_middleware(Guard, limit=options.max_body_bytes, api_key=options.api_key)
     _install_error_handlers(app)
     _install_openapi(app)
 
     def check(request: Request, model: str | None) -> None:
-        if options.api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {options.api_key}".encode()):
-                raise APIError(401, "Incorrect or missing API key; send it as 'Authorization: Bearer <key>'",
-                               None, "invalid_api_key")
+        # The API key was checked before the body was read: see guard.py.
         if model is not None and model != options.model_name:
             raise APIError(404, f"The model '{model}' does not exist; this server serves '{options.model_name}'",
                            "model", "model_not_found")
@@ -182,11 +169,23 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def prepare(request: Request, schema, plan_of) -> tuple:
+        """Body -> (body, plan) on a worker thread: parsing, validating, tokenising and rendering
+        a chat template all take time, and /health must still answer meanwhile."""
+        raw = await request.body()  # within --max-body-mb: guard.py counted it
+
+        def work():
+            body = protocol.parse_body(raw, request.headers.get("content-type"), schema, lm.model.config.context)
+            check(request, body.model)
+            return body, plan_of(body, lm)
+
+        return await run_in_threadpool(work)
+
+    # The routes read the body themselves (see prepare), so its schema is documented by hand.
     @app.post("/v1/completions", responses={**ERRORS, 200: {"model": CompletionResponse, "content": STREAMED}},
-              summary="Legacy completions")
-    async def completions(body: CompletionRequest, request: Request):
-        check(request, body.model)
-        plan = protocol.completion_plan(body, lm)
+              summary="Legacy completions", openapi_extra=_body_doc(CompletionRequest))
+    async def completions(request: Request):
+        body, plan = await prepare(request, CompletionRequest, protocol.completion_plan)
         rid, created = protocol.new_id("cmpl"), protocol.now()
         if not plan.stream:
             finished = await collect(request, plan)
@@ -220,10 +219,9 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
                                                     "usage": protocol.usage(plan.prompt_tokens, tokens)})
 
     @app.post("/v1/chat/completions", responses={**ERRORS, 200: {"model": ChatResponse, "content": STREAMED}},
-              summary="Chat completions")
-    async def chat_completions(body: ChatRequest, request: Request):
-        check(request, body.model)
-        plan = protocol.chat_plan(body, lm)
+              summary="Chat completions", openapi_extra=_body_doc(ChatRequest))
+    async def chat_completions(request: Request):
+        body, plan = await prepare(request, ChatRequest, protocol.chat_plan)  # a template renders for up to 5 s
         rid, created = protocol.new_id("chatcmpl"), protocol.now()
         if not plan.stream:
             finished = await collect(request, plan)
@@ -278,7 +276,7 @@ async def _cancel_on_disconnect(request: Request, job, engine: Engine) -> None:
 
 
 def _failure(event: Failed) -> APIError:
-    status = {"timeout": 504, "shutdown": 503}.get(event.code, 500)
+    status = {"timeout": 504, "server_shutting_down": 503}.get(event.code, 500)
     return APIError(status, event.message, None, event.code, kind="server_error")
 
 
@@ -294,17 +292,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         # FastAPI says 422; OpenAI (and its clients) say 400 with the offending param.
-        problems = error.errors()
-        first = problems[0] if problems else {}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        if first.get("type") == "json_invalid":
-            message, param = f"The request body is not valid JSON: {first.get('msg', '')}", None
-        elif not loc:
-            message, param = f"The request body must be a JSON object: {first.get('msg', 'invalid')}", None
-        else:  # the field the client sent; the rest of the location (union members, indices) goes in the message
-            param = loc[0]
-            message = f"Invalid value for '{'.'.join(loc)}': {first.get('msg', 'invalid')}"
-        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+        bad = protocol.validation_error(list(error.errors()), prefix=("body", "path", "query"))
+        return JSONResponse(bad.body(), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -312,18 +301,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(str(error.detail), "invalid_request_error", None, code),
                             status_code=error.status_code, headers=getattr(error, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def bug(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error: {error!r}", "server_error", None, "internal_error"),
-                            status_code=500)
+    # A bug (any other exception) becomes a generic 500 in guard.py, which logs it once.
+
+def _body_doc(schema) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{schema.__name__}"}}}}}
 
 
 def _install_openapi(app: FastAPI) -> None:
-    """FastAPI documents 422 for every body; ours are 400s, already listed."""
+    """FastAPI documents 422 for every body; ours are 400s, already listed. The request bodies'
+    schemas (read by hand, see _body_doc) join the components FastAPI generates."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, bodies = models_json_schema([(CompletionRequest, "validation"), (ChatRequest, "validation")],
+                                           ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(bodies["$defs"])
             for path in schema["paths"].values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)

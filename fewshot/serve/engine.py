@@ -118,7 +118,7 @@ class Scored:
 @dataclass(frozen=True)
 class Failed:
     message: str
-    code: str  # "timeout" | "shutdown" | "engine_error"
+    code: str  # "timeout" | "server_shutting_down" | "engine_error"
 
 
 Event = Scored | Delta | Finished | Failed
@@ -206,7 +206,7 @@ class Engine:
         self.config = config
         self.device = next(model.parameters()).device
         self.stop_ids = frozenset(getattr(tokenizer, "stop_ids", {tokenizer.eot_id}))
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.RLock())  # re-entrant: drain() runs in a signal handler
         self._incoming: list[Job] = []
         self._queued_jobs = 0  # jobs with a sequence still waiting for a slot (guarded by _lock)
         self._stopping = False
@@ -251,12 +251,20 @@ class Engine:
         with self._lock:
             self._lock.notify()
 
+    def drain(self, drain_seconds: float) -> None:
+        """Refuse new work now; at `drain_seconds` from now, fail every job left. Does not wait.
+
+        Safe in a signal handler: the lock is re-entrant, and a second call keeps the first deadline.
+        """
+        with self._lock:
+            if not self._stopping:
+                self._stopping = True
+                self._drain_until = time.monotonic() + drain_seconds
+            self._lock.notify()
+
     def stop(self, drain_seconds: float = 0.0) -> None:
         """Refuse new work, let running jobs finish for up to `drain_seconds`, fail the rest, join."""
-        with self._lock:
-            self._stopping = True
-            self._drain_until = time.monotonic() + drain_seconds
-            self._lock.notify()
+        self.drain(drain_seconds)
         if self._thread.is_alive():
             self._thread.join()
 
@@ -277,13 +285,14 @@ class Engine:
                 for job in incoming:
                     self._accept_job(job)
                 if stopping and (not self._jobs or time.monotonic() >= self._drain_until):
-                    self._fail_all("the server is shutting down", "shutdown")
+                    self._fail_all("the server is shutting down; retry on another replica or later",
+                                   "server_shutting_down")
                     return
                 try:
                     self._step()
                 except Exception as error:  # a bug or out of memory: fail this batch, keep serving
                     log.exception("engine step failed")
-                    self._fail_all(f"generation failed: {error}", "engine_error")
+                    self._fail_all("generation failed (an internal error; see the server log)", "engine_error")
                     self._cache, self._rows, self._capacity, self._free = None, 0, 0, []
                 self._deliver()
                 if not self._running and not self._waiting:

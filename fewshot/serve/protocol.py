@@ -1,7 +1,10 @@
 """Between the wire and the engine: API requests -> engine `Request`s, engine events -> API JSON.
 
 Everything a user can get wrong is checked here and raised as `APIError` with OpenAI's
-error fields, so the HTTP layer only has to send it. Choices to know about:
+error fields, so the HTTP layer only has to send it. Parsing the body and building a plan
+can take a while (big bodies, tokenising, chat templates): the HTTP layer runs them on a
+worker thread, and what is too big by count alone is refused before it is validated or
+tokenised. Choices to know about:
 - best_of: each prompt is sampled best_of times and the n samples with the highest *mean*
   token logprob are returned. The mean, not the sum: a sum favours short samples, since
   every token adds a negative number.
@@ -18,10 +21,14 @@ error fields, so the HTTP layer only has to send it. Choices to know about:
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import time
 import uuid
 from dataclasses import dataclass
+
+from pydantic import BaseModel, ValidationError
 
 from fewshot.errors import FewshotError
 from fewshot.inference.sampling import SamplingOptions, TokenLogprob, prompt_token_ids
@@ -29,6 +36,7 @@ from fewshot.serve.engine import Finished, Request
 from fewshot.serve.schemas import ChatRequest, CompletionRequest
 
 MAX_SEQUENCES = 2048  # prompts x best_of in one request; more should be several requests
+MAX_MESSAGES = 2048  # chat messages in one request; checked before the template renders them
 STOP_LIMIT = 4
 
 
@@ -60,6 +68,61 @@ def _from_fewshot(error: FewshotError, default_param: str | None) -> APIError:
     return bad_request(str(error), param)
 
 
+# ---------------------------------------------------------------------------- the body
+
+
+def parse_body(raw: bytes, content_type: str | None, schema: type[BaseModel], context: int) -> BaseModel:
+    """The request body as `schema`, or a 400. Slow for a big body: run it off the event loop."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise bad_request(f"Content-Type must be application/json, got {content_type!r}", None)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise bad_request(f"The request body is not UTF-8: {error}", None) from None
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+        raise bad_request(f"The request body is not valid JSON: {str(error)[:200] or type(error).__name__}", None) from None
+    if isinstance(data, dict):
+        _check_counts(data, context)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as error:
+        raise validation_error(error.errors(include_url=False, include_input=False)) from None
+
+
+def _check_counts(data: dict, context: int) -> None:
+    """Refuse what is too big by count alone before validating it: pydantic holds the GIL
+    for its whole run (~0.3 s for a million token ids), which would stall the event loop."""
+    prompt, messages = data.get("prompt"), data.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        raise _too_many_messages(len(messages))
+    if not isinstance(prompt, list) or not prompt:
+        return
+    flat = isinstance(prompt[0], (int, float)) and not isinstance(prompt[0], bool)
+    if not flat and len(prompt) > MAX_SEQUENCES:
+        raise bad_request(f"{len(prompt)} prompts is more than {MAX_SEQUENCES}; split the request", "prompt")
+    lengths = [len(prompt)] if flat else [len(p) for p in prompt if isinstance(p, list)]
+    if lengths and max(lengths) > context:  # even with max_tokens 0 (scoring only), it cannot fit
+        raise APIError(400, f"This model's maximum context length is {context} tokens, however your prompt "
+                                f"has {max(lengths)} tokens. Please reduce your prompt.", "prompt", "context_length_exceeded")
+
+
+def _too_many_messages(count: int) -> APIError:
+    return bad_request(f"{count} messages is more than {MAX_MESSAGES}; shorten the conversation", "messages")
+
+
+def validation_error(problems: list[dict], prefix: tuple = ()) -> APIError:
+    """pydantic's (or FastAPI's) complaints as one 400 naming the first offending param."""
+    first = problems[0] if problems else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in prefix]
+    if first.get("type") == "json_invalid":
+        return bad_request(f"The request body is not valid JSON: {first.get('msg', '')}", None)
+    if not loc:
+        return bad_request(f"The request body must be a JSON object: {first.get('msg', 'invalid')}", None)
+    # The field the client sent; the rest of the location (union members, indices) goes in the message.
+    return bad_request(f"Invalid value for '{'.'.join(loc)}': {first.get('msg', 'invalid')}", loc[0])
+
+
 @dataclass(frozen=True)
 class Plan:
     """An engine request plus what formatting the answer needs."""
@@ -87,25 +150,22 @@ class Plan:
 
 
 def completion_plan(body: CompletionRequest, lm) -> Plan:
+    """Slow for a big prompt (it tokenises): the HTTP layer runs it off the event loop."""
     tokenizer, context = lm.tokenizer, lm.model.config.context
     prompts = _prompts(body.prompt)
-    ids = []
-    for prompt in prompts:
-        try:
-            ids.append(prompt_token_ids(tokenizer, prompt, lm.model.config.vocab_size))
-        except FewshotError as error:
-            raise bad_request(str(error), "prompt") from None
-    texts = tuple(p if isinstance(p, str) else tokenizer.decode(p) for p in prompts)
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     echo = bool(body.echo)
     n = body.n or 1
     best_of = n if body.best_of is None else body.best_of
+    # Every check on counts comes before tokenising, which costs time per prompt.
     if best_of < n:
         raise bad_request(f"best_of ({best_of}) must be at least n ({n})", "best_of")
     if body.stream and best_of > n:
         raise bad_request("best_of > n cannot be streamed; set stream to false or best_of to n", "best_of")
     if len(prompts) * best_of > MAX_SEQUENCES:
         raise bad_request(f"{len(prompts)} prompts x {best_of} samples is more than {MAX_SEQUENCES}; split the request", "prompt")
+    ids = _token_ids(lm, prompts, max_tokens, "prompt")
+    texts = tuple(p if isinstance(p, str) else tokenizer.decode(p) for p in prompts)
     ids = [p or [tokenizer.eot_id] for p in ids]
     for p in ids:
         _check_fits(len(p), max_tokens, context, "prompt")
@@ -117,14 +177,19 @@ def completion_plan(body: CompletionRequest, lm) -> Plan:
 
 
 def chat_plan(body: ChatRequest, lm) -> Plan:
+    """Slow (the template renders in a worker process, up to seconds): run it off the event loop.
+
+    Any FewshotError, a failing chat template's included, is the request's fault: a 400."""
+    if len(body.messages) > MAX_MESSAGES:
+        raise _too_many_messages(len(body.messages))
     try:
         prompt = lm.chat_prompt([{"role": "system" if m.role == "developer" else m.role, "content": m.content}
                                  for m in body.messages])
-        ids = prompt_token_ids(lm.tokenizer, prompt.text, lm.model.config.vocab_size) or [lm.tokenizer.eot_id]
     except FewshotError as error:
         raise bad_request(str(error), "messages") from None
     context = lm.model.config.context
     max_tokens = body.max_completion_tokens or body.max_tokens
+    ids = _token_ids(lm, [prompt.text], max_tokens or 1, "messages")[0] or [lm.tokenizer.eot_id]
     if max_tokens == 0:
         raise bad_request("max_tokens must be at least 1", "max_tokens")
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -138,6 +203,40 @@ def chat_plan(body: ChatRequest, lm) -> Plan:
     options = _options(body, lm, n=n, max_tokens=max_tokens, stop=stops, logprobs=logprobs)
     request = Request((tuple(ids),), options, max_tokens, stream=bool(body.stream))
     return Plan(request, (prompt.text,), n, False, logprobs, bool(body.stream), _include_usage(body), len(ids))
+
+
+def _token_ids(lm, prompts: list, max_tokens: int, param: str) -> list[list[int]]:
+    """Token ids of every prompt; texts that cannot fit the context are refused without tokenising.
+
+    A token covers at most `_longest_token` bytes, so a text of B bytes has at least
+    B / longest tokens. Tokenising a megabyte would take seconds, in one call that holds
+    the GIL (`tokenizers`' encode), which would stall the event loop however it is run;
+    encode_batch releases the GIL, so it is used even for one text.
+    """
+    context, vocab = lm.model.config.context, lm.model.config.vocab_size
+    longest = _longest_token(lm.tokenizer)
+    texts = [p for p in prompts if isinstance(p, str)]
+    for text in texts:
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        at_least = -(-size // longest)
+        if at_least + max_tokens > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens, however you requested at least "
+                f"{at_least + max_tokens} tokens (at least {at_least} in your prompt; {max_tokens} for the completion). "
+                f"Please reduce your prompt or max_tokens.",
+                param, "context_length_exceeded")
+    try:
+        encoded = iter(lm.tokenizer.encode_batch(texts) if texts else ())
+        return [list(next(encoded)) if isinstance(p, str) else prompt_token_ids(lm.tokenizer, p, vocab) for p in prompts]
+    except FewshotError as error:
+        raise bad_request(str(error), param) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _longest_token(tokenizer) -> int:
+    """The most bytes one token stands for (special tokens included, which only loosens the bound)."""
+    return max(1, max(len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)))
 
 
 def _prompts(prompt) -> list[str | list[int]]:
@@ -172,16 +271,12 @@ def _include_usage(body) -> bool:
 
 
 def _options(body, lm, n: int, max_tokens: int, stop: tuple[str, ...], logprobs: int | None) -> SamplingOptions:
-    vocab = lm.model.config.vocab_size
-    bias = {}
-    for key, value in (body.logit_bias or {}).items():
-        # Clients written for other models send their ids (GPT-2's 50256 for end-of-text);
-        # an id this vocabulary lacks names no token here, so its bias has nothing to change.
-        if int(key) < vocab:
-            bias[int(key)] = value
+    # An id this vocabulary lacks is refused (SamplingOptions.check_vocab), as everywhere:
+    # a client sending GPT-2's 50256 to another tokenizer should hear about it.
+    bias = {int(key): value for key, value in (body.logit_bias or {}).items()}
     top_p = 1.0 if body.top_p is None else body.top_p
     try:
-        return SamplingOptions(
+        options = SamplingOptions(
             max_tokens=max(1, max_tokens),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_k=body.top_k or 0,
@@ -190,6 +285,8 @@ def _options(body, lm, n: int, max_tokens: int, stop: tuple[str, ...], logprobs:
             frequency_penalty=body.frequency_penalty or 0.0,
             logit_bias=bias, stop=stop, n=n, seed=None if body.seed is None else body.seed % 2**64, logprobs=logprobs,
         )
+        options.check_vocab(lm.model.config.vocab_size)
+        return options
     except FewshotError as error:
         raise _from_fewshot(error, None) from None
 

@@ -64,8 +64,8 @@ class _Sampling(_Request):
     presence_penalty: float | None = Field(0.0, ge=-2, le=2)
     frequency_penalty: float | None = Field(0.0, ge=-2, le=2)
     logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]+$")], float] | None = Field(
-        None, description="Token id -> bias, clamped to [-100, 100] and added to its logit. Ids the model's "
-                          "vocabulary lacks are ignored: no token of this model can be affected by them.")
+        None, description="Token id -> bias, clamped to [-100, 100] and added to its logit. An id outside the "
+                          "model's vocabulary is a 400 (param logit_bias).")
     # Any integer, reduced modulo 2**64 (a range check on huge numbers would depend on
     # whether a client's JSON parser reads them as floats).
     seed: int | None = Field(None, description="Same seed and request, same text.")

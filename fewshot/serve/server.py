@@ -1,9 +1,11 @@
 """`run_server`: load a run directory and serve it with uvicorn until SIGINT/SIGTERM.
 
-On SIGTERM uvicorn stops accepting connections and lets open requests (streams too) run
-for up to `drain_seconds`; then it cancels what is left, which cancels their engine jobs,
-and the app's shutdown stops the engine thread. So a deploy that sends SIGTERM loses no
-answer that could finish in time, and the process always exits.
+On SIGTERM the engine starts draining at once: new requests get 503 server_shutting_down,
+running ones (streams too) have `drain_seconds` to finish. At that deadline the engine
+fails every job left with a server_shutting_down event, so each handler ends its own
+response: a stream with an error event and `data: [DONE]`, any other request with a 503.
+uvicorn's own graceful timeout is set a little later, so it never has to cancel a task
+(which would cut streams with no word, and log a traceback per connection).
 """
 
 from __future__ import annotations
@@ -12,33 +14,35 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from types import FrameType
 
-from fewshot.errors import FewshotError
-from fewshot.serve.app import ServeOptions, create_app
+from fewshot.serve.options import ServeOptions
+
+MARGIN_SECONDS = 5.0  # after the drain deadline, for handlers to send their last bytes
 
 
-def run_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               max_batch: int = 32, max_queue: int = 256, model_name: str | None = None, device: str = "cpu",
-               step_tokens: int = 512, request_timeout: float = 600.0, drain_seconds: float = 30.0,
-               log_level: str = "info") -> None:
+def run_server(run_dir: str | Path, options: ServeOptions = ServeOptions()) -> None:
     """Serve the model in `run_dir` at http://host:port/v1 (OpenAI's completions API) until stopped."""
     import uvicorn
 
     import fewshot
+    from fewshot.serve.app import create_app
 
-    if not 0 <= port <= 65535:
-        raise FewshotError(f"serve: port must be in [0, 65535], got {port}")
-    lm = fewshot.load(run_dir, device=device)
-    options = ServeOptions(
-        model_name=model_name or Path(run_dir).resolve().name, api_key=api_key or None, max_batch=max_batch,
-        max_queue=max_queue, step_tokens=step_tokens, request_timeout=request_timeout, drain_seconds=drain_seconds,
-    )
+    options = options.resolved(run_dir)  # every check, the key's too, before the (slow) load
+    lm = fewshot.load(run_dir, device=options.device)
     app = create_app(lm, options)
-    logging.getLogger("fewshot.serve").setLevel(log_level.upper())
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=drain_seconds)
+    logging.getLogger("fewshot.serve").setLevel(options.log_level.upper())
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
+                            access_log=False, timeout_graceful_shutdown=options.drain_seconds + MARGIN_SECONDS)
+    engine = app.state.engine
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            engine.drain(options.drain_seconds)  # only sets a flag and a deadline: fine in a signal handler
+            super().handle_exit(sig, frame)
+
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was
         # there before; a no-op one makes that graceful shutdown exit with status 0.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run()
+    Server(config).run()

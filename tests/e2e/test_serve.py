@@ -229,7 +229,7 @@ def test_a_client_that_disconnects_cancels_its_work(server):
         time.sleep(0.05)
 
 
-def test_schemathesis_finds_no_server_errors(server):
+def schemathesis(server: str, max_examples: int, max_time: int) -> subprocess.CompletedProcess:
     """Fuzz every documented operation: no 5xx, and every response as documented.
 
     All checks but one: "positive data acceptance" expects a 2xx for any request the schema
@@ -238,10 +238,21 @@ def test_schemathesis_finds_no_server_errors(server):
     """
     command = [str(Path(sys.executable).with_name("st")), "run", f"{server}/openapi.json", "--checks", "all",
                "--exclude-checks", "positive_data_acceptance",
-               "--max-examples", "50", "--seed", "1", "--request-timeout", "30", "--suppress-health-check", "all",
-               "--phases", "examples,coverage,fuzzing", "--max-time", "25"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+               "--max-examples", str(max_examples), "--seed", "1", "--request-timeout", "30",
+               "--suppress-health-check", "all", "--phases", "examples,coverage,fuzzing", "--max-time", str(max_time)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=max_time + 240)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    return result
+
+
+def test_schemathesis_finds_no_server_errors(server):
+    schemathesis(server, max_examples=50, max_time=25)
+
+
+@pytest.mark.slow
+def test_schemathesis_at_length_finds_no_server_errors(server):
+    result = schemathesis(server, max_examples=500, max_time=240)
+    print(result.stdout[-3000:])  # the case counts, for the record (pytest -s)
 
 
 # ---------------------------------------------------------------------------- a locked-down server

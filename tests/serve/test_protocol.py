@@ -45,13 +45,37 @@ def test_best_of_below_n_and_streamed_best_of_are_400s_on_best_of(lm: LM) -> Non
 
 def test_sampling_options_map_onto_the_engine_request(lm: LM) -> None:
     plan = completion_plan(CompletionRequest(prompt=["ab", "cde"], n=2, best_of=3, max_tokens=5, temperature=0.5,
-                                             stop="\n", seed=-1, logit_bias={"65": 3.0, "99999": 5.0}), lm)
+                                             stop="\n", seed=-1, logit_bias={"65": 3.0}), lm)
     options = plan.request.options
     assert plan.request.prompts == (tuple(b"ab"), tuple(b"cde")) and plan.prompt_tokens == 5
     assert options.n == 3 and plan.n == 2 and plan.request.rank  # best_of samples, n returned, ranked
     assert options.temperature == 0.5 and options.stop == ("\n",) and plan.request.max_tokens == 5
     assert options.seed == 2**64 - 1  # the API's signed seed, wrapped into torch's range
-    assert options.logit_bias == ((65, 3.0),)  # an id outside this vocabulary names no token here
+    assert options.logit_bias == ((65, 3.0),)
+
+
+def test_a_logit_bias_id_outside_the_vocabulary_is_a_400(lm: LM) -> None:
+    # It used to be dropped silently; the library refuses it too (SamplingOptions.check_vocab).
+    with pytest.raises(APIError) as caught:
+        completion_plan(CompletionRequest(prompt="a", logit_bias={"65": 3.0, "99999": 5.0}), lm)
+    error = caught.value.body()["error"]
+    assert caught.value.status == 400 and error["param"] == "logit_bias" and "99999" in error["message"]
+    with pytest.raises(APIError) as caught:
+        chat_plan(ChatRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=1, logit_bias={"260": 1.0}), lm)
+    assert caught.value.body()["error"]["param"] == "logit_bias"
+
+
+def test_counts_are_checked_before_anything_is_tokenised(lm: LM, monkeypatch) -> None:
+    import fewshot.serve.protocol as protocol
+
+    monkeypatch.setattr(protocol, "prompt_token_ids", lambda *a: pytest.fail("tokenised before the count check"))
+    with pytest.raises(APIError) as caught:
+        completion_plan(CompletionRequest(prompt=["a"] * 1025, best_of=2, max_tokens=1), lm)
+    assert caught.value.body()["error"]["param"] == "prompt"
+    monkeypatch.setattr(lm, "chat_prompt", lambda *a: pytest.fail("rendered before the count check"))
+    with pytest.raises(APIError) as caught:
+        chat_plan(ChatRequest(messages=[{"role": "user", "content": "x"}] * (protocol.MAX_MESSAGES + 1)), lm)
+    assert caught.value.body()["error"]["param"] == "messages"
 
 
 def test_a_bad_sampling_value_is_a_400_naming_its_param(lm: LM) -> None:
