@@ -237,6 +237,11 @@ def setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# The usual rates: the base's own pre-training rate would wreck it in a full fine-tune,
+# while an adapter starts from nothing and needs a large one (T-Few trains (IA)3 at 3e-3).
+FINETUNE_LR = {"full": 3e-5, "lora": 1e-3, "ia3": 3e-3}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """What `fewshot finetune` adds to a training run: the base it starts from, and how."""

@@ -9,14 +9,15 @@ import typer
 
 from fewshot.cli.app import app, err, out
 from fewshot.cli.options import config_options
-from fewshot.config import FinetuneConfig, TrainConfig
+from fewshot.config import FINETUNE_LR, FinetuneConfig, TrainConfig
 
 # Pre-training's own settings: a fine-tune takes its model, context and tokenizer from the base.
 PRETRAINING_ONLY = ("preset", "context", "short_context", "short_context_steps", "attention", "window", "fit_steps_to_time")
 
 
 @app.command()
-@config_options(TrainConfig, skip=PRETRAINING_ONLY)
+@config_options(TrainConfig, skip=PRETRAINING_ONLY, helps={
+    "lr": "Peak learning rate (default: per method, " + ", ".join(f"{m} {lr:g}" for m, lr in FINETUNE_LR.items()) + ")."})
 @config_options(FinetuneConfig, into="tuning")
 def finetune(
     given: dict,

@@ -1,7 +1,7 @@
 """Command options made from a config dataclass's fields, so each setting is declared once.
 
 A field declared with `fewshot.config.setting(default, help)` becomes `--field-name` (a
-`--name/--no-name` switch for booleans). The command receives the options the user gave as
+`--name/--no-name` switch for booleans, a repeatable option for `tuple[str, ...]`). The command receives the options the user gave as
 one dict, `given`, and the dataclass keeps its defaults and its checks for the rest.
 """
 
@@ -25,16 +25,19 @@ def _option_type(annotation: Any) -> type:
         return _option_type(args[0])
     if typing.get_origin(annotation) is Literal:
         return type(args[0])
+    if typing.get_origin(annotation) is tuple:  # tuple[str, ...]: a repeatable option
+        return list[args[0]]
     return annotation
 
 
-def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = None,
-                   into: str = "given") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = None, into: str = "given",
+                   helps: dict[str, str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add one option per `setting` field of `config` to a command that takes `given: dict`.
 
     `defaults`, an instance of `config`, is what the command falls back to (the help shows its
     values); without it, the fields' own defaults. `into` names the dict parameter, so that a
-    command can take the options of two configs (one decorator each)."""
+    command can take the options of two configs (one decorator each). `helps` replaces the
+    help of fields whose default this command sets otherwise."""
     hints = typing.get_type_hints(config)
     fields = [f for f in dataclasses.fields(config) if "help" in f.metadata and f.name not in skip]
 
@@ -49,7 +52,8 @@ def config_options(config: type, *, skip: tuple[str, ...] = (), defaults: Any = 
             declaration = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
             default = f.default if defaults is None else getattr(defaults, f.name)
             shown = "" if default is None else f" Default: {default}."
-            annotation = Annotated[Optional[kind], typer.Option(declaration, help=f"{f.metadata['help']}{shown}",
+            text = (helps or {}).get(f.name, f.metadata["help"])
+            annotation = Annotated[Optional[kind], typer.Option(declaration, help=f"{text}{shown}",
                                                                show_default=False)]
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
             annotations[f.name] = annotation

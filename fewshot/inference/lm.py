@@ -6,6 +6,7 @@
     lm.generate("The cat", max_tokens=20)   # str
     lm.score("Q: 2+2?\\nA:", " 4")          # summed log-probability of the continuation
     lm.chat([{"role": "user", "content": "Hi"}], max_tokens=50)   # the assistant's reply
+    tuned = lm.with_adapter("runs/ft")      # a LoRA/(IA)3 run on top, sharing lm's weights
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class LM:
     tokenizer: Tokenizer
     config: RunConfig
     source: str = "the model"  # what error messages call it: the run directory, once loaded
+    run: RunDir | None = None  # where the weights came from, for adapters to check their base against
+    adapter: str | None = None  # the adapter run on top of them
 
     @property
     def device(self) -> torch.device:
@@ -47,6 +50,17 @@ class LM:
         idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         logits, _ = self.model(idx)
         return logits[0].float()
+
+    def with_adapter(self, adapter: str | Path) -> LM:
+        """This model with a LoRA/(IA)3 run on top, sharing (not copying) the base's weights.
+
+        Refused when the adapter was trained on another base (its fingerprint must match)."""
+        from fewshot.train.finetune import apply_adapter
+
+        if self.run is None or self.adapter is not None:
+            raise FewshotError(f"{adapter}: an adapter goes onto a plain run loaded with fewshot.load, not onto {self.source}")
+        model = apply_adapter(GPT.sharing(self.model), adapter, self.run)
+        return LM(model.eval(), self.tokenizer, self.config, f"{self.run.path} + {adapter}", self.run, str(adapter))
 
     def complete(self, prompt: str | Sequence[int], on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[Completion]:
         """Every sample with its finish reason and (optionally) logprobs."""
@@ -109,10 +123,5 @@ def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = 
         )
     model = GPT.for_loading(model_config, pick_device(device))
     run.load_weights(model)
-    source = str(run.path)
-    if adapter is not None:
-        from fewshot.train.finetune import apply_adapter
-
-        model = apply_adapter(model, adapter, run)
-        source = f"{run.path} + {adapter}"
-    return LM(model.eval(), tokenizer, run.config, source)
+    lm = LM(model.eval(), tokenizer, run.config, str(run.path), run)
+    return lm if adapter is None else lm.with_adapter(adapter)

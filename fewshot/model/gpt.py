@@ -141,6 +141,16 @@ class GPT(nn.Module):
         model.tie_weights()
         return model
 
+    @classmethod
+    def sharing(cls, other: GPT) -> GPT:
+        """A second model over `other`'s weight tensors, not a copy: one can carry an adapter
+        while the other stays plain, and serving several adapters costs one base in memory."""
+        with torch.device("meta"):
+            model = cls(other.config)
+        model.load_state_dict(other.state_dict(), assign=True)  # raises if `other` carries an adapter
+        model.tie_weights()
+        return model
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
 

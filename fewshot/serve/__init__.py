@@ -7,6 +7,9 @@
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     client.completions.create(model="mine", prompt="ROMEO:", max_tokens=20)
 
+Adapters of the base are served beside it, on its weights, under their own `model` names
+(`ServeOptions(adapter=("tuned=runs/ft",))`, or `fewshot serve runs/mine --adapter tuned=runs/ft`).
+
 Modules, one job each:
 - options.py   ServeOptions: every setting, its checks, where the API key comes from
 - engine.py    continuous batching over one model, on its own thread

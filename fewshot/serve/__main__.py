@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     hints = typing.get_type_hints(ServeOptions)
     for field in dataclasses.fields(ServeOptions):
         if "help" in field.metadata:
-            kind = next(t for t in (*typing.get_args(hints[field.name]), hints[field.name]) if t is not type(None))
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS,
-                                help=f"{field.metadata['help']} Default: {field.default}.")
+            hint = hints[field.name]
+            flag, shown = f"--{field.name.replace('_', '-')}", f"{field.metadata['help']} Default: {field.default}."
+            if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a repeatable option
+                parser.add_argument(flag, type=typing.get_args(hint)[0], action="append", default=argparse.SUPPRESS,
+                                    help=shown)
+                continue
+            kind = next(t for t in (*typing.get_args(hint), hint) if t is not type(None))
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=shown)
     given = vars(parser.parse_args(argv))
     try:
         run_server(given.pop("run_dir"), ServeOptions(**given))

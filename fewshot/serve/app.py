@@ -15,6 +15,7 @@ right exception.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -83,10 +84,13 @@ class _Channel:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
 
 
-def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastAPI:
+def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters: dict | None = None) -> FastAPI:
+    """`adapters`: model name -> LM of an adapter over `lm`'s weights (LM.with_adapter)."""
+    adapters = adapters or {}
     engine = engine or Engine(lm.model, lm.tokenizer, EngineConfig(
         max_batch=options.max_batch, max_queue=options.max_queue, step_tokens=options.step_tokens,
-        request_timeout=options.request_timeout))
+        request_timeout=options.request_timeout), adapters={name: a.model for name, a in adapters.items()})
+    served = [options.model_name, *adapters]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,11 +105,13 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
     _install_error_handlers(app)
     _install_openapi(app)
 
-    def check(request: Request, model: str | None) -> None:
+    def check(request: Request, model: str | None) -> str:
+        """The served model's name (the base's when none is given); 404 for any other."""
         # The API key was checked before the body was read: see guard.py.
-        if model is not None and model != options.model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this server serves '{options.model_name}'",
-                           "model", "model_not_found")
+        if model is not None and model not in served:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves "
+                                f"{', '.join(repr(name) for name in served)}", "model", "model_not_found")
+        return model if model is not None else options.model_name
 
     def submit(plan: Plan) -> tuple:
         channel = _Channel()
@@ -170,14 +176,17 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def prepare(request: Request, schema, plan_of) -> tuple:
-        """Body -> (body, plan) on a worker thread: parsing, validating, tokenising and rendering
-        a chat template all take time, and /health must still answer meanwhile."""
+        """Body -> (model name, plan) on a worker thread: parsing, validating, tokenising and
+        rendering a chat template all take time, and /health must still answer meanwhile."""
         raw = await request.body()  # within --max-body-mb: guard.py counted it
 
         def work():
             body = protocol.parse_body(raw, request.headers.get("content-type"), schema, lm.model.config.context)
-            check(request, body.model)
-            return body, plan_of(body, lm)
+            name = check(request, body.model)
+            plan = plan_of(body, lm)  # adapters share the base's tokenizer and template
+            if name in adapters:
+                plan = dataclasses.replace(plan, request=dataclasses.replace(plan.request, adapter=name))
+            return name, plan
 
         return await run_in_threadpool(work)
 
@@ -185,12 +194,12 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
     @app.post("/v1/completions", responses={**ERRORS, 200: {"model": CompletionResponse, "content": STREAMED}},
               summary="Legacy completions", openapi_extra=_body_doc(CompletionRequest))
     async def completions(request: Request):
-        body, plan = await prepare(request, CompletionRequest, protocol.completion_plan)
+        name, plan = await prepare(request, CompletionRequest, protocol.completion_plan)
         rid, created = protocol.new_id("cmpl"), protocol.now()
         if not plan.stream:
             finished = await collect(request, plan)
-            return JSONResponse(protocol.completion_response(lm, plan, finished, rid, created, options.model_name))
-        head = {"id": rid, "object": "text_completion", "created": created, "model": options.model_name}
+            return JSONResponse(protocol.completion_response(lm, plan, finished, rid, created, name))
+        head = {"id": rid, "object": "text_completion", "created": created, "model": name}
         offsets = {}
 
         def chunks(event: Event | None) -> list[dict]:
@@ -221,12 +230,12 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
     @app.post("/v1/chat/completions", responses={**ERRORS, 200: {"model": ChatResponse, "content": STREAMED}},
               summary="Chat completions", openapi_extra=_body_doc(ChatRequest))
     async def chat_completions(request: Request):
-        body, plan = await prepare(request, ChatRequest, protocol.chat_plan)  # a template renders for up to 5 s
+        name, plan = await prepare(request, ChatRequest, protocol.chat_plan)  # a template renders for up to 5 s
         rid, created = protocol.new_id("chatcmpl"), protocol.now()
         if not plan.stream:
             finished = await collect(request, plan)
-            return JSONResponse(protocol.chat_response(lm, plan, finished, rid, created, options.model_name))
-        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": options.model_name}
+            return JSONResponse(protocol.chat_response(lm, plan, finished, rid, created, name))
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name}
 
         def chunk(index: int, delta: dict, logprobs=None, finish_reason=None) -> dict:
             return {**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
@@ -245,17 +254,18 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None) -> FastA
         return stream(plan, chunks, lambda tokens: {**head, "choices": [],
                                                     "usage": protocol.usage(plan.prompt_tokens, tokens)})
 
-    card = {"id": options.model_name, "object": "model", "created": protocol.now(), "owned_by": "fewshot"}
+    created = protocol.now()
+    cards = {name: {"id": name, "object": "model", "created": created, "owned_by": "fewshot",
+                    "root": adapters[name].adapter if name in adapters else str(lm.source),
+                    "parent": options.model_name if name in adapters else None} for name in served}
 
-    @app.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served model")
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models: base, then adapters")
     async def models(request: Request):
-        check(request, None)
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": list(cards.values())}
 
     @app.get("/v1/models/{model}", response_model=ModelCard, responses=ERRORS, summary="One model")
     async def model(model: str, request: Request):
-        check(request, model)
-        return card
+        return cards[check(request, model)]
 
     @app.get("/health", response_model=Health, summary="Liveness, and the engine's load")
     async def health():

@@ -19,6 +19,11 @@ copy, when a longer one arrives: a model with an 8192-token context never pays f
 32 x 8192 unless requests actually ask for it. A cache bigger than `idle_cache_bytes` is
 let go when the engine falls idle.
 
+Adapters (LoRA, (IA)3) are further models over the same base weights, named like the API's
+`model`. Their sequences share the one KV cache; a step prefills each chunk with its own
+model and decodes once per adapter that has decoding rows (rows of the others get the same
+harmless dummy write as free ones), so a step costs one decode per adapter in use.
+
 The model runs on this engine's own thread; the HTTP side only submits jobs and reads
 events, so it stays responsive while the model computes.
 """
@@ -74,6 +79,7 @@ class Request:
     prompt_logprobs: bool = False  # logprobs of the prompt's own tokens (echo)
     rank: bool = False  # track each sample's summed logprob, to pick the best of several
     stream: bool = False  # send text as it comes (Delta events); else only the Finished ones
+    adapter: str | None = None  # which of the engine's adapters decodes it; None: the base model
 
 
 class QueueFull(Exception):
@@ -200,8 +206,9 @@ def _next_power_of_two(n: int) -> int:
 class Engine:
     """Owns the model and its thread. `submit` from any thread; events come back through the job."""
 
-    def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig()) -> None:
+    def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig(), adapters: dict | None = None) -> None:
         self.model = model.eval()
+        self.models = {None: self.model, **{name: m.eval() for name, m in (adapters or {}).items()}}
         self.tokenizer = tokenizer
         self.config = config
         self.device = next(model.parameters()).device
@@ -229,6 +236,8 @@ class Engine:
         return self
 
     def submit(self, request: Request, deliver: Callable[[list[Event]], None]) -> Job:
+        if request.adapter not in self.models:
+            raise FewshotError(f"no adapter named {request.adapter!r} is loaded")
         context = self.model.config.context
         for prompt in request.prompts:
             # The HTTP layer says this nicer (context_length_exceeded); this guards the cache.
@@ -385,7 +394,8 @@ class Engine:
             budget -= len(chunk)
             view = self._cache.rows(sequence.slot, sequence.slot + 1)
             view.length = start
-            logits = self.model.step(torch.tensor([chunk], device=self.device), view)[0].float()
+            model = self.models[sequence.job.request.adapter]
+            logits = model.step(torch.tensor([chunk], device=self.device), view)[0].float()
             if sequence.job.request.prompt_logprobs:
                 self._score_prompt(sequence, start, chunk, logits)
             sequence.position += len(chunk)
@@ -408,18 +418,27 @@ class Engine:
             sequence.prompt_logprobs.extend(token_logprobs(self.tokenizer, predicting, chosen, sequence.options))
 
     def _decode(self, decoding: list[_Sequence]) -> None:
-        """One token for every decoding row; rows in between get a harmless dummy write."""
+        """One token for every decoding row: one model call per adapter among them."""
+        by_adapter: dict[str | None, list[_Sequence]] = {}
+        for sequence in decoding:
+            by_adapter.setdefault(sequence.job.request.adapter, []).append(sequence)
+        for adapter, group in by_adapter.items():
+            self._decode_rows(self.models[adapter], group)
+
+    def _decode_rows(self, model, decoding: list[_Sequence]) -> None:
+        """A token for each of `decoding`'s rows; rows in between get a harmless dummy write."""
         rows = 1 + max(s.slot for s in self._running)
         idx, positions = [0] * rows, [0] * rows
         for sequence in self._running:
-            # A slot still prefilling gets the dummy token at its next free position, which
-            # its next chunk overwrites; a free slot at position 0, which nobody reads.
+            # Any other slot gets the dummy token at its next free position, which its own next
+            # write overwrites (a slot still prefilling, or decoding with another adapter, before
+            # or after this call); a free slot at position 0, which nobody reads.
             positions[sequence.slot] = min(sequence.position, self._capacity - 1)
         for sequence in decoding:
             idx[sequence.slot] = sequence.next_token
         idx_t = torch.tensor(idx, device=self.device)[:, None]
         positions_t = torch.tensor(positions, device=self.device)
-        logits = self.model.step_rows(idx_t, self._cache.rows(0, rows), positions_t)[:, 0]
+        logits = model.step_rows(idx_t, self._cache.rows(0, rows), positions_t)[:, 0]
         logits = logits.float()
         greedy = logits.argmax(dim=-1).tolist() if any(s.plain_greedy for s in decoding) else None
         for sequence in decoding:

@@ -27,6 +27,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 @dataclass(frozen=True)
 class ServeOptions:
     model_name: str | None = setting(None, "The name clients use in `model` (default: the run directory's name).")
+    adapter: tuple[str, ...] = setting((), "NAME=DIR: also serve the LoRA/(IA)3 run DIR, on the same base weights, "
+                                           "as model NAME. Repeatable.")
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8000, "Port to listen on (0: any free one).")
     api_key: str | None = setting(None, f"Require `Authorization: Bearer KEY` on /v1/*. Visible in `ps`: prefer "
@@ -44,6 +46,10 @@ class ServeOptions:
     retry_after: int = 1  # seconds, sent with 429
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "adapter", tuple(self.adapter))
+        names = [name for name, _ in self._adapter_pairs()]
+        if len(set(names)) < len(names):
+            raise FewshotError(f"serve: two --adapter options share a name: {', '.join(names)}")
         for name in ("max_batch", "max_queue", "step_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -63,6 +69,21 @@ class ServeOptions:
         if self.api_key is not None and not self.api_key.strip():
             raise FewshotError("serve: --api-key is empty; give a real key (or leave the option out for no auth)")
 
+    def _adapter_pairs(self) -> list[tuple[str, str]]:
+        pairs = []
+        for given in self.adapter:
+            name, equals, directory = str(given).partition("=")
+            if not equals or not name.strip() or not directory.strip():
+                raise FewshotError(f"serve: --adapter takes NAME=DIR (the model name clients send, and an adapter "
+                                   f"run), got {given!r}")
+            pairs.append((name.strip(), directory.strip()))
+        return pairs
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """Model name -> adapter run directory."""
+        return {name: Path(directory) for name, directory in self._adapter_pairs()}
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 10**6)
@@ -76,8 +97,10 @@ class ServeOptions:
             key = os.environ[API_KEY_ENV].strip()
             if not key:
                 raise FewshotError(f"serve: ${API_KEY_ENV} is set but empty; unset it for no auth")
-        return dataclasses.replace(self, api_key=key.strip() if key else None, api_key_file=None,
-                                   model_name=self.model_name or Path(run_dir).resolve().name)
+        name = self.model_name or Path(run_dir).resolve().name
+        if name in self.adapters:
+            raise FewshotError(f"serve: --adapter {name}=... has the base model's name; give the adapter another one")
+        return dataclasses.replace(self, api_key=key.strip() if key else None, api_key_file=None, model_name=name)
 
 
 def _read_key(path: Path) -> str:

@@ -181,6 +181,8 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str  # the run directory (an adapter's own, for an adapter), as vLLM reports it
+    parent: str | None = None  # for an adapter: the base model it runs on
 
 
 class ModelList(BaseModel):

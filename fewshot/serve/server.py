@@ -30,7 +30,8 @@ def run_server(run_dir: str | Path, options: ServeOptions = ServeOptions()) -> N
 
     options = options.resolved(run_dir)  # every check, the key's too, before the (slow) load
     lm = fewshot.load(run_dir, device=options.device)
-    app = create_app(lm, options)
+    adapters = {name: lm.with_adapter(directory) for name, directory in options.adapters.items()}
+    app = create_app(lm, options, adapters=adapters)
     logging.getLogger("fewshot.serve").setLevel(options.log_level.upper())
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
                             access_log=False, timeout_graceful_shutdown=options.drain_seconds + MARGIN_SECONDS)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fewshot.chat import Message, render_chat
-from fewshot.config import FinetuneConfig, TrainConfig
+from fewshot.config import FINETUNE_LR, FinetuneConfig, TrainConfig
 from fewshot.data.examples import TrainingExample, pack, read_examples
 from fewshot.data.sampling import ExampleSampler, example_batches
 from fewshot.errors import FewshotError
@@ -52,7 +52,7 @@ def finetune_config(base: str | Path, data: str | Path, out: str | Path, given: 
     if run.is_adapter:
         raise FewshotError(f"{base} is an adapter; fine-tune its base (merge it first with --merge to build on it)")
     spec = FinetuneConfig(base=str(base), base_sha256=run.weights_sha256(), **finetune)
-    given.setdefault("lr", DEFAULT_LR[spec.method])
+    given.setdefault("lr", FINETUNE_LR[spec.method])
     config = TrainConfig(data=str(data), out=str(out), finetune=spec, **given)
     if "max_steps" not in given:
         train_examples, _ = split_examples(config, load_examples(config, run))
@@ -65,9 +65,6 @@ def finetune_config(base: str | Path, data: str | Path, out: str | Path, given: 
     return config
 
 
-# The usual rates: the base's own pre-training rate would wreck it in a full fine-tune,
-# while an adapter starts from nothing and needs a large one (T-Few trains (IA)3 at 3e-3).
-DEFAULT_LR = {"full": 3e-5, "lora": 1e-3, "ia3": 3e-3}
 
 
 def load_examples(config: TrainConfig, base: RunDir) -> list[TrainingExample]:

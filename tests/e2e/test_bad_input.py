@@ -201,6 +201,15 @@ def cases() -> list[tuple[str, list[str]]]:
         "max-body-zero": ["--max-body-mb", "0"], "drain-negative": ["--drain-seconds", "-1"],
     }.items():
         add(f"serve-{name}", "serve", "trained", *extra)
+    for name, (run, *extra) in {
+        "adapter-without-a-name": ["trained", "--adapter", "adapter"], "adapter-empty-dir": ["trained", "--adapter", "a="],
+        "adapter-missing": ["trained", "--adapter", "a=nope"], "adapter-not-an-adapter": ["trained", "--adapter", "a=imported"],
+        "adapter-on-another-base": ["imported", "--adapter", "a=adapter"],
+        "adapter-names-clash": ["trained", "--adapter", "a=adapter", "--adapter", "a=adapter"],
+        "adapter-named-as-the-base": ["trained", "--adapter", "trained=adapter"],
+        "adapter-onto-an-adapter": ["adapter", "--adapter", "b=adapter"],
+    }.items():
+        add(f"serve-{name}", "serve", run, "--port", "0", *extra)
 
     # converters
     add("import-gguf-missing", "import-gguf", "nope.gguf", "gguf_run")

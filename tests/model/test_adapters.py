@@ -111,3 +111,18 @@ def test_the_files_are_peft_format_peft_itself_loads(tmp_path: Path) -> None:
     save_file(adapter_state(trained), str(tmp_path / "adapter_model.safetensors"))
     loaded = peft.PeftModel.from_pretrained(model(), str(tmp_path))
     assert torch.allclose(loaded(IDS)[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", ["gpt3", "llama"])
+def test_a_sharing_model_carries_an_adapter_on_the_same_tensors_and_the_base_stays_plain(block: str) -> None:
+    base = model(block)
+    before = base(IDS)[0]
+    tuned = nudged(GPT.sharing(base), "lora").eval()
+    plain = dict(base.named_parameters())
+    shared = {name.replace(".base_layer", ""): p for name, p in tuned.named_parameters() if not p.requires_grad}
+    assert shared.keys() == plain.keys()
+    assert all(shared[name].data_ptr() == p.data_ptr() for name, p in plain.items())  # no copy
+    assert torch.equal(base(IDS)[0], before)  # the base is not adapted ...
+    assert not torch.allclose(tuned(IDS)[0], before, atol=1e-3)  # ... its sharer is
+    with pytest.raises(RuntimeError):
+        GPT.sharing(tuned)  # a model with an adapter is not a plain base
