@@ -116,6 +116,35 @@ def read_json(path: Path) -> Any:
         raise FewshotError(f"{path}: not valid JSON ({error})") from None
 
 
+def read_jsonl(path: str | Path, what: str) -> list[tuple[str, Any]]:
+    """(where, record) for every non-blank line of a JSON Lines file; `where` is "path:LINE".
+
+    A missing, unreadable or non-UTF-8 file, or a line that is not JSON, is one error;
+    `what` names the file's role ("examples", "probes") in it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FewshotError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise FewshotError(f"{path} is a directory; give a JSONL file of {what}") from None
+    except UnicodeDecodeError as error:
+        raise FewshotError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise FewshotError(f"{path}: cannot read ({error.strerror})") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            records.append((f"{path}:{number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise FewshotError(f"{path}:{number}: not JSON ({error.msg})") from None
+    if not records:
+        raise FewshotError(f"{path}: no {what} (expected one JSON object per line)")
+    return records
+
+
 def check_creatable(path: Path) -> None:
     """Refuse a path that could not be created: a file in the way above it, or no write permission.
 

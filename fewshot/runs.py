@@ -198,11 +198,15 @@ class RunDir:
 
     @classmethod
     def publish(cls, path: str | Path, config: RunConfig, tokenizer: Tokenizer, weights: dict[str, torch.Tensor]) -> RunDir:
-        """A new run holding a model and no training state (an import). Written whole or not
-        at all; never over an existing directory."""
+        """A new run holding a model (or an adapter) and no training state: an import, a merge,
+        a soup. Written whole or not at all; never over an existing directory."""
 
         def fill(staging: Path) -> None:
-            write_safetensors(staging / WEIGHTS, weights)
+            if config.adapter is None:
+                write_safetensors(staging / WEIGHTS, weights)
+            else:  # an adapter run: peft's two files, on the base its config.json records
+                write_safetensors(staging / ADAPTER_WEIGHTS, weights)
+                write_json(staging / ADAPTER_CONFIG, config.adapter)
             tokenizer.save(staging)
             write_json(staging / CONFIG, config.to_json())
 

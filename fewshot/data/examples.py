@@ -15,12 +15,12 @@ as GPT-3's scoring joins context and continuation, so the mask falls on token bo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot.errors import FewshotError
+from fewshot.files import read_jsonl
 from fewshot.tokenizer import Tokenizer
 
 # messages, add_generation_prompt -> text: the run's chat template (fewshot.chat)
@@ -39,34 +39,14 @@ class TrainingExample:
 
 def read_examples(path: str | Path, tokenizer: Tokenizer, render: Render, context: int) -> list[TrainingExample]:
     """Every line of a JSONL file as an example; a bad line is one error naming its line and field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FewshotError(f"{path}: examples file not found") from None
-    except IsADirectoryError:
-        raise FewshotError(f"{path} is a directory; --data takes a JSONL file of examples") from None
-    except UnicodeDecodeError as error:
-        raise FewshotError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except OSError as error:
-        raise FewshotError(f"{path}: cannot read ({error.strerror})") from None
     examples = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise FewshotError(f"{where}: not JSON ({error.msg})") from None
+    for where, record in read_jsonl(path, "examples"):
         example = _example(record, tokenizer, render, where)
         if example.trained_tokens == 0:
             raise FewshotError(f"{where}: no tokens to train on (the completion or assistant turn is empty)")
         if len(example.ids) > context + 1:
             raise FewshotError(f"{where}: {len(example.ids)} tokens, more than the model's context of {context} (+1); shorten it")
         examples.append(example)
-    if not examples:
-        raise FewshotError(f"{path}: no examples (expected one JSON object per line)")
     return examples
 
 

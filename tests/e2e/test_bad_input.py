@@ -211,6 +211,31 @@ def cases() -> list[tuple[str, list[str]]]:
     }.items():
         add(f"serve-{name}", "serve", run, "--port", "0", *extra)
 
+    # soup: ingredients, options, output
+    for name, extra in {
+        "no-runs": ["--uniform"], "missing-run": ["nope", "--uniform"], "not-a-finetune": ["trained", "adapter", "--uniform"],
+        "imported-is-not-a-finetune": ["imported", "--uniform"], "greedy-without-val": ["adapter", "adapter"],
+        "val-missing": ["adapter", "adapter", "--val", "nope.jsonl"], "val-empty": ["adapter", "adapter", "--val", "empty.txt"],
+        "queries-zero": ["adapter", "--uniform", "--queries", "0"], "example-two-runs": ["trained", "adapter", "--example"],
+        "example-with-val": ["trained", "--example", "--val", "ex.jsonl"], "example-bad-method": ["trained", "--example", "--method", "x"],
+        "example-base-missing": ["nope", "--example"], "example-base-an-adapter": ["adapter", "--example"],
+    }.items():
+        add(f"soup-{name}", "soup", *extra, "--out", "soup_new")
+    add("soup-out-exists", "soup", "adapter", "adapter", "--uniform", "--out", "trained")
+
+    # palms: a base, three files (or --example), options
+    files = ["--values", "ex.jsonl", "--control", "ex.jsonl"]
+    for name, extra in {
+        "no-args": [], "no-probes": ["trained", *files], "values-missing": ["trained", "--values", "nope.jsonl", "--control", "ex.jsonl", "--probes", "ex.jsonl"],
+        "probes-wrong-shape": ["trained", *files, "--probes", "ex.jsonl"], "probes-empty": ["trained", *files, "--probes", "empty.txt"],
+        "probes-random-bytes": ["trained", *files, "--probes", "random.jsonl"], "example-with-values": ["trained", "--example", *files],
+        "example-without-smollm2": ["--example"], "method-ia3": ["trained", "--example", "--method", "ia3"],
+        "base-an-adapter": ["adapter", "--example"], "base-missing": ["nope", "--example"],
+        "queries-zero": ["trained", "--example", "--queries", "0"], "epochs-zero": ["trained", "--example", "--epochs", "0"],
+    }.items():
+        add(f"palms-{name}", "palms", *extra, "--out", "palms_new")
+    add("palms-out-exists", "palms", "trained", "--example", "--out", "trained")
+
     # converters
     add("import-gguf-missing", "import-gguf", "nope.gguf", "gguf_run")
     add("import-gguf-random-bytes", "import-gguf", "random.gguf", "gguf_run")
