@@ -178,3 +178,16 @@ def test_a_five_ingredient_soup_stays_under_three_models_of_memory(tmp_path: Pat
     parts = [load_file(f"{p}/model.safetensors") for p in paths]
     name = next(iter(soup))
     assert torch.allclose(soup[name], sum(p[name] for p in parts) / 5, atol=1e-6)
+
+
+def test_a_greedy_soup_of_lora_adapters_is_an_adapter_run_on_the_same_base(base: Path, loras: list[Path], task: Path,
+                                                                          tmp_path: Path) -> None:
+    summary = run_soup(loras, tmp_path / "soup", how="greedy", val_file=task, queries=12, ensemble=True)
+    soup = RunDir.open(tmp_path / "soup")
+    assert soup.is_adapter and summary["kind"] == "lora"
+    assert soup.config.source["base_sha256"] == RunDir.open(loras[0]).config.source["base_sha256"]
+    tuned = fewshot.load(base, adapter=soup.path)  # loads onto its base, like any adapter
+    alone = fewshot.load(base, adapter=summary["chosen"][0])
+    if len(summary["chosen"]) == 1:
+        assert torch.allclose(logits(tuned), logits(alone), atol=1e-5)
+    assert {s["model"] for s in summary["scores"]} >= {"greedy soup", "uniform soup", "ensemble"}
