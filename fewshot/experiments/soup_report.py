@@ -139,12 +139,12 @@ def run_soup(paths: Sequence[str | Path], out: str | Path, *, how: str = "greedy
     for i, run in enumerate(found.runs):
         scores.append(Score(str(run.path), "val", alone[i], (float("nan"), float("nan")), len(val)))
         scores.append(evaluate(kitchen.lm([i]), "held-out", str(run.path)))
-    for name, members in (("uniform soup", every), ("greedy soup", chosen if how == "greedy" else None)):
-        if members is None:
-            continue
-        lm = kitchen.lm(members)
-        scores += [evaluate(lm, "val", name), evaluate(lm, "held-out", name)]
+    if how == "greedy":  # the uniform soup, for comparison; the chosen soup last, so its model is the one written
+        lm = kitchen.lm(every)
+        scores += [evaluate(lm, "val", "uniform soup"), evaluate(lm, "held-out", "uniform soup")]
+    name = f"{how} soup"
     chosen_lm = kitchen.lm(chosen)
+    scores += [evaluate(chosen_lm, "val", name), evaluate(chosen_lm, "held-out", name)]
     write_soup(out, found, chosen, uniform_weights(len(chosen)), how, model=chosen_lm.model if found.kind == "full" else None)
     if ensemble:
         scores += _ensemble_scores(found, kitchen, evaluate)
