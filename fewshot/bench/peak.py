@@ -44,20 +44,22 @@ class Peak:
 
 
 def measure_peak(device: str = "cpu", sizes: tuple[int, ...] | None = None, repeats: int = 5,
-                 progress: bool = False) -> Peak:
+                 progress: bool = False, dtypes: tuple[str, ...] = tuple(DTYPES)) -> Peak:
     """Best GFLOP/s of an n x n matmul per dtype, over sizes, two kernels and `repeats` runs.
 
     Both `torch.mm` and `F.linear` are tried: on CPU they can reach different oneDNN/BLAS
     paths (for bf16 without native support, mm can be ten times slower than linear), and
-    the model's layers are linears. The better one is what the machine can do.
+    the model's layers are linears. The better one is what the machine can do. A dtype left
+    out of `dtypes` is not timed and reads 0.
     """
     target = torch.device(device)
     if sizes is None:
         sizes = (4096, 8192) if target.type == "cuda" else (1024, 2048)
     best = {name: 0.0 for name in DTYPES}
     with progress_bar(progress) as bar:
-        task = bar.add_task("matmul peak", total=len(DTYPES) * len(sizes) * 2)
-        for name, dtype in DTYPES.items():
+        task = bar.add_task("matmul peak", total=len(dtypes) * len(sizes) * 2)
+        for name in dtypes:
+            dtype = DTYPES[name]
             slow: set[str] = set()  # kernels too slow to be worth trying at a larger size
             for n in sizes:
                 generator = torch.Generator().manual_seed(n)

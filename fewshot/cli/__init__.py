@@ -11,7 +11,7 @@ import sys
 import typer
 
 # Each module registers its commands; `--help` lists them in this order, the pipeline's.
-from fewshot.cli import train, finetune, generate, evaluation, serve, convert, icl, bench, compare, soup, palms  # noqa: F401, I001
+from fewshot.cli import train, finetune, generate, evaluation, serve, convert, icl, bench, compare, soup, palms, sweep  # noqa: F401, I001
 from fewshot.cli.app import app, err
 from fewshot.errors import FewshotError
 

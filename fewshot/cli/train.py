@@ -94,11 +94,15 @@ def train(
 
 
 def resolve_data(spec: str, main: bool) -> Path:
-    """A prepared directory as given, or the ICL mixture it names (generated on first use;
-    under torchrun rank 0 generates it while the other ranks wait for it)."""
+    """A prepared directory as given, `default` (the default corpus, prepared on first use), or
+    the ICL mixture it names (generated on first use; under torchrun rank 0 generates it while
+    the other ranks wait for it)."""
     from fewshot.experiments.icl import DATA_ROOT
+    from fewshot.tasks.gpt3.corpus import ensure_default_data
     from fewshot.tasks.meta.mixture import ensure_mixture, parse_data_spec, wait_for_mixture
 
+    if spec == "default":
+        return ensure_default_data(progress=err.is_terminal)
     mixture = parse_data_spec(spec)
     if mixture is None:
         return Path(spec)

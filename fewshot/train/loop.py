@@ -15,7 +15,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,11 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train in this process, or as one rank of a torchrun job (see fewshot.train.distributed)."""
+def train(config: TrainConfig, resume: bool = False, console: Console | None = None,
+          make_bar: Callable[[int, int], TrainingProgress] | None = None) -> TrainResult:
+    """Train in this process, or as one rank of a torchrun job (see fewshot.train.distributed).
+
+    `make_bar(total_steps, done_steps)` makes the progress bar; a sweep passes one that also moves its own."""
     world = World.from_env()
     device = rank_device(pick_device(config.device), world)
     run = RunDir(config.out)
@@ -116,10 +119,11 @@ def train(config: TrainConfig, resume: bool = False, console: Console | None = N
     # writes, after the barrier in _train, so no rank mistakes rank 0's new files for an old run.
     run.check_new_or_resumable(resume)
     with process_group(world, device), run.writing() if world.main else contextlib.nullcontext():
-        return _train(config, run, resume, console or Console(stderr=True), world, device)
+        return _train(config, run, resume, console or Console(stderr=True), world, device, make_bar)
 
 
-def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, world: World, device: torch.device) -> TrainResult:
+def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, world: World, device: torch.device,
+           make_bar: Callable[[int, int], TrainingProgress] | None) -> TrainResult:
     run_dir = run.path
     if config.finetune is None:
         setup = pretraining(config, run, resume, world, device)
@@ -213,7 +217,8 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
         train_loss, val_loss, interrupted = float("nan"), None, False
         session_start = time.perf_counter() - elapsed
         fit = StepFit(step) if config.fit_steps_to_time and config.max_time and not world.active else None
-        progress_bar = TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
+        progress_bar = (TrainingProgress(config.max_steps, step, enabled=config.progress and world.main, console=console)
+                        if make_bar is None or not world.main else make_bar(config.max_steps, step))
         with progress_bar as progress:
             while step < config.max_steps:
                 started = time.perf_counter()

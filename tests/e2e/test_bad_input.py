@@ -13,6 +13,7 @@ A new command joins the table with its own bad inputs (finetune, soup, sweep, qu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -236,6 +237,30 @@ def cases() -> list[tuple[str, list[str]]]:
         add(f"palms-{name}", "palms", *extra, "--out", "palms_new")
     add("palms-out-exists", "palms", "trained", "--example", "--out", "trained")
 
+    # sweep: the plan's options, the sweep directory, fit
+    tiny = ["--data", "data", "--smallest", "3000", "--context", "16"]
+    for name, extra in {
+        "no-data": ["--sizes", "2"], "no-sizes-or-budgets": ["--data", "data"], "sizes-negative": [*tiny, "--sizes", "-1"],
+        "isoflop-malformed": [*tiny, "--isoflop", "1e9,abc"], "isoflop-zero": [*tiny, "--isoflop", "0"],
+        "isoflop-repeated": [*tiny, "--isoflop", "1e9,1e9"], "per-budget-two": [*tiny, "--isoflop", "1e9", "--per-budget", "2"],
+        "step-one": [*tiny, "--sizes", "2", "--step", "1"], "smallest-zero": [*tiny, "--sizes", "2", "--smallest", "0"],
+        "tokens-negative": [*tiny, "--sizes", "2", "--tokens", "-5"], "parallel-zero": [*tiny, "--sizes", "2", "--parallel", "0"],
+        "data-missing": ["--data", "nope", "--sizes", "2"], "data-a-run": ["--data", "trained", "--sizes", "2"],
+        "eval-unknown-task": [*tiny, "--sizes", "2", "--eval", "nope"], "eval-file-missing": [*tiny, "--sizes", "2", "--eval", "nope.jsonl"],
+        "shots-malformed": [*tiny, "--sizes", "2", "--eval", "2D+", "--shots", "x"],
+    }.items():
+        add(f"sweep-{name}", "sweep", *extra, "--out", "sweep_new")
+    add("sweep-out-not-a-sweep", "sweep", *tiny, "--sizes", "2", "--out", "trained")
+    add("sweep-out-a-file", "sweep", *tiny, "--sizes", "2", "--out", "file.txt")
+    add("sweep-settings-changed", "sweep", *tiny, "--sizes", "2", "--context", "32", "--out", "sweep")
+    add("sweep-only-unknown", "sweep", *tiny, "--sizes", "2", "--only", "nope", "--out", "sweep")
+    add("sweep-options-before-fit", "sweep", "--sizes", "2", "fit", "sweep")
+    add("sweep-fit-missing", "sweep", "fit", "nope")
+    add("sweep-fit-not-a-sweep", "sweep", "fit", "trained")
+    add("sweep-fit-nothing-finished", "sweep", "fit", "sweep")
+    add("sweep-fit-predict-unknown", "sweep", "fit", "sweep", "--predict", "last")
+    add("sweep-fit-train-without-predict", "sweep", "fit", "sweep", "--train")
+
     # converters
     add("import-gguf-missing", "import-gguf", "nope.gguf", "gguf_run")
     add("import-gguf-random-bytes", "import-gguf", "random.gguf", "gguf_run")
@@ -372,6 +397,13 @@ def build_workspace(w: Path, data_dir: Path) -> Path:
     (w / "hf_trunc" / "model.safetensors").write_bytes(weights[:100])
     (w / "hf_garbage").mkdir()
     (w / "hf_garbage" / "config.json").write_bytes(os.urandom(300))
+    with contextlib.chdir(w):  # a planned sweep with nothing trained yet, as `fewshot sweep` records it
+        from fewshot.data.shards import TokenData
+        from fewshot.experiments.scaling.plan import SweepConfig, plan
+        from fewshot.experiments.scaling.sweep import save, start
+
+        config, record = start(SweepConfig(data="data", out="sweep", sizes=2, smallest=3000, context=16))
+        save(config, record, plan(config, TokenData.open(Path("data")).tokenizer.vocab_size))
     return w
 
 

@@ -80,3 +80,23 @@ def test_compute_is_6nd_plus_the_head_and_attention() -> None:
     attention = 12 * config.n_layer * config.d_model * seq * tokens
     head = 6 * config.vocab_size * config.d_model * tokens
     assert model_flops(config, tokens, seq) == pytest.approx(kaplan_compute(config, tokens) + attention + head, rel=1e-9)
+
+
+def test_a_plan_spends_each_budget_on_sizes_around_the_chinchilla_guess() -> None:
+    from fewshot.experiments.scaling.plan import SweepConfig, plan
+
+    config = SweepConfig(data="d", out="o", sizes=3, isoflop="1e12,3e11", per_budget=5, context=64, batch_size=4)
+    points = plan(config, 260)
+    ladder, isoflop = [p for p in points if p.kind == "ladder"], [p for p in points if p.kind == "isoflop"]
+    assert [p.rung for p in ladder] == [0, 1, 2] and len({p.name for p in points}) == len(points)
+    for p in ladder:  # D = 20 N, to within one step of 4 x 64 tokens
+        assert abs(p.tokens(config) - 20 * p.n) <= 4 * 64 / 2
+    assert [p.budget for p in isoflop] == [3e11] * 5 + [1e12] * 5
+    for budget in (3e11, 1e12):
+        sizes = [p.n for p in isoflop if p.budget == budget]
+        assert sizes == sorted(sizes) and sizes[0] < math.sqrt(budget / 120) < sizes[-1]
+        for p in isoflop:
+            if p.budget == budget:  # C = 6 N D, to within one optimizer step
+                assert abs(p.compute(config) - budget) <= 6 * p.n * 4 * 64 / 2
+    fixed = SweepConfig(data="d", out="o", sizes=3, tokens=1e5, context=64, batch_size=4)  # Kaplan's L(N): one D for all
+    assert {p.tokens(fixed) for p in plan(fixed, 260)} == {round(1e5 / 256) * 256}

@@ -9,11 +9,13 @@ intervals come from a residual bootstrap: refit to the fitted curve plus resampl
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import expit
 
 from fewshot.errors import FewshotError
 
@@ -37,6 +39,11 @@ class PowerLaw:
     def __call__(self, x: float | np.ndarray) -> float | np.ndarray:
         return _law(np.log(x), self.alpha, math.log(self.x_c), self.e)
 
+    def band(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The curve's 95% bootstrap band at each x (for plots)."""
+        draws = np.array([_law(np.log(x), a, c, e) for a, c, e in self.samples])
+        return np.percentile(draws, 2.5, axis=0), np.percentile(draws, 97.5, axis=0)
+
     def predict(self, x: float, seed: int = 0) -> tuple[float, tuple[float, float]]:
         """The fitted loss at x and a 95% interval for a run measured there: the bootstrap
         spread of the curve plus a residual, since that run's loss is noisy too."""
@@ -47,9 +54,23 @@ class PowerLaw:
 
 
 def _fit_once(log_x: np.ndarray, loss: np.ndarray, start: tuple[float, float, float]) -> tuple[float, float, float]:
-    bounds = ([1e-3, -50.0, 0.0], [5.0, 200.0, float(loss.min())])
-    parameters, _ = curve_fit(_law, log_x, loss, p0=start, bounds=bounds, maxfev=20_000)
-    return tuple(float(p) for p in parameters)
+    """One least-squares fit with alpha > 0 and 0 <= E <= min(loss), held by a change of
+    variables (alpha = e^u, E = min(loss) sigmoid(v)) so that the fast unbounded
+    Levenberg-Marquardt solver applies: a bootstrap runs it a thousand times per law."""
+    ceiling = float(loss.min())
+    alpha, log_xc, e = start
+    share = min(max(e / ceiling, 1e-6), 1 - 1e-6) if ceiling > 0 else 0.5
+
+    def law(lx: np.ndarray, u: float, c: float, v: float) -> np.ndarray:
+        return _law(lx, math.exp(min(u, 5.0)), c, ceiling * expit(v))
+
+    with warnings.catch_warnings():  # "covariance could not be estimated": the intervals come from the bootstrap
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (u, c, v), _ = curve_fit(law, log_x, loss, p0=(math.log(alpha), log_xc, math.log(share / (1 - share))), maxfev=5_000)
+    found = (math.exp(min(u, 5.0)), float(c), float(ceiling * expit(v)))
+    if not all(math.isfinite(p) for p in found):
+        raise RuntimeError("the fit left the finite numbers")
+    return found
 
 
 def fit_power_law(x: Sequence[float], loss: Sequence[float], bootstrap: int = BOOTSTRAP, seed: int = 0) -> PowerLaw:
@@ -66,7 +87,7 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], bootstrap: int = BO
     for start in starts:  # the surface has flat valleys: take the best of a few starts
         try:
             found = _fit_once(log_x, loss, start)
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, OverflowError):
             continue
         error = float(np.sum((_law(log_x, *found) - loss) ** 2))
         if error < best_error:
@@ -80,7 +101,7 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], bootstrap: int = BO
     for _ in range(bootstrap):
         try:
             samples.append(_fit_once(log_x, fitted + rng.choice(residuals, len(residuals)), best))
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError, OverflowError):
             continue
     if len(samples) < bootstrap // 2:
         raise FewshotError("the power-law fit is unstable: most bootstrap refits failed")

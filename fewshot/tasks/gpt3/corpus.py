@@ -102,3 +102,25 @@ def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))   # bytes, so no platform newline translation
     return path
+
+
+# ---------------------------------------------------------------- prepared, for `--data default`
+
+DEFAULT_DATA = Path("data/default")
+
+
+def ensure_default_data(out: Path = DEFAULT_DATA, progress: bool = False) -> Path:
+    """The default corpus as byte tokens in `out`, written and prepared on first use (about
+    5.8 MB; `prepare` moves it into place whole, so a present directory is a complete one)."""
+    import tempfile
+
+    from fewshot.data.prepare import prepare
+
+    out = Path(out)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".default-text-") as text:
+        write_default_corpus(Path(text) / "corpus")
+        prepare([Path(text) / "corpus"], out, tokenizer="byte", progress=progress)
+    return out
