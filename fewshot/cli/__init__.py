@@ -18,7 +18,7 @@ from fewshot.errors import FewshotError
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(N) comes back as N here, not raised
     except FewshotError as error:
         err.print(f"error: {error}", markup=False, highlight=False)
         sys.exit(2)
@@ -34,3 +34,5 @@ def main() -> None:
         sys.exit(getattr(error, "exit_code", 2))
     except BrokenPipeError:  # `fewshot generate ... | head`
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)

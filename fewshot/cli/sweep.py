@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,7 +52,8 @@ def sweep(
         for point in run_sweep(config, err, plan_only=True):
             out.print(point.name, markup=False, highlight=False)
         return
-    run_sweep(config, err, only=only)
+    with _stopped():
+        run_sweep(config, err, only=only)
     if only is None and World.from_env().main:
         _report(out_dir)
 
@@ -77,11 +80,24 @@ def fit(
     if not finished(refresh(sweep_dir)):
         raise FewshotError(f"{sweep_dir}: no run has finished yet; nothing to fit (continue it with `fewshot sweep --out {sweep_dir} ...`)")
     if predict is not None:
-        prediction = predict_and_train(sweep_dir, err, train=train)
+        with _stopped():
+            prediction = predict_and_train(sweep_dir, err, train=train)
         low, high = prediction["ci95"]
         out.print(f"predicted {prediction['name']} (N = {prediction['n']:,}): val loss {prediction['val_loss']:.4f} "
                   f"[{low:.4f}, {high:.4f}] from L(N) on {len(prediction['fitted_on'])} sizes")
     _report(sweep_dir)
+
+
+@contextlib.contextmanager
+def _stopped() -> Iterator[None]:
+    """Ctrl-C or SIGTERM: the sweep saved what it had; say how to continue, exit 130."""
+    from fewshot.experiments.scaling.sweep import SweepStopped
+
+    try:
+        yield
+    except SweepStopped as stop:
+        err.print(str(stop), markup=False, highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _report(sweep_dir: Path) -> None:

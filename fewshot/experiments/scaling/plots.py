@@ -56,7 +56,12 @@ def plot_laws(path: Path, record: dict[str, Any], laws: dict[str, PowerLaw], pre
             if "measured" in prediction:
                 ax.plot([prediction["n"]], [prediction["measured"]], "*", color="k", markersize=12,
                         label=f"{prediction['name']} measured (prediction {prediction['error']:+.1%} off)")
-        _log_log(ax, title=f"{key}, fitted on {len(xs)} ladder runs", ylabel="validation loss (nats/token)")
+        if not xs:  # an IsoFLOP-only sweep has no ladder
+            ax.set(title=f"{key}: no ladder runs")
+            axes[1, column].set(xlabel=title)
+            continue
+        fitted = f"fitted on {len(xs)} ladder runs" if key in laws else "not fitted: needs 4 distinct values"
+        _log_log(ax, title=f"{key}, {fitted}", ylabel="validation loss (nats/token)")
         ax.legend(fontsize=8)
         _residuals(axes[1, column], laws.get(key), xs, ys, key)
         axes[1, column].set(xlabel=title, ylabel="residual %")
@@ -115,9 +120,12 @@ def plot_isoflop(path: Path, record: dict[str, Any], summary: dict[str, Any]) ->
                 right.plot(grid, fit["k"] * grid**exponent, color=color, alpha=0.6, label=f"{label} ~ C^{exponent:.2f}")
         grid = np.geomspace(c.min() / 1.5, c.max() * 1.5, 50)
         right.plot(grid, np.sqrt(grid / 120), "--", color="grey", label="Chinchilla: N = sqrt(C/120) (20 tokens/param)")
-    right.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="compute-optimal N*, D*", title="Optimal allocation")
-    right.xaxis.set_minor_formatter(NullFormatter())
-    right.legend(fontsize=8)
+        right.set(xscale="log", yscale="log")
+        right.xaxis.set_minor_formatter(NullFormatter())
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no budget has its optimum\nwithin the sizes tried", ha="center", va="center", transform=right.transAxes)
+    right.set(xlabel="compute C (FLOPs)", ylabel="compute-optimal N*, D*", title="Optimal allocation")
     return save_figure(figure, path)
 
 

@@ -306,6 +306,9 @@ def run_sweep(config: SweepConfig, console: Console, only: str | None = None, pl
                     break
                 progress.moved(point.name, point.compute(config), finished=True)
                 save(config, record, points)
+    if not stopped:  # runs finished before an --eval was given (or before their scoring was cut short)
+        for point in chosen if only is not None else points:
+            evaluate_run(config, point)
     save(config, record, points)
     if stopped:
         raise SweepStopped(f"sweep stopped by signal; the finished runs are kept and the interrupted one saved: "
@@ -313,8 +316,8 @@ def run_sweep(config: SweepConfig, console: Console, only: str | None = None, pl
     return points
 
 
-class SweepStopped(FewshotError):
-    pass
+class SweepStopped(Exception):
+    """A signal stopped the sweep; everything it finished or interrupted is saved."""
 
 
 def _peak(config: SweepConfig) -> float:
