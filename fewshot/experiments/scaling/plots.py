@@ -143,7 +143,10 @@ def plot_fewshot(path: Path, record: dict[str, Any]) -> Path:
             low, high = np.array([c["ci95"] for c in cells]).T
             ax.plot(n, 100 * score, "o-", label=f"K = {k}")
             ax.fill_between(n, 100 * low, 100 * high, alpha=0.12)
-        ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="score %", title=task)
+        n = _tasks(ladder[0][1]["fewshot"])[task]["shots"][shots[0]]["n"]
+        ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="score %",
+               title=f"{task} (n = {n} per point; bands: 95% Wilson intervals)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8)
     return save_figure(figure, path)
 
