@@ -479,7 +479,7 @@ def test_the_table_covers_every_command_and_has_at_least_100_cases() -> None:
             yield from leaves(sub, (*prefix, name))
 
     commands = set(leaves(get_command(app)))
-    covered = {" ".join(argv[:2]) if argv[0] in ("icl", "bench") else argv[0] for _, argv in CASES}
+    covered = {" ".join(argv[:2]) if argv[0] in ("icl", "bench", "sweep") else argv[0] for _, argv in CASES}
     assert commands <= covered, f"commands without bad-input cases: {sorted(commands - covered)}"
     assert len(CASES) >= 100
 
