@@ -13,7 +13,6 @@ import dataclasses
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
