@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewshot.data.corpus import frequent_words, markdown_to_dialogue, shakespeare_documents
-from fewshot.tasks.gpt3.corpus import task_documents, write_default_corpus
+from fewshot.tasks.gpt3.corpus import ensure_default_data, task_documents, write_default_corpus
 from fewshot.tasks.gpt3.wordscramble import INSTRUCTION as SCRAMBLE_PROMPT
 from fewshot.tasks.gpt3.wordscramble import WORD_LENGTHS
 from fewshot.errors import FewshotError
@@ -123,3 +123,12 @@ def test_default_corpus_is_deterministic_and_optional_tasks(tmp_path):
     b = write_default_corpus(tmp_path / "b", task_fraction=0.01, seed=3)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert all(f.parent.name == "plays" for f in write_default_corpus(tmp_path / "c", task_fraction=0.0))
+
+
+def test_default_data_blocked_by_a_file_or_a_dangling_link_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    for blocker in ("file", "link"):
+        with pytest.raises(FewshotError, match="cannot prepare the default corpus"):
+            ensure_default_data(tmp_path / blocker / "default")
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "gone").exists()

@@ -47,8 +47,10 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, da
     done_dir = out / "runs" / names[first["n"]]
     before = {p.name: p.stat().st_mtime_ns for p in done_dir.iterdir() if p.is_file()}
 
+    third = sweep(*common, "--out", str(out), "--only", names[planned[2]["n"]])  # one cluster job: just that run
+    assert "3 runs (1 finished)" in third.stderr and "1 to train" in third.stderr and "run 2/3" in third.stderr
     again = sweep(*common, "--out", str(out))
-    assert "3 runs (1 finished)" in again.stderr and "(resuming)" in again.stderr
+    assert "3 runs (2 finished)" in again.stderr and "(resuming)" in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in done_dir.iterdir() if p.is_file()} == before  # not redone
     assert all(r["status"] == "done" for r in runs(out).values())
     for name in runs(reference):

@@ -98,5 +98,8 @@ def test_a_plan_spends_each_budget_on_sizes_around_the_chinchilla_guess() -> Non
         for p in isoflop:
             if p.budget == budget:  # C = 6 N D, to within one optimizer step
                 assert abs(p.compute(config) - budget) <= 6 * p.n * 4 * 64 / 2
+    centred = SweepConfig(data="d", out="o", isoflop="1e12", per_budget=3, centre=500, context=64, batch_size=4)
+    sizes = [p.n for p in plan(centred, 260)]  # the middle size trains on about 500 tokens per parameter
+    assert sizes[0] < math.sqrt(1e12 / 3000) < sizes[2] and 250 < 1e12 / (6 * sizes[1]) / sizes[1] < 1000
     fixed = SweepConfig(data="d", out="o", sizes=3, tokens=1e5, context=64, batch_size=4)  # Kaplan's L(N): one D for all
     assert {p.tokens(fixed) for p in plan(fixed, 260)} == {round(1e5 / 256) * 256}

@@ -2,10 +2,11 @@
 
 A size ladder (Kaplan et al. 2020) trains each rung of the size rule on `tokens_per_param`
 tokens per non-embedding parameter (D grows with N, as along Chinchilla's frontier), or every
-rung on the same `tokens` (Kaplan's L(N): one dataset, the small models near convergence). An IsoFLOP sweep (Hoffmann et al. 2022, approach 2) fixes
-a compute budget C and trains sizes around the compute-optimal guess, each on D = C / 6N
-tokens. Either way each point is an ordinary `fewshot train` run, named by its shape and data,
-so a rerun finds the runs it already has.
+rung on the same `tokens` (Kaplan's L(N): one dataset, the small models near convergence).
+An IsoFLOP sweep (Hoffmann et al. 2022, approach 2) fixes a compute budget C and trains sizes
+around a guess at the optimum, the N whose D = C / 6N is `centre` tokens per parameter, each
+on D = C / 6N tokens. Either way each point is an ordinary `fewshot train` run, named by its
+shape and data, so a rerun finds the runs it already has.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class SweepConfig:
     smallest: float = setting(SMALLEST, "Non-embedding parameters of the smallest size.")
     step: float = setting(STEP, "Each size about this many times the last.")
     isoflop: str = setting("", "Comma-separated compute budgets in FLOPs (C = 6ND), e.g. 3e11,1e12,3e12.")
-    per_budget: int = setting(5, "IsoFLOP: sizes per budget, spaced by --step around the 20-tokens-per-parameter guess.")
+    per_budget: int = setting(5, "IsoFLOP: sizes per budget, spaced by --step around the --centre guess.")
+    centre: float = setting(CHINCHILLA_TOKENS_PER_PARAM, "IsoFLOP: the tokens per parameter each budget's sizes centre "
+                                                         "on (Chinchilla's 20; a small byte-level model wants many more).")
     context: int = setting(256, "Training sequence length.")
     batch_size: int = setting(8, "Sequences per optimizer step.")
     lr: float | None = setting(None, "Peak learning rate (default: Kaplan's rule, 0.003239 - 0.0001395 ln N).")
@@ -65,6 +68,8 @@ class SweepConfig:
             raise FewshotError(f"sweep: --tokens must be >= 0, got {self.tokens}")
         if not self.tokens_per_param > 0 or not math.isfinite(self.tokens_per_param):
             raise FewshotError(f"sweep: --tokens-per-param must be > 0, got {self.tokens_per_param}")
+        if not self.centre > 0 or not math.isfinite(self.centre):
+            raise FewshotError(f"sweep: --centre must be > 0, got {self.centre}")
         if self.per_budget < 3:
             raise FewshotError(f"sweep: --per-budget must be >= 3 (an IsoFLOP profile is a parabola), got {self.per_budget}")
         if self.lr is not None and not self.lr > 0:
@@ -86,7 +91,7 @@ class SweepConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings every run of the sweep shares."""
-        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "per_budget", "context", "batch_size", "lr",
+        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "per_budget", "centre", "context", "batch_size", "lr",
                 "eval_batches", "seed", "precision")
         return {name: getattr(self, name) for name in kept}
 
@@ -143,7 +148,7 @@ def plan(config: SweepConfig, vocab_size: int, sizes: int | None = None) -> list
     count = config.sizes if sizes is None else sizes
     points = [rung(config, i, m) for i, m in enumerate(ladder(count, template, config.smallest, config.step))] if count else []
     for budget in config.budgets():
-        guess = math.sqrt(budget / (6 * CHINCHILLA_TOKENS_PER_PARAM))  # C = 6 N (20 N)
+        guess = math.sqrt(budget / (6 * config.centre))  # C = 6 N D with D = centre N
         low = guess / config.step ** ((config.per_budget - 1) / 2)
         models = ladder(config.per_budget, template, low, config.step)
         for model in models:

@@ -286,7 +286,8 @@ def run_sweep(config: SweepConfig, console: Console, only: str | None = None, pl
     todo = [p for p in (chosen if only is not None else points) if states[p.name] != "done"]
     total = sum(p.compute(config) for p in points)
     done = sum(p.compute(config) for p in points if states[p.name] == "done")
-    console.print(f"sweep {config.out}: {len(points)} runs ({len(points) - len(todo)} finished), "
+    finished = sum(state == "done" for state in states.values())
+    console.print(f"sweep {config.out}: {len(points)} runs ({finished} finished), "
                   f"{total:.3g} FLOPs (C = 6ND) in all, {len(todo)} to train"
                   + (f", {config.parallel} at a time" if config.parallel > 1 and len(todo) > 1 else ""))
     stopped = False
@@ -295,7 +296,7 @@ def run_sweep(config: SweepConfig, console: Console, only: str | None = None, pl
             stopped = _in_parallel(config, todo, states, progress)
         else:
             for i, point in enumerate(todo):
-                label = f"run {len(points) - len(todo) + i + 1}/{len(points)} {point.name}"
+                label = f"run {finished + i + 1}/{len(points)} {point.name}"
                 console.print(f"{label}: N = {point.n:,} ({point.model.n_layer} layers x {point.model.d_model}), "
                               f"D = {point.tokens(config):,} tokens, {point.steps} steps"
                               + (" (resuming)" if states[point.name] == "partial" else ""))

@@ -119,7 +119,10 @@ def ensure_default_data(out: Path = DEFAULT_DATA, progress: bool = False) -> Pat
     out = Path(out)
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file, or a dangling link, where the folder should be
+        raise FewshotError(f"cannot prepare the default corpus in {out}: {error.strerror} ({out.parent})") from None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".default-text-") as text:
         write_default_corpus(Path(text) / "corpus")
         prepare([Path(text) / "corpus"], out, tokenizer="byte", progress=progress)
