@@ -91,8 +91,8 @@ class SweepConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings every run of the sweep shares."""
-        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "per_budget", "centre", "context", "batch_size", "lr",
-                "eval_batches", "seed", "precision")
+        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "per_budget", "centre", "context",
+                "batch_size", "lr", "eval_batches", "seed", "precision")
         return {name: getattr(self, name) for name in kept}
 
     def to_dict(self) -> dict[str, Any]:
