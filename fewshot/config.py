@@ -14,10 +14,16 @@ from typing import Any, Literal, get_args
 
 from fewshot.errors import FewshotError
 
-# "lstm" puts a recurrent network where attention would be (model/mixers.py LSTMMixer):
-# the same-size recurrent baseline of transformer-vs-RNN in-context learning ablations
-# (Chan et al. 2022, "Data Distributional Properties Drive Emergent In-Context Learning").
-Attention = Literal["dense", "local", "alternating", "lstm"]
+# A layer's sequence mixer (model/mixers.py):
+# - "dense", "local": softmax attention, full or banded (GPT-3 §2.1);
+# - "lstm": a recurrent network where attention would be: the same-size recurrent baseline of
+#   transformer-vs-RNN in-context learning ablations (Chan et al. 2022, "Data Distributional
+#   Properties Drive Emergent In-Context Learning");
+# - "linear": causal linear attention (Katharopoulos et al. 2020), an RNN with an O(1) state.
+MIXERS = ("dense", "local", "lstm", "linear")
+# `attention` names one mixer for every layer, or a comma-separated cycle of them ("linear,dense":
+# even layers linear, odd ones dense). "alternating" is GPT-3's "dense,local".
+ALTERNATING = "dense,local"
 # A block family is a config choice, never a copy of the model:
 # - "gpt3": LayerNorm, learned positions, GELU MLP (GPT-2/GPT-3);
 # - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
@@ -52,7 +58,7 @@ class ModelConfig:
     bias: bool = True
     # GPT-3 §2.1: "alternating dense and locally banded sparse attention patterns in the
     # layers of the transformer, similar to the Sparse Transformer".
-    attention: Attention = "dense"
+    attention: str = "dense"
     window: int = 256  # band width of local attention, in tokens (the query included)
     block: Block = "gpt3"
     # Grouped-query attention (Ainslie et al. 2023): key/value heads shared by groups of
@@ -78,8 +84,14 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise FewshotError(f"model config: dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in ("dense", "local", "alternating", "lstm"):
-            raise FewshotError(f"model config: unknown attention {self.attention!r} (dense, local, alternating, lstm)")
+        unknown = [kind for kind in self.layer_pattern() if kind not in MIXERS]
+        if unknown or not self.layer_pattern():
+            raise FewshotError(f"model config: unknown attention {self.attention!r}: one of {', '.join(MIXERS)}, "
+                               "alternating, or a comma-separated cycle of them such as linear,dense")
+        if "linear" in self.layer_pattern() and (self.block != "gpt3" or self.kv_heads != self.n_head or self.qkv_conv):
+            raise FewshotError("model config: linear attention takes its positions from learned embeddings, has a "
+                               "key and value per query head and no convolution: it needs block gpt3, no n_kv_head "
+                               "and no qkv_conv")
         if self.qkv_conv < 0 or self.qkv_conv == 1:
             raise FewshotError(f"model config: qkv_conv is a kernel size >= 2 (or 0 for none), got {self.qkv_conv}")
         if self.block not in ("gpt3", "llama"):
@@ -117,20 +129,24 @@ class ModelConfig:
         linear = 5 * d + 8 * b  # 4h^2 + linear * h + d * b = attention
         return max(1, round((math.sqrt(linear**2 + 16 * (self._attention_params() - d * b)) - linear) / 8))
 
-    def layer_attention(self, layer: int) -> Literal["dense", "local", "lstm"]:
-        """Which pattern layer `layer` uses; "alternating" starts dense (Sparse Transformer)."""
-        if self.attention == "alternating":
-            return "dense" if layer % 2 == 0 else "local"
-        return self.attention
+    def layer_pattern(self) -> tuple[str, ...]:
+        """The cycle of mixers the layers go through; "alternating" starts dense (Sparse Transformer)."""
+        spec = ALTERNATING if self.attention == "alternating" else self.attention
+        return tuple(part.strip() for part in spec.split(",") if part.strip())
+
+    def layer_attention(self, layer: int) -> str:
+        """The mixer of layer `layer`."""
+        pattern = self.layer_pattern()
+        return pattern[layer % len(pattern)]
 
     def _attention_params(self) -> int:
         d, b = self.d_model, 1 if self.bias else 0
         inner, qkv = self.n_head * self.head_size, (self.n_head + 2 * self.kv_heads) * self.head_size
         return d * qkv + qkv * b + inner * d + d * b + qkv * self.qkv_conv
 
-    def mixer_params(self) -> int:
-        """Parameters of one block's sequence mixer."""
-        if self.attention != "lstm":
+    def mixer_params(self, layer: int = 0) -> int:
+        """Parameters of layer `layer`'s sequence mixer (linear attention has softmax attention's)."""
+        if self.layer_attention(layer) != "lstm":
             return self._attention_params()
         d, h, b = self.d_model, self.lstm_size, 1 if self.bias else 0
         return 4 * h * (d + h) + 8 * h * b + h * d + d * b
@@ -147,7 +163,8 @@ class ModelConfig:
             norm = d * (1 + b)
             positions = self.context * d
         head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.n_layer * (self.mixer_params() + mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
+        mixers = sum(self.mixer_params(layer) for layer in range(self.n_layer))
+        return mixers + self.n_layer * (mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -298,8 +315,9 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "Gradient-norm clip (GPT-3 §B).")
     optimizer: Optimizer = setting("adamw", "adamw (GPT-3), or muon: Muon for the blocks' matrices, AdamW for the rest.")
     dropout: float = setting(0.0, "Dropout probability.")
-    attention: Attention | None = setting(None, "dense, local or alternating (GPT-3); lstm: a same-size recurrent "
-                                                "baseline (default: the preset's).")
+    attention: str | None = setting(None, "The layers' sequence mixer: dense, local or alternating (GPT-3); lstm (a "
+                                          "same-size recurrent baseline); linear (linear attention, an O(1) state); or a "
+                                          "comma-separated cycle such as linear,dense (default: the preset's).")
     window: int | None = setting(None, "Band width of local attention.")
     eval_every: int = setting(100, "Steps between validation losses.")
     eval_batches: int = setting(8, "Batches per validation loss.")

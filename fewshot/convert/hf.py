@@ -163,17 +163,18 @@ def _run_model_config(run_dir: Path) -> ModelConfig | None:
 def check_exportable(config: ModelConfig, run_dir: Path) -> None:
     """Raise the first reason GPT-2 cannot express `config`; GPT2LMHeadModel would run a different model."""
     # A band at least as wide as the context hides nothing: that model is dense (model/mixers.py).
-    full_band = config.attention in ("local", "alternating") and config.window >= config.context
+    mixers = set(config.layer_pattern()) - ({"local"} if config.window >= config.context else set())
+    others = sorted(mixers - {"dense", "local"})
     reasons = [
         (config.block != "gpt3", f"block {config.block!r} (RMSNorm, RoPE, SwiGLU) is not GPT-2's; only block 'gpt3' exports"),
         (config.kv_heads != config.n_head, f"grouped-query attention ({config.kv_heads} key/value heads for {config.n_head}) is not GPT-2's"),
         (config.head_size * config.n_head != config.d_model,
          f"heads of {config.head_size} x {config.n_head} != d_model {config.d_model}; GPT-2 needs head_dim = d_model / n_head"),
         (not config.bias, "bias=False; GPT-2's linear layers and LayerNorms all have biases"),
-        (config.attention == "lstm", "an lstm sequence mixer is not GPT-2's; only dense attention exports"),
+        (bool(others), f"the {' and '.join(others)} sequence mixer is not GPT-2's; only dense attention exports"),
         (config.qkv_conv > 0, f"a q/k/v convolution (qkv_conv={config.qkv_conv}, Primer) is not GPT-2's"),
-        (config.attention not in ("dense", "lstm") and not full_band,
-         f"{config.attention} attention (window {config.window} < context {config.context}) is not GPT-2's; only dense attention exports"),
+        ("local" in mixers,
+         f"local attention (window {config.window} < context {config.context}) is not GPT-2's; only dense attention exports"),
     ]
     for refused, reason in reasons:
         if refused:

@@ -4,7 +4,8 @@ tied input/output embeddings, and optionally alternating dense / banded attentio
 
 The same class builds Llama-family models (`block="llama"`: RMSNorm, rotary positions,
 SwiGLU, grouped-query attention), so SmolLM2 imported from GGUF is just another config;
-`attention="lstm"` swaps every block's attention for an LSTM of the same size.
+`attention="lstm"` or `"linear"` swaps blocks' softmax attention for an LSTM of the same
+size or for linear attention (model/mixers.py).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
     def step(self, x: Tensor, cache: MixerCache, position: int | Tensor, padding: Tensor | None,
-             rotary: Rotary | None = None) -> Tensor:
-        x = x + self.mixer.step(self.norm_mix(x), cache, position, padding, rotary)
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        x = x + self.mixer.step(self.norm_mix(x), cache, position, padding, rotary, active)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -232,15 +233,16 @@ class GPT(nn.Module):
         return (self.compiled_step if self.decoding_compiled else self.step)(idx, cache)
 
     @torch.no_grad()
-    def step_rows(self, idx: Tensor, cache: Cache, positions: Tensor) -> Tensor:
+    def step_rows(self, idx: Tensor, cache: Cache, positions: Tensor, active: Tensor | None = None) -> Tensor:
         """Logits (B, 1, vocab) for one token per row, row b at positions[b].
 
         For serving: each row is a sequence that started at its own time, so rows hold
-        different lengths. The caller tracks them; `cache.length` is not used.
+        different lengths. The caller tracks them; `cache.length` is not used. `active` (B,):
+        the rows whose token is real; the others' recurrent states stay as they were.
         """
         if int(positions.max()) >= cache.capacity:
             raise FewshotError(f"decoding past the cache's capacity of {cache.capacity} tokens")
         x, rotary = self._embed(idx, self._positions(idx, positions))
         for block, layer_cache in zip(self.blocks, cache.layers):
-            x = block.step(x, layer_cache, positions, None, rotary)
+            x = block.step(x, layer_cache, positions, None, rotary, active)
         return self.head(self.norm(x))

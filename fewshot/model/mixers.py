@@ -4,8 +4,9 @@ Every mixer has two paths that must agree:
 - `forward(x)`: the whole causal sequence at once, for training and scoring;
 - `step(x, cache, position)`: the next chunk of tokens given a cache of the past, for
   decoding (a chunk of one token) and prefill (a chunk of many).
-Attention (dense or banded) and an LSTM are the two kinds; linear attention would be one
-more class here, with its own cache.
+Softmax attention (dense or banded) keeps every past key and value. An LSTM and linear
+attention are RNNs: the whole past is one fixed-size state (`RecurrentCache`), so decoding
+costs the same memory and time at any position.
 """
 
 from __future__ import annotations
@@ -54,45 +55,41 @@ class AttentionCache:
 
 
 @dataclass
-class LSTMCache:
-    """An LSTM's state (h, c) after every position, as a KV cache holds each position's keys.
+class RecurrentCache:
+    """A recurrent mixer's state after the last position it took in, the same size at any
+    length: `capacity` only bounds the positions, as a KV cache's does. Kept in float32: the
+    state sums the whole past, and it is small."""
 
-    The latest state alone would do for plain decoding. One per position lets a caller
-    rewind by setting `Cache.length`, and lets the serving engine write a dummy token into
-    a slot that is still prefilling, for its next chunk to overwrite (serve/engine.py
-    `_decode`), as it does with attention. It costs 2 x capacity x h numbers per row and
-    layer, about half of attention's 2 x capacity x d_model (h ~ 0.55 d_model).
-    """
+    state: tuple[Tensor, ...]  # each (B, ...)
+    capacity: int
 
-    hidden: Tensor  # (B, capacity, h)
-    cell: Tensor
-
-    @property
-    def capacity(self) -> int:
-        return self.hidden.shape[1]
-
-    def rows(self, start: int, stop: int) -> LSTMCache:
+    def rows(self, start: int, stop: int) -> RecurrentCache:
         """A view of some rows: writing to it writes to this cache (no copy)."""
-        return LSTMCache(self.hidden[start:stop], self.cell[start:stop])
+        return RecurrentCache(tuple(part[start:stop] for part in self.state), self.capacity)
 
     @property
     def nbytes(self) -> int:
-        return self.hidden.nbytes + self.cell.nbytes
+        return sum(part.nbytes for part in self.state)
 
-    def copy_from(self, smaller: LSTMCache) -> None:
-        """Fill this cache's first rows and positions with a smaller one's: growing a cache."""
-        rows, capacity = smaller.hidden.shape[0], smaller.capacity
-        self.hidden[:rows, :capacity] = smaller.hidden
-        self.cell[:rows, :capacity] = smaller.cell
+    def copy_from(self, smaller: RecurrentCache) -> None:
+        """Fill this cache's first rows with a smaller one's: growing a cache."""
+        for mine, theirs in zip(self.state, smaller.state):
+            mine[: len(theirs)] = theirs
 
-    def state_before(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """(h, c) of each row just before its token at positions[b]; zeros at position 0."""
-        rows = torch.arange(len(positions), device=positions.device)
-        previous, first = (positions - 1).clamp(min=0), (positions == 0)[:, None]
-        return self.hidden[rows, previous].masked_fill(first, 0.0), self.cell[rows, previous].masked_fill(first, 0.0)
+    def read(self, fresh: Tensor) -> tuple[Tensor, ...]:
+        """The state to continue from, zero for rows where `fresh` (B,) is true: a row at
+        position 0 starts a new sequence, whatever its slot held before."""
+        return tuple(part.masked_fill(fresh.view(-1, *[1] * (part.dim() - 1)), 0.0) for part in self.state)
+
+    def write(self, state: tuple[Tensor, ...], keep: Tensor | None = None) -> None:
+        """Store the new state; rows where `keep` (B,) is true keep the old one."""
+        for mine, new in zip(self.state, state):
+            if keep is not None:
+                new = torch.where(keep.view(-1, *[1] * (new.dim() - 1)), mine, new)
+            mine.copy_(new)
 
 
-MixerCache = AttentionCache | LSTMCache
+MixerCache = AttentionCache | RecurrentCache
 
 
 class Mixer(nn.Module):
@@ -104,13 +101,15 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def step(self, x: Tensor, cache: MixerCache, position: int | Tensor, padding: Tensor | None = None,
-             rotary: Rotary | None = None) -> Tensor:
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D) for tokens at `position`..`position+T-1`, extending `cache`.
 
         `padding` (B,) counts left-padding slots per row: prompts of different lengths share
         one batch, and no token may see the padding of its row. `position` may also be a
         (B,) tensor, one position per row, for a single token (T = 1) per row: a serving
-        batch whose sequences started at different times.
+        batch whose sequences started at different times. Then `active` (B,) marks the rows
+        whose token is real; the others carry a dummy token, which a cache of positions
+        overwrites later, but which must not enter a recurrent state.
         """
         raise NotImplementedError
 
@@ -237,7 +236,7 @@ class CausalSelfAttention(Mixer):
         return self._merge(y)
 
     def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
-             rotary: Rotary | None = None) -> Tensor:
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
         if isinstance(position, Tensor):
             return self._step_rows(x, cache, position, rotary)
         q, k, v = self._heads(self._cached_mixed(x, cache, position, padding), rotary)
@@ -310,17 +309,17 @@ class LSTMMixer(Mixer):
             y, _ = self.lstm(x.to(self.lstm.weight_ih_l0.dtype))
         return self.proj(y)
 
-    def step(self, x: Tensor, cache: LSTMCache, position: int | Tensor, padding: Tensor | None = None,
-             rotary: Rotary | None = None) -> Tensor:
-        """nn.LSTM's recurrence written out, so that each row starts from the cached state
-        at its own position and a padding slot can leave the state as it was."""
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        """nn.LSTM's recurrence written out, so that a row at position 0 starts from zeros,
+        a padding slot leaves the state as it was, and an inactive row keeps its state."""
         batch, length, _ = x.shape
         if isinstance(position, Tensor):  # one token per row, each at its own position
             positions = position[:, None]
         else:
             positions = torch.arange(position, position + length, device=x.device).expand(batch, length)
-        lstm, rows = self.lstm, torch.arange(batch, device=x.device)
-        h, c = (state.to(x.dtype) for state in cache.state_before(positions[:, 0]))
+        lstm = self.lstm
+        h, c = (state.to(x.dtype) for state in cache.read(positions[:, 0] == 0))
         inputs = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 if lstm.bias else None)  # all positions at once
         outputs = []
         for t in range(length):
@@ -332,18 +331,106 @@ class LSTMMixer(Mixer):
                 real = (positions[:, t] >= padding)[:, None]
                 h_next, c_next = torch.where(real, h_next, h), torch.where(real, c_next, c)
             h, c = h_next, c_next
-            cache.hidden[rows, positions[:, t]] = h.to(cache.hidden.dtype)
-            cache.cell[rows, positions[:, t]] = c.to(cache.cell.dtype)
             outputs.append(h)
+        cache.write((h.float(), c.float()), keep=None if active is None else ~active)
         return self.proj(torch.stack(outputs, dim=1))
 
-    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> LSTMCache:
-        shape = (batch_size, capacity, self.lstm.hidden_size)
-        return LSTMCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        shape = (batch_size, self.lstm.hidden_size)
+        return RecurrentCache((torch.zeros(shape, device=device), torch.zeros(shape, device=device)), capacity)
+
+
+class LinearAttention(Mixer):
+    """Causal linear attention (Katharopoulos et al. 2020, "Transformers are RNNs").
+
+    Softmax's exp(q.k) becomes phi(q).phi(k) with phi = elu + 1, so attention regroups as
+    phi(q_t) S_t / phi(q_t) z_t with S_t = sum_{s<=t} phi(k_s) v_s^T and z_t = sum phi(k_s):
+    a state of head_size x (head_size + 1) numbers per head, whatever the length. The
+    parallel form goes in chunks (`CHUNK`): the chunk's own keys exactly, as a masked
+    T x chunk product, and the state of the chunks before it; memory grows linearly in T.
+    It has attention's projections and parameters; positions come from the embeddings.
+    """
+
+    CHUNK = 64
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_size = config.n_head, config.head_size
+        inner = self.n_head * self.head_size
+        self.qkv = Linear(config.d_model, 3 * inner, bias=config.bias)
+        self.proj = Linear(inner, config.d_model, bias=config.bias)
+
+    def _features(self, x: Tensor, real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """phi(q), phi(k), v as (B, H, T, head_size) in float32: the state is a running sum,
+        and bf16 would lose the small late terms. Keys and values of padding (`real` false)
+        are zeroed, so they add nothing to the state."""
+        batch, length, _ = x.shape
+        q, k, v = (part.float().view(batch, length, self.n_head, self.head_size).transpose(1, 2)
+                   for part in self.qkv(x).chunk(3, dim=-1))
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        if real is not None:
+            keep = real[:, None, :, None]
+            k, v = k * keep, v * keep
+        return q, k, v
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Outputs (B, H, T, head_size) from the state before the first token, and the state after the last."""
+        batch, heads, length, size = q.shape
+        chunk = min(self.CHUNK, length)
+        pad = -length % chunk
+        if pad:  # zero keys and values add nothing; the padded queries' outputs are cut off
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        chunks = (length + pad) // chunk
+        q, k, v = (t.reshape(batch, heads, chunks, chunk, size) for t in (q, k, v))
+        s0, z0 = state
+        within = (q @ k.transpose(-1, -2)).tril()  # (B, H, N, C, C): each query's own chunk, causally
+        kv, kz = k.transpose(-1, -2) @ v, k.sum(-2)  # each chunk's addition to S and z
+        # S and z before each chunk: the given state plus every earlier chunk's (an exclusive cumsum).
+        s_before = s0[:, :, None] + torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
+        z_before = z0[:, :, None] + torch.cat([torch.zeros_like(kz[:, :, :1]), kz.cumsum(2)[:, :, :-1]], dim=2)
+        numerator = within @ v + q @ s_before
+        denominator = within.sum(-1) + (q @ z_before[..., None]).squeeze(-1)
+        y = numerator / (denominator[..., None] + 1e-6)  # phi > 0: zero only where nothing was seen
+        y = y.reshape(batch, heads, chunks * chunk, size)[:, :, :length]
+        return y, (s0 + kv.sum(2), z0 + kz.sum(2))
+
+    def _merge(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        batch, _, length, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size).to(dtype))
+
+    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        return (torch.zeros(batch, self.n_head, self.head_size, self.head_size, device=device),
+                torch.zeros(batch, self.n_head, self.head_size, device=device))
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            y, _ = self._attend(*self._features(x), self._empty(x.shape[0], x.device))
+        return self._merge(y, x.dtype)
+
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        batch, length, _ = x.shape
+        if isinstance(position, Tensor):  # one token per row, each at its own position
+            fresh, real = position == 0, None
+        else:
+            fresh = torch.full((batch,), position == 0, device=x.device)
+            real = None
+            if padding is not None:
+                absolute = torch.arange(position, position + length, device=x.device)
+                real = absolute[None, :] >= padding[:, None]
+        with torch.autocast(x.device.type, enabled=False):
+            y, state = self._attend(*self._features(x, real), cache.read(fresh))
+        cache.write(state, keep=None if active is None else ~active)
+        return self._merge(y, x.dtype)
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        return RecurrentCache(self._empty(batch_size, device), capacity)
 
 
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:
     kind = config.layer_attention(layer)
     if kind == "lstm":
         return LSTMMixer(config)
+    if kind == "linear":
+        return LinearAttention(config)
     return CausalSelfAttention(config, local=kind == "local")

@@ -22,7 +22,8 @@ let go when the engine falls idle.
 Adapters (LoRA, (IA)3) are further models over the same base weights, named like the API's
 `model`. Their sequences share the one KV cache; a step prefills each chunk with its own
 model and decodes once per adapter that has decoding rows (rows of the others get the same
-harmless dummy write as free ones), so a step costs one decode per adapter in use.
+dummy token as free ones, which a KV cache overwrites later and a recurrent state leaves
+out), so a step costs one decode per adapter in use.
 
 The model runs on this engine's own thread; the HTTP side only submits jobs and reads
 events, so it stays responsive while the model computes.
@@ -428,17 +429,20 @@ class Engine:
     def _decode_rows(self, model, decoding: list[_Sequence]) -> None:
         """A token for each of `decoding`'s rows; rows in between get a harmless dummy write."""
         rows = 1 + max(s.slot for s in self._running)
-        idx, positions = [0] * rows, [0] * rows
+        idx, positions, active = [0] * rows, [0] * rows, [False] * rows
         for sequence in self._running:
             # Any other slot gets the dummy token at its next free position, which its own next
             # write overwrites (a slot still prefilling, or decoding with another adapter, before
             # or after this call); a free slot at position 0, which nobody reads.
             positions[sequence.slot] = min(sequence.position, self._capacity - 1)
         for sequence in decoding:
-            idx[sequence.slot] = sequence.next_token
+            idx[sequence.slot], active[sequence.slot] = sequence.next_token, True
         idx_t = torch.tensor(idx, device=self.device)[:, None]
         positions_t = torch.tensor(positions, device=self.device)
-        logits = model.step_rows(idx_t, self._cache.rows(0, rows), positions_t)[:, 0]
+        # A recurrent state (linear attention) has no position to overwrite later: the
+        # dummy rows are told apart, and keep their state.
+        active_t = torch.tensor(active, device=self.device)
+        logits = model.step_rows(idx_t, self._cache.rows(0, rows), positions_t, active_t)[:, 0]
         logits = logits.float()
         greedy = logits.argmax(dim=-1).tolist() if any(s.plain_greedy for s in decoding) else None
         for sequence in decoding:

@@ -22,12 +22,12 @@ tokenised. Choices to know about:
 from __future__ import annotations
 
 import functools
-import json
 import re
 import time
 import uuid
 from dataclasses import dataclass
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from fewshot.errors import FewshotError
@@ -77,10 +77,10 @@ def parse_body(raw: bytes, content_type: str | None, schema: type[BaseModel], co
     if media != "application/json" and not media.endswith("+json"):
         raise bad_request(f"Content-Type must be application/json, got {content_type!r}", None)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = orjson.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as error:
         raise bad_request(f"The request body is not UTF-8: {error}", None) from None
-    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than the parser goes
+    except orjson.JSONDecodeError as error:  # also for nesting deeper than 1,024 levels
         raise bad_request(f"The request body is not valid JSON: {str(error)[:200] or type(error).__name__}", None) from None
     if isinstance(data, dict):
         _check_counts(data, context)

@@ -142,11 +142,12 @@ def test_transformers_tokenizes_like_fewshot(kind: str, tokenizer_pairs: dict, t
 REFUSED = {
     "llama": (PRESETS["llama-nano"].model.replace(n_layer=1), "block 'llama'"),
     "local": (SMALL.replace(attention="local", window=16), "local attention"),
-    "alternating": (SMALL.replace(attention="alternating", window=16), "alternating attention"),
+    "alternating": (SMALL.replace(attention="alternating", window=16), "local attention"),
     "head_dim": (SMALL.replace(head_dim=8), "head_dim = d_model / n_head"),
     "gqa": (SMALL.replace(n_kv_head=2), "grouped-query attention"),
     "no biases": (SMALL.replace(bias=False), "bias=False"),
-    "lstm": (SMALL.replace(attention="lstm"), "an lstm sequence mixer"),
+    "lstm": (SMALL.replace(attention="lstm"), "the lstm sequence mixer"),
+    "linear": (SMALL.replace(attention="dense,linear"), "the linear sequence mixer"),
     "qkv_conv": (SMALL.replace(qkv_conv=3), "a q/k/v convolution"),
 }
 

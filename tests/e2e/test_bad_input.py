@@ -78,6 +78,9 @@ def cases() -> list[tuple[str, list[str]]]:
     for kind in ("missing", "a-file", "an-empty-dir", "random-bytes-config", "json-list-config"):
         add(f"train-resume-{kind}", "train", "--resume", "--out", BAD_RUNS[kind])
     add("train-resume-imported", "train", "--resume", "--out", "imported")
+    for name, mixers in {"unknown": "nope", "empty-cycle": ",", "linear-in-llama": "linear,dense"}.items():
+        preset = ["--preset", "llama-nano"] if name == "linear-in-llama" else []
+        add(f"train-attention-{name}", "train", "--data", "data", "--out", "trained_new", "--attention", mixers, *preset)
     add("train-resume-imported-with-lr", "train", "--resume", "--out", "imported", "--lr", "1e-3")
     add("train-resume-other-tokenizer", "train", "--resume", "--out", "trained", "--data", "bpe_data", "--max-steps", "4")
     add("icl-train-into-an-imported-run", "icl", "train", "--out", "imported", "--minutes", "0.01", "--n", "0")
@@ -243,7 +246,7 @@ def cases() -> list[tuple[str, list[str]]]:
         "no-data": ["--sizes", "2"], "no-sizes-or-budgets": ["--data", "data"], "sizes-negative": [*tiny, "--sizes", "-1"],
         "isoflop-malformed": [*tiny, "--isoflop", "1e9,abc"], "isoflop-zero": [*tiny, "--isoflop", "0"],
         "isoflop-repeated": [*tiny, "--isoflop", "1e9,1e9"], "per-budget-two": [*tiny, "--isoflop", "1e9", "--per-budget", "2"],
-        "centre-zero": [*tiny, "--isoflop", "1e9", "--centre", "0"],
+        "centre-zero": [*tiny, "--isoflop", "1e9", "--centre", "0"], "head-size-zero": [*tiny, "--sizes", "2", "--head-size", "0"],
         "step-one": [*tiny, "--sizes", "2", "--step", "1"], "smallest-zero": [*tiny, "--sizes", "2", "--smallest", "0"],
         "tokens-negative": [*tiny, "--sizes", "2", "--tokens", "-5"], "parallel-zero": [*tiny, "--sizes", "2", "--parallel", "0"],
         "data-missing": ["--data", "nope", "--sizes", "2"], "data-a-run": ["--data", "trained", "--sizes", "2"],

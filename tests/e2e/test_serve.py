@@ -300,3 +300,38 @@ def test_api_key_rate_limit_and_graceful_sigterm(run):
         assert rest[-1].choices[0].finish_reason == "length"
         assert first.choices[0].finish_reason is None and len(rest) > 1
         assert process.wait(timeout=30) == 0
+
+
+def test_a_linear_attention_run_from_the_cli_serves_what_the_model_computes(data_dir: Path, tmp_path: Path):
+    """Linear attention decodes from a recurrent state, not a KV cache: the engine's batch of
+    rows at their own positions (and its dummy tokens for idle rows) must leave each row's
+    log-probabilities what one forward pass over that row alone gives. A model trained for
+    seconds writes much the same greedy text after any prompt, so the logprobs are compared."""
+    from tests.conftest import fewshot_command
+
+    run = tmp_path / "linear"
+    subprocess.run([*fewshot_command(), "train", "--data", str(data_dir), "--out", str(run), "--preset", "nano",
+                    "--attention", "linear,dense", "--context", str(CONTEXT), "--batch-size", "4", "--max-steps", "12",
+                    "--precision", "fp32", "--no-progress"], check=True, capture_output=True, text=True)
+    prompts = ["ROMEO:", "JULIET: O", "KING HENRY:\nWhat"]
+    with served(run, "--max-batch", "2") as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        choices = {}
+
+        def ask(prompt: str) -> None:
+            choices[prompt] = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0,
+                                                        logprobs=1).choices[0]
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]  # three requests, two slots
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    lm = fewshot.load(run)
+    for prompt in prompts:
+        choice = choices[prompt]
+        assert choice.text == lm.generate(prompt, max_tokens=24, temperature=0)
+        ids, new = lm.tokenizer.encode(prompt), lm.tokenizer.encode(choice.text)
+        alone = torch.log_softmax(lm.logits(ids + new), dim=-1)[len(ids) - 1 : -1]
+        expected = alone.gather(1, torch.tensor(new)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(choice.logprobs.token_logprobs), expected, atol=1e-4, rtol=1e-4)

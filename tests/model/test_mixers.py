@@ -1,8 +1,9 @@
-"""The LSTM baseline (`--attention lstm`) through everything that uses a model: the CLI,
-resume, `fewshot.load`, generation, the K-shot harness and the serving engine.
+"""The other sequence mixers (`--attention lstm`, `linear`, or a cycle such as `linear,dense`)
+through everything that uses a model: the CLI, resume, `fewshot.load`, generation, the
+K-shot harness and the serving engine; and linear attention's causality and O(1) state.
 
-The mixer's own invariants (step == forward, padding, per-row positions, its size) are
-tested with the attention mixers in test_model.py.
+The mixers' shared invariants (step == forward, padding, per-row positions, their size) are
+tested with the attention mixers in test_gpt.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -29,10 +33,12 @@ from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
 
 
-def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("attention", ["lstm", "linear,dense"])
+def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path,
+                                                                                  attention: str) -> None:
     straight = tmp_path / "straight"
     done = CliRunner().invoke(app, [
-        "train", "--data", str(data_dir), "--out", str(straight), "--preset", "nano", "--attention", "lstm",
+        "train", "--data", str(data_dir), "--out", str(straight), "--preset", "nano", "--attention", attention,
         "--context", "64", "--batch-size", "4", "--max-steps", "12", "--eval-every", "6", "--save-every", "6",
         "--dropout", "0.1", "--precision", "fp32", "--no-progress",
     ])
@@ -42,11 +48,10 @@ def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates
     train(dataclasses.replace(config, out=str(tmp_path / "resumed"), max_steps=6))
     train(resume_config(tmp_path / "resumed", max_steps=12), resume=True)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    assert a.keys() == b.keys() and any("mixer.lstm" in name for name in a)
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
     lm = fewshot.load(straight)
-    assert lm.model.config.attention == "lstm"
+    assert lm.model.config.attention == attention and len({type(block.mixer) for block in lm.model.blocks}) == 1 + ("," in attention)
     text = lm.generate("ROMEO:", max_tokens=12, temperature=0)
     assert text == lm.generate("ROMEO:", max_tokens=12, temperature=0) and len(text) > 0
     prompts = [lm.tokenizer.encode(f"Input: {'x' * i}\nOutput:") for i in range(7)]
@@ -60,11 +65,12 @@ def test_the_cli_trains_an_lstm_that_resumes_bit_for_bit_generates_and_evaluates
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
 
 
-def test_the_serving_engine_decodes_an_lstm_as_generate_does() -> None:
-    """Rows join and leave, prompts prefill in chunks between decoding steps (which write a
-    dummy token into a prefilling slot) and the cache grows: none of it may change a row."""
+@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense"])
+def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
+    """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
+    prefilling slot a dummy token) and the cache grows: none of it may change a row."""
     torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].model.replace(context=96, attention="lstm")).eval()
+    model = GPT(PRESETS["nano"].model.replace(context=96, attention=attention)).eval()
     with torch.no_grad():  # larger weights than the init: varied text, so mistakes show
         for param in model.parameters():
             if param.dim() == 2:
@@ -81,3 +87,37 @@ def test_the_serving_engine_decodes_an_lstm_as_generate_does() -> None:
         assert engine.stats()["capacity"] == 96  # it grew past its first 64 positions
     finally:
         engine.stop()
+
+
+@settings(max_examples=15, deadline=None)
+@given(length=st.integers(2, 150), batch=st.integers(1, 3), data=st.data())
+def test_linear_attention_never_lets_a_future_token_change_a_past_output(length: int, batch: int, data) -> None:
+    torch.manual_seed(0)
+    model = GPT(PRESETS["nano"].model.replace(context=160, attention="linear")).eval()
+    where = data.draw(st.integers(1, length - 1), label="changed position")
+    idx = torch.randint(0, 260, (batch, length), generator=torch.Generator().manual_seed(length))
+    changed = idx.clone()
+    changed[:, where] = (idx[:, where] + 1) % 260
+    before, after = model(idx)[0], model(changed)[0]
+    assert torch.equal(before[:, :where], after[:, :where])  # exactly: the past is computed from the past alone
+    assert not torch.allclose(before[:, where], after[:, where])
+
+
+@pytest.mark.parametrize("attention", ["linear", "lstm"])
+def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_10000(attention: str) -> None:
+    torch.manual_seed(0)
+    model = GPT(PRESETS["nano"].model.replace(context=10_016, attention=attention)).eval()
+    idx = torch.randint(0, 260, (1, 10_001), generator=torch.Generator().manual_seed(0))
+    sizes = {}
+    for stop in (10, 10_000):
+        cache = model.new_cache(1)
+        model.step(idx[:, :stop], cache)  # prefill, then one decoding step from there
+        before = [[part.clone() for part in layer.state] for layer in cache.layers]
+        logits = model.step(idx[:, stop:stop + 1], cache)
+        sizes[stop] = sum(layer.nbytes for layer in cache.layers)
+        assert all(new.shape == old.shape for layer, olds in zip(cache.layers, before) for new, old in zip(layer.state, olds))
+    c = model.config  # float32 per layer: linear, S (head size squared) and z (head size) per head; lstm, h and c
+    per_layer = c.n_head * (c.head_size**2 + c.head_size) if attention == "linear" else 2 * c.lstm_size
+    assert sizes[10] == sizes[10_000] == c.n_layer * per_layer * 4
+    full, _ = model(idx)
+    torch.testing.assert_close(logits[:, 0], full[:, 10_000], atol=1e-4, rtol=1e-4)

@@ -20,7 +20,7 @@ from typing import Any
 from fewshot.config import ModelConfig, TrainConfig, preset, setting
 from fewshot.errors import FewshotError
 from fewshot.experiments.scaling.compute import kaplan_compute
-from fewshot.experiments.scaling.shapes import SMALLEST, STEP, ladder, non_embedding_params
+from fewshot.experiments.scaling.shapes import HEAD_SIZE, SMALLEST, STEP, ladder, non_embedding_params
 
 TEMPLATE = "nano"  # the block family (GPT-3's) and the byte vocabulary; the shape comes from the rule
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022: compute-optimal D / N
@@ -41,6 +41,8 @@ class SweepConfig:
                                "dataset, the small sizes near convergence); 0: --tokens-per-param decides.")
     smallest: float = setting(SMALLEST, "Non-embedding parameters of the smallest size.")
     step: float = setting(STEP, "Each size about this many times the last.")
+    head_size: int = setting(HEAD_SIZE, "The size rule's attention head size (d_model is a whole number of heads); "
+                                        "8 reaches the 2-10k-parameter shapes a small IsoFLOP budget wants.")
     isoflop: str = setting("", "Comma-separated compute budgets in FLOPs (C = 6ND), e.g. 3e11,1e12,3e12.")
     per_budget: int = setting(5, "IsoFLOP: sizes per budget, spaced by --step around the --centre guess.")
     centre: float = setting(CHINCHILLA_TOKENS_PER_PARAM, "IsoFLOP: the tokens per parameter each budget's sizes centre "
@@ -59,7 +61,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.sizes < 0 or (self.sizes == 0 and not self.isoflop):
             raise FewshotError("sweep: give --sizes N (a size ladder) and/or --isoflop C1,C2,... (compute budgets)")
-        for name in ("context", "batch_size", "eval_batches", "parallel", "n_eval"):
+        for name in ("context", "batch_size", "eval_batches", "parallel", "n_eval", "head_size"):
             if getattr(self, name) < 1:
                 raise FewshotError(f"sweep: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.context < 2:
@@ -75,7 +77,7 @@ class SweepConfig:
         if self.lr is not None and not self.lr > 0:
             raise FewshotError(f"sweep: --lr must be > 0, got {self.lr}")
         self.budgets()
-        ladder(1, self.template(), self.smallest, self.step)  # checks --smallest and --step
+        ladder(1, self.template(), self.smallest, self.step, head_size=self.head_size)  # checks --smallest and --step
 
     def budgets(self) -> tuple[float, ...]:
         try:
@@ -91,8 +93,8 @@ class SweepConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings every run of the sweep shares."""
-        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "per_budget", "centre", "context",
-                "batch_size", "lr", "eval_batches", "seed", "precision")
+        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "head_size", "per_budget", "centre",
+                "context", "batch_size", "lr", "eval_batches", "seed", "precision")
         return {name: getattr(self, name) for name in kept}
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,11 +148,12 @@ def plan(config: SweepConfig, vocab_size: int, sizes: int | None = None) -> list
     """Every run of the sweep, ladder first, then the budgets in increasing order."""
     template = config.template().replace(vocab_size=vocab_size)
     count = config.sizes if sizes is None else sizes
-    points = [rung(config, i, m) for i, m in enumerate(ladder(count, template, config.smallest, config.step))] if count else []
+    rungs = ladder(count, template, config.smallest, config.step, head_size=config.head_size) if count else []
+    points = [rung(config, i, m) for i, m in enumerate(rungs)]
     for budget in config.budgets():
         guess = math.sqrt(budget / (6 * config.centre))  # C = 6 N D with D = centre N
         low = guess / config.step ** ((config.per_budget - 1) / 2)
-        models = ladder(config.per_budget, template, low, config.step)
+        models = ladder(config.per_budget, template, low, config.step, head_size=config.head_size)
         for model in models:
             steps = _steps(budget / (6 * non_embedding_params(model)), config)
             name = f"c{budget:.3g}".replace("e+", "e") + f"-n{_short(non_embedding_params(model))}"
