@@ -19,8 +19,15 @@ from fewshot.errors import FewshotError
 # - "lstm": a recurrent network where attention would be: the same-size recurrent baseline of
 #   transformer-vs-RNN in-context learning ablations (Chan et al. 2022, "Data Distributional
 #   Properties Drive Emergent In-Context Learning");
-# - "linear": causal linear attention (Katharopoulos et al. 2020), an RNN with an O(1) state.
-MIXERS = ("dense", "local", "lstm", "linear")
+# - "linear": causal linear attention (Katharopoulos et al. 2020), an RNN with an O(1) state;
+# - "aft": the Attention-Free Transformer's AFT-simple (Zhai et al. 2021), elementwise;
+# - "sru": the Simple Recurrent Unit (Lei et al. 2018), elementwise gates over one matmul;
+# - "ssm": a diagonal state-space layer, S4D (Gu et al. 2022), a long convolution or an RNN.
+MIXERS = ("dense", "local", "lstm", "linear", "aft", "sru", "ssm")
+# Mixers that take their positions from learned embeddings and have one key and value per
+# query head (the last three know order by themselves, but stay in GPT-3's blocks too).
+NO_ROTARY = ("linear", "aft", "sru", "ssm")
+SSM_STATE = 32  # S4D's state per channel: 16 complex conjugate pairs
 # `attention` names one mixer for every layer, or a comma-separated cycle of them ("linear,dense":
 # even layers linear, odd ones dense). "alternating" is GPT-3's "dense,local".
 ALTERNATING = "dense,local"
@@ -88,10 +95,11 @@ class ModelConfig:
         if unknown or not self.layer_pattern():
             raise FewshotError(f"model config: unknown attention {self.attention!r}: one of {', '.join(MIXERS)}, "
                                "alternating, or a comma-separated cycle of them such as linear,dense")
-        if "linear" in self.layer_pattern() and (self.block != "gpt3" or self.kv_heads != self.n_head or self.qkv_conv):
-            raise FewshotError("model config: linear attention takes its positions from learned embeddings, has a "
-                               "key and value per query head and no convolution: it needs block gpt3, no n_kv_head "
-                               "and no qkv_conv")
+        other = sorted(set(self.layer_pattern()) & set(NO_ROTARY))
+        if other and (self.block != "gpt3" or self.kv_heads != self.n_head or self.qkv_conv):
+            raise FewshotError(f"model config: the {' and '.join(other)} mixer takes its positions from learned embeddings, "
+                               "has one key and value per query head and no convolution: it needs block gpt3, no "
+                               "n_kv_head and no qkv_conv")
         if self.qkv_conv < 0 or self.qkv_conv == 1:
             raise FewshotError(f"model config: qkv_conv is a kernel size >= 2 (or 0 for none), got {self.qkv_conv}")
         if self.block not in ("gpt3", "llama"):
@@ -129,6 +137,13 @@ class ModelConfig:
         linear = 5 * d + 8 * b  # 4h^2 + linear * h + d * b = attention
         return max(1, round((math.sqrt(linear**2 + 16 * (self._attention_params() - d * b)) - linear) / 8))
 
+    @property
+    def ssm_size(self) -> int:
+        """Channels of an ssm mixer: in (d -> 2e: u and its gate), e channels of state, out (e -> d),
+        e solved so the mixer holds what attention does (Mamba widens likewise, by 2x)."""
+        d, b, pairs = self.d_model, 1 if self.bias else 0, SSM_STATE // 2
+        return max(1, round((self._attention_params() - d * b) / (3 * d + 2 * b + 2 + 6 * pairs)))
+
     def layer_pattern(self) -> tuple[str, ...]:
         """The cycle of mixers the layers go through; "alternating" starts dense (Sparse Transformer)."""
         spec = ALTERNATING if self.attention == "alternating" else self.attention
@@ -145,11 +160,17 @@ class ModelConfig:
         return d * qkv + qkv * b + inner * d + d * b + qkv * self.qkv_conv
 
     def mixer_params(self, layer: int = 0) -> int:
-        """Parameters of layer `layer`'s sequence mixer (linear attention has softmax attention's)."""
-        if self.layer_attention(layer) != "lstm":
-            return self._attention_params()
-        d, h, b = self.d_model, self.lstm_size, 1 if self.bias else 0
-        return 4 * h * (d + h) + 8 * h * b + h * d + d * b
+        """Parameters of layer `layer`'s sequence mixer (linear attention and AFT have softmax attention's)."""
+        kind, d, b = self.layer_attention(layer), self.d_model, 1 if self.bias else 0
+        if kind == "lstm":
+            h = self.lstm_size
+            return 4 * h * (d + h) + 8 * h * b + h * d + d * b
+        if kind == "sru":  # W (3 d x d), the gates' v and b, the output projection
+            return 3 * d * d + 4 * d + d * d + d * b
+        if kind == "ssm":  # in (u and gate), dt, A, B and C (complex pairs), D, out
+            e, pairs = self.ssm_size, SSM_STATE // 2
+            return e * (3 * d + 2 * b + 2 + 6 * pairs) + d * b
+        return self._attention_params()
 
     def num_params(self) -> int:
         """Exact parameter count of `GPT(self)` (tied embeddings counted once)."""

@@ -11,13 +11,14 @@ costs the same memory and time at any position.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.config import ModelConfig
+from fewshot.config import SSM_STATE, ModelConfig
 from fewshot.model.linear import Linear
 from fewshot.model.rope import Rotary, apply_rotary
 
@@ -427,10 +428,208 @@ class LinearAttention(Mixer):
         return RecurrentCache(self._empty(batch_size, device), capacity)
 
 
+def _real_positions(x: Tensor, position: int | Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(fresh (B,): rows starting a sequence, real (B, T) or None: rows' tokens that are not padding)."""
+    batch, length, _ = x.shape
+    if isinstance(position, Tensor):  # one token per row, each at its own position
+        return position == 0, None
+    fresh = torch.full((batch,), position == 0, device=x.device)
+    if padding is None:
+        return fresh, None
+    absolute = torch.arange(position, position + length, device=x.device)
+    return fresh, absolute[None, :] >= padding[:, None]
+
+
+class AFTSimple(Mixer):
+    """AFT-simple (Zhai et al. 2021, "An Attention Free Transformer"), causal:
+    y_t = sigmoid(q_t) * sum_{s<=t} exp(k_s) v_s / sum_{s<=t} exp(k_s), every channel on its
+    own: attention with one weight per channel instead of one per pair of positions. The
+    sums are the O(1) state, kept relative to a running maximum of k so exp never overflows;
+    the parallel form goes in chunks of `CHUNK`, each a cumulative sum."""
+
+    CHUNK = 64
+    PAD = -1e4  # a padding key's logit: exp of it vanishes against any real key's
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        inner = config.n_head * config.head_size
+        self.qkv = Linear(config.d_model, 3 * inner, bias=config.bias)
+        self.proj = Linear(inner, config.d_model, bias=config.bias)
+
+    def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        numerator, denominator, peak = state  # (B, D) each: the sums scaled by exp(-peak)
+        outputs = []
+        for start in range(0, k.shape[1], self.CHUNK):
+            kc, vc = k[:, start:start + self.CHUNK], v[:, start:start + self.CHUNK]
+            new_peak = torch.maximum(peak, kc.amax(dim=1))
+            weight, rescale = torch.exp(kc - new_peak[:, None]), torch.exp(peak - new_peak)[:, None]
+            num = numerator[:, None] * rescale + (weight * vc).cumsum(dim=1)
+            den = denominator[:, None] * rescale + weight.cumsum(dim=1)
+            outputs.append(num / den.clamp(min=1e-30))  # 0 / 0 only for padding before a row's first token
+            numerator, denominator, peak = num[:, -1], den[:, -1], new_peak
+        return torch.cat(outputs, dim=1), (numerator, denominator, peak)
+
+    def _run(self, x: Tensor, state: tuple[Tensor, ...], real: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        with torch.autocast(x.device.type, enabled=False):  # running sums of exponentials: float32
+            q, k, v = self.qkv(x).float().chunk(3, dim=-1)
+            if real is not None:
+                k, v = k.masked_fill(~real[..., None], self.PAD), v.masked_fill(~real[..., None], 0.0)
+            y, state = self._attend(k, v, state)
+        return self.proj((torch.sigmoid(q) * y).to(x.dtype)), state
+
+    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        width = self.proj.in_features
+        zeros = torch.zeros(batch, width, device=device)
+        return zeros, zeros.clone(), torch.full((batch, width), self.PAD, device=device)
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        return self._run(x, self._empty(x.shape[0], x.device), None)[0]
+
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        fresh, real = _real_positions(x, position, padding)
+        numerator, denominator, peak = cache.read(fresh)
+        peak = torch.where(fresh[:, None], self.PAD, peak)  # a new sequence's maximum starts low, not at 0
+        y, state = self._run(x, (numerator, denominator, peak), real)
+        cache.write(state, keep=None if active is None else ~active)
+        return y
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        return RecurrentCache(self._empty(batch_size, device), capacity)
+
+
+class SRU(Mixer):
+    """The Simple Recurrent Unit (Lei et al. 2018, eqs. 1-4): one matmul for every position
+    at once, then a recurrence of elementwise products only:
+        f_t = sigmoid(W_f x_t + v_f * c_{t-1} + b_f),  c_t = f_t * c_{t-1} + (1 - f_t) * (W x_t),
+        r_t = sigmoid(W_r x_t + v_r * c_{t-1} + b_r),  h_t = r_t * c_t + (1 - r_t) * x_t,
+    then a projection like attention's (which brings it to attention's parameter count)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.w = Linear(d, 3 * d, bias=False)
+        self.v = nn.Parameter(torch.zeros(2, d))  # v_f, v_r
+        self.b = nn.Parameter(torch.zeros(2, d))  # b_f, b_r
+        self.proj = Linear(d, config.d_model, bias=config.bias)
+
+    def _run(self, x: Tensor, c: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):  # a state carried across the context: float32
+            x = x.float()
+            candidate, forget, reset = self.w(x).chunk(3, dim=-1)
+            outputs = []
+            for t in range(x.shape[1]):
+                f = torch.sigmoid(forget[:, t] + self.v[0] * c + self.b[0])
+                r = torch.sigmoid(reset[:, t] + self.v[1] * c + self.b[1])
+                c_next = f * c + (1 - f) * candidate[:, t]
+                if real is not None:  # left padding keeps the state at zero until the row's first token
+                    c_next = torch.where(real[:, t, None], c_next, c)
+                c = c_next
+                outputs.append(r * c + (1 - r) * x[:, t])
+            h = torch.stack(outputs, dim=1)
+        return h, c
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        h, _ = self._run(x, x.new_zeros(x.shape[0], x.shape[-1], dtype=torch.float32), None)
+        return self.proj(h.to(x.dtype))
+
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        fresh, real = _real_positions(x, position, padding)
+        (c,) = cache.read(fresh)
+        h, c = self._run(x, c, real)
+        cache.write((c,), keep=None if active is None else ~active)
+        return self.proj(h.to(x.dtype))
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        return RecurrentCache((torch.zeros(batch_size, self.w.in_features, device=device),), capacity)
+
+
+class DiagonalSSM(Mixer):
+    """A diagonal state-space layer, S4D (Gu et al. 2022, "On the Parameterization and
+    Initialization of Diagonal State Space Models"), gated as in H3 and Mamba:
+    y = out(ssm(u) * silu(gate)) with (u, gate) = in(x). Every channel of u runs its own
+    linear system x' = A x + B u, y = C x + D u, A diagonal and complex (S4D-Lin: -1/2 + i pi n),
+    discretised by zero-order hold with a learned step dt. u has `ssm_size` channels, which
+gives the mixer attention's parameter count (config.py). In parallel it is a causal
+    convolution with the kernel K_l = 2 Re(C B A^l), done by FFT in O(T log T); decoding is
+    the recurrence, one state of SSM_STATE / 2 complex numbers per channel."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, pairs = config.ssm_size, SSM_STATE // 2  # d channels: config.py solves it for attention's size
+        self.inp = Linear(config.d_model, 2 * d, bias=config.bias)
+        self.proj = Linear(d, config.d_model, bias=config.bias)
+        # S4D's initialisation: dt log-uniform in [1e-3, 1e-1], A = -1/2 + i pi n, C ~ N(0, 1/2) per part, B = 1.
+        self.log_dt = nn.Parameter(torch.empty(d).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.log_a_real = nn.Parameter(torch.full((d, pairs), math.log(0.5)))
+        self.a_imag = nn.Parameter(math.pi * torch.arange(pairs, dtype=torch.float32).repeat(d, 1))
+        self.b = nn.Parameter(torch.stack([torch.ones(d, pairs), torch.zeros(d, pairs)], dim=-1))
+        self.c = nn.Parameter(torch.randn(d, pairs, 2) * math.sqrt(0.5))
+        self.d = nn.Parameter(torch.ones(d))
+
+    def _system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The discrete system: dt A, A-bar, B-bar and C, each (D, pairs) complex."""
+        a = torch.complex(-torch.exp(self.log_a_real), self.a_imag)
+        dt_a = torch.exp(self.log_dt)[:, None] * a
+        a_bar = torch.exp(dt_a)
+        b_bar = (a_bar - 1) / a * torch.view_as_complex(self.b)  # zero-order hold
+        return dt_a, a_bar, b_bar, torch.view_as_complex(self.c)
+
+    def _run(self, u: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """u (B, T, D) float32 and the state before it (B, D, pairs) complex, or None for zeros
+        -> y (B, T, D) and the state after the last position."""
+        length = u.shape[1]
+        dt_a, a_bar, b_bar, c = self._system()
+        u = u.transpose(1, 2)  # (B, D, T)
+        if length == 1 and x0 is not None:  # a decoding step: the recurrence itself
+            state = a_bar * x0 + b_bar * u
+            y = 2 * (c * state).real.sum(-1, keepdim=True)
+            return (y + self.d[:, None] * u).transpose(1, 2), state
+        powers = torch.exp(dt_a[..., None] * torch.arange(length + 1, device=u.device))  # A-bar^l, l = 0..T
+        kernel = 2 * torch.einsum("dn,dnl->dl", c * b_bar, powers[..., :length]).real  # (D, T)
+        n = 2 * length
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(kernel, n=n), n=n)[..., :length]
+        # the state after position T-1: sum over s of A-bar^(T-1-s) B-bar u_s, plus A-bar^T x0
+        state = torch.einsum("dnl,bdl->bdn", powers[..., :length].flip(-1) * b_bar[..., None], u.to(powers.dtype))
+        if x0 is not None:
+            y = y + 2 * torch.einsum("dn,dnl,bdn->bdl", c, powers[..., 1:], x0).real
+            state = state + powers[..., length] * x0
+        return (y + self.d[:, None] * u).transpose(1, 2), state
+
+    def _mix(self, x: Tensor, x0: Tensor | None, real: Tensor | None) -> tuple[Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):  # complex powers and FFTs: float32
+            u, gate = self.inp(x.float()).chunk(2, dim=-1)
+            if real is not None:  # padding feeds nothing into the state
+                u = u * real[..., None]
+            y, state = self._run(u, x0)
+            y = y * F.silu(gate)
+        return self.proj(y.to(x.dtype)), state
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        return self._mix(x, None, None)[0]
+
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        fresh, real = _real_positions(x, position, padding)
+        (x0,) = cache.read(fresh)
+        y, state = self._mix(x, torch.view_as_complex(x0), real)
+        cache.write((torch.view_as_real(state),), keep=None if active is None else ~active)
+        return y
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        return RecurrentCache((torch.zeros(batch_size, self.d.shape[0], SSM_STATE // 2, 2, device=device),), capacity)
+
+
+# The recurrences' own parameters (not weight matrices, whatever their shape): no weight
+# decay and no Muon for them (train/optim.py).
+DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag")
+
+MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "sru": SRU, "ssm": DiagonalSSM}
+
+
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:
     kind = config.layer_attention(layer)
-    if kind == "lstm":
-        return LSTMMixer(config)
-    if kind == "linear":
-        return LinearAttention(config)
+    if kind in MIXER_CLASSES:
+        return MIXER_CLASSES[kind](config)
     return CausalSelfAttention(config, local=kind == "local")

@@ -16,6 +16,7 @@ import torch
 
 from fewshot.config import TrainConfig
 from fewshot.errors import FewshotError
+from fewshot.model.mixers import DYNAMICS
 
 
 class Combined:
@@ -76,14 +77,18 @@ def _adamw(groups: list[dict[str, Any]], config: TrainConfig, device: torch.devi
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer | Combined:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
+    def dynamics(name: str) -> bool:  # a recurrence's own decays and gates, shaped (channels, ...): not matrices
+        return name.rsplit(".", 1)[-1] in DYNAMICS and ".mixer." in name
+
     def under_muon(name: str, p: torch.Tensor) -> bool:
-        return config.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.")
+        return config.optimizer == "muon" and p.dim() == 2 and name.startswith("blocks.") and not dynamics(name)
 
     def decayed(name: str, p: torch.Tensor) -> bool:
         # Matrices (embeddings included), but not biases or norm gains: shrinking those towards
         # zero only fights the normalisation. Nor (IA)3's scales (peft's `ia3_l`, shaped
-        # (n, 1)): they start at one, and decay would pull the model away from its base.
-        return p.dim() >= 2 and ".ia3_l." not in name
+        # (n, 1)): they start at one, and decay would pull the model away from its base. Nor a
+        # state-space layer's A, B, C or an SRU's gate vectors (S4 trains them without decay).
+        return p.dim() >= 2 and ".ia3_l." not in name and not dynamics(name)
 
     adamw = _adamw([{"params": [p for name, p in named if decayed(name, p) and not under_muon(name, p)],
                      "weight_decay": config.weight_decay},

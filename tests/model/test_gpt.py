@@ -6,18 +6,18 @@ from torch import nn
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from fewshot.config import PRESETS
+from fewshot.config import NO_ROTARY, PRESETS
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
 from fewshot.model.mixers import causal_mask
 
 
-MIXERS = ["dense", "local", "alternating", "lstm", "linear", "linear,dense"]
+MIXERS = ["dense", "local", "alternating", "lstm", "linear", "aft", "sru", "ssm", "linear,dense", "ssm,aft,sru"]
 
 
 def tiny(preset: str = "nano", **changes) -> GPT:
-    # linear attention needs learned positions and no query-key-value convolution (config.py)
-    if "linear" in changes.get("attention", "") and (preset != "nano" or changes.get("qkv_conv")):
+    # linear attention, AFT, SRU and the SSM need learned positions and no q/k/v convolution (config.py)
+    if set(changes.get("attention", "").split(",")) & set(NO_ROTARY) and (preset != "nano" or changes.get("qkv_conv")):
         assume(False)
     torch.manual_seed(0)
     model = GPT(PRESETS[preset].model.replace(context=48, **changes)).eval()
@@ -40,6 +40,7 @@ def tiny(preset: str = "nano", **changes) -> GPT:
 @example(preset="llama-nano", attention="lstm", window=1, split=1, conv=0)
 @example(preset="nano", attention="linear", window=1, split=30, conv=0)  # and linear attention
 @example(preset="nano", attention="linear,dense", window=1, split=1, conv=0)
+@example(preset="nano", attention="ssm,aft,sru", window=1, split=7, conv=0)  # and the other recurrences
 @example(preset="llama-nano", attention="dense", window=1, split=1, conv=3)  # and the convolution
 @example(preset="nano", attention="local", window=4, split=9, conv=4)
 def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int,
@@ -118,6 +119,7 @@ def test_dropout_is_active_in_training_only() -> None:
        lengths=st.lists(st.integers(1, 20), min_size=2, max_size=4), conv=st.sampled_from([0, 3]))
 @example(preset="nano", attention="lstm", lengths=[3, 17, 1], conv=0)
 @example(preset="nano", attention="linear", lengths=[3, 17, 1], conv=0)
+@example(preset="nano", attention="ssm,aft,sru", lengths=[3, 17, 1], conv=0)
 @example(preset="llama-nano", attention="dense", lengths=[3, 17, 1], conv=3)
 def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """Prompts of different lengths in one batch: each row's logits equal its own unpadded run."""
@@ -142,6 +144,7 @@ def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, length
        lengths=st.lists(st.integers(1, 20), min_size=1, max_size=4), conv=st.sampled_from([0, 3]))
 @example(preset="nano", attention="lstm", lengths=[5, 1, 12], conv=0)
 @example(preset="nano", attention="linear", lengths=[5, 1, 12], conv=0)
+@example(preset="nano", attention="ssm,aft,sru", lengths=[5, 1, 12], conv=0)
 @example(preset="llama-nano", attention="dense", lengths=[5, 1, 12], conv=3)
 def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """A serving batch: each row prefilled into its own slot, then one token per row per step."""
@@ -182,12 +185,17 @@ def test_an_lstm_mixer_is_the_size_of_attention_and_counted_exactly(name: str) -
 
 
 @pytest.mark.parametrize("name", ["nano", "micro", "mini"])
-def test_linear_attention_has_attentions_parameters_and_is_counted_exactly(name: str) -> None:
-    mixed = PRESETS[name].model.replace(attention="linear,dense")
+def test_the_mixers_are_about_attentions_size_and_counted_exactly(name: str) -> None:
+    """Linear attention and AFT have attention's parameters; the SRU and the SSM are within 2%."""
+    dense = PRESETS[name].model
+    mixed = dense.replace(attention="linear,aft,sru,ssm")
     with torch.device("meta"):
         model = GPT(mixed)
-    assert [type(block.mixer).__name__ for block in model.blocks[:2]] == ["LinearAttention", "CausalSelfAttention"]
-    assert model.num_params() == mixed.num_params() == PRESETS[name].model.num_params()
+    assert [type(block.mixer).__name__ for block in model.blocks[:4]] == ["LinearAttention", "AFTSimple", "SRU", "DiagonalSSM"]
+    assert model.num_params() == mixed.num_params()
+    for layer, block in enumerate(model.blocks):
+        assert sum(p.numel() for p in block.mixer.parameters()) == mixed.mixer_params(layer)
+        assert abs(mixed.mixer_params(layer) / dense.mixer_params() - 1) < 0.02
 
 
 def test_a_rewound_cache_overwrites_what_followed() -> None:
