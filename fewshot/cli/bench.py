@@ -151,6 +151,45 @@ def bench_decode_command(
     out.print("fewshot cached step, batch 1, ms/token by context: " + ", ".join(f"{c}: {ms:.2f}" for c, ms in costs.items()))
 
 
+@bench_app.command("context")
+def bench_context_command(
+    mixers: Annotated[str, typer.Option(help="Comma-separated mixers: dense, dense-math (SDPA's math path), local, lstm, "
+                                             "linear, aft, sru, ssm.")] = "dense,dense-math,linear,aft,sru,ssm,lstm",
+    lengths: Annotated[str, typer.Option(help="Context lengths: 256..16384 (doubling) or 256,1024,4096.")] = "256..16384",
+    preset: Annotated[str, typer.Option(help="The model's shape (its layer count is --layers).")] = "nano",
+    layers: Annotated[int, typer.Option(help="Blocks in the model; 1 isolates the mixer.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed training steps per point (after one warm-up).")] = 3,
+    device: Annotated[str, typer.Option()] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where context.json, report.md and the plots go.")] = Path("bench-context"),
+) -> None:
+    """Training time and memory, decoding time and cache size, of each sequence mixer against the context length."""
+    import torch
+
+    from fewshot.bench.context import bench_context, parse_lengths, parse_mixers, write_report
+    from fewshot.bench.report import machine_info
+    from fewshot.config import preset as get_preset
+    from fewshot.device import pick_device
+
+    chosen, sizes = parse_mixers(mixers), parse_lengths(lengths)
+    _check_positive(layers=layers, repeats=repeats)
+    get_preset(preset)
+    target = pick_device(device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FewshotError(f"--out {out_dir} is a file; it takes a directory")
+    _set_threads(threads)
+    points = bench_context(chosen, sizes, preset, layers, repeats, str(target), threads, progress=err.is_terminal)
+    settings = {"preset": preset, "layers": layers, "repeats": repeats, "device": str(target),
+                "threads": threads or torch.get_num_threads(), "lengths": list(sizes)}
+    paths = write_report(points, out_dir, machine_info(str(target)), settings)
+    from fewshot.bench.context import summary
+
+    for mixer, fits in summary(points)["exponents"].items():
+        slope = fits["train_seconds"]
+        out.print(f"{mixer}: training time ~ T^{slope:.2f}" if slope is not None else f"{mixer}: no fit", markup=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
+
+
 @bench_app.command("train")
 def bench_train_command(
     preset: Annotated[str, typer.Option()] = "mini",

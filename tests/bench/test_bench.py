@@ -219,3 +219,46 @@ def test_busy_cores_sees_a_busy_core(monkeypatch) -> None:
         stop.set()
         spinner.join()
     assert busy is not None and 0.5 <= busy <= cores  # at least our spinning thread's core
+
+
+def test_bench_context_parses_lengths_and_mixers_and_fits_exponents() -> None:
+    from fewshot.bench.context import exponent, parse_lengths, parse_mixers
+
+    assert parse_lengths("256..16384") == (256, 512, 1024, 2048, 4096, 8192, 16384)
+    assert parse_lengths("1024,256,256") == (256, 1024)
+    assert parse_mixers("dense, dense-math,ssm") == ("dense", "dense-math", "ssm")
+    for bad in ("256..", "x", "0,64"):
+        with pytest.raises(FewshotError, match="--lengths"):
+            parse_lengths(bad)
+    with pytest.raises(FewshotError, match="unknown nope"):
+        parse_mixers("dense,nope")
+    lengths = [256, 512, 1024, 2048]
+    assert exponent(lengths, [3e-9 * n**2 for n in lengths]) == pytest.approx(2.0)
+    assert exponent(lengths, [5.0] * 4) == pytest.approx(0.0, abs=1e-12)
+    assert exponent(lengths, [None, 1.0, None, None]) is None
+
+
+def test_bench_context_writes_a_report_whose_cache_sizes_are_the_mixers_own(tmp_path) -> None:
+    """Through the CLI, at two short lengths: a KV cache grows with the positions, a recurrent
+    state does not, and dense-math's training peak is the T x T scores' (speeds are not asserted)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fewshot.cli import app
+
+    out = tmp_path / "ctx"
+    result = CliRunner().invoke(app, ["bench", "context", "--mixers", "dense,dense-math,linear,ssm", "--lengths", "128,1024",
+                                      "--repeats", "1", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "context.json").read_text())
+    points = {(p["mixer"], p["length"]): p for p in record["points"]}
+    assert not [p for p in record["points"] if p["error"]]
+    dense = [points[("dense", n)]["cache_bytes"] for n in (128, 1024)]
+    assert dense[1] / dense[0] == pytest.approx((1024 + 8) / (128 + 8))  # keys and values of every position
+    assert points[("linear", 128)]["cache_bytes"] == points[("linear", 1024)]["cache_bytes"]
+    assert record["exponents"]["ssm"]["cache_bytes"] == pytest.approx(0.0, abs=1e-12)
+    # 4 heads x 1024^2 float32 scores, held for the backward pass: at least 16 MiB more than the fused kernel
+    assert points[("dense-math", 1024)]["train_peak_bytes"] > points[("dense", 1024)]["train_peak_bytes"] + 16 * 2**20
+    assert {p.name for p in out.iterdir()} >= {"report.md", "train_seconds.png", "train_peak_bytes.png", "decode_ms.png",
+                                               "cache_bytes.png"}
