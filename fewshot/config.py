@@ -20,13 +20,15 @@ from fewshot.errors import FewshotError
 #   transformer-vs-RNN in-context learning ablations (Chan et al. 2022, "Data Distributional
 #   Properties Drive Emergent In-Context Learning");
 # - "linear": causal linear attention (Katharopoulos et al. 2020), an RNN with an O(1) state;
+# - "rfa", "rfa-gate": Random Feature Attention (Peng et al. 2021), random Fourier features,
+#   without or with its gate;
 # - "aft": the Attention-Free Transformer's AFT-simple (Zhai et al. 2021), elementwise;
 # - "sru": the Simple Recurrent Unit (Lei et al. 2018), elementwise gates over one matmul;
 # - "ssm": a diagonal state-space layer, S4D (Gu et al. 2022), a long convolution or an RNN.
-MIXERS = ("dense", "local", "lstm", "linear", "aft", "sru", "ssm")
+MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "sru", "ssm")
 # Mixers that take their positions from learned embeddings and have one key and value per
 # query head (the last three know order by themselves, but stay in GPT-3's blocks too).
-NO_ROTARY = ("linear", "aft", "sru", "ssm")
+NO_ROTARY = ("linear", "rfa", "rfa-gate", "aft", "sru", "ssm")
 SSM_STATE = 32  # S4D's state per channel: 16 complex conjugate pairs
 # `attention` names one mixer for every layer, or a comma-separated cycle of them ("linear,dense":
 # even layers linear, odd ones dense). "alternating" is GPT-3's "dense,local".
@@ -165,6 +167,8 @@ class ModelConfig:
         if kind == "lstm":
             h = self.lstm_size
             return 4 * h * (d + h) + 8 * h * b + h * d + d * b
+        if kind in ("rfa", "rfa-gate"):  # attention's, sigma per head, and the gate's d -> heads
+            return self._attention_params() + self.n_head + (self.n_head * (d + 1) if kind == "rfa-gate" else 0)
         if kind == "sru":  # W (3 d x d), the gates' v and b, the output projection
             return 3 * d * d + 4 * d + d * d + d * b
         if kind == "ssm":  # in (u and gate), dt, A, B and C (complex pairs), D, out

@@ -29,7 +29,6 @@ import numpy as np
 from fewshot.errors import FewshotError
 
 MATH = "dense-math"  # dense attention with SDPA's math path: the T x T scores in memory
-DEFAULT_MIXERS = ("dense", MATH, "linear", "aft", "sru", "ssm", "lstm")
 DECODE_STEPS = 8
 
 

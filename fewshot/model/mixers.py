@@ -350,9 +350,11 @@ class LinearAttention(Mixer):
     parallel form goes in chunks (`CHUNK`): the chunk's own keys exactly, as a masked
     T x chunk product, and the state of the chunks before it; memory grows linearly in T.
     It has attention's projections and parameters; positions come from the embeddings.
+    With a gate (RFA-Gate, below) the state decays: S_t = g_t S_{t-1} + phi(k_t) v_t^T.
     """
 
     CHUNK = 64
+    FLOOR = 1e-6  # elu + 1 > 0: the denominator is zero only where nothing was seen
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -360,48 +362,75 @@ class LinearAttention(Mixer):
         inner = self.n_head * self.head_size
         self.qkv = Linear(config.d_model, 3 * inner, bias=config.bias)
         self.proj = Linear(inner, config.d_model, bias=config.bias)
+        self.feature_size = self.head_size
 
-    def _features(self, x: Tensor, real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """phi(q), phi(k), v as (B, H, T, head_size) in float32: the state is a running sum,
-        and bf16 would lose the small late terms. Keys and values of padding (`real` false)
-        are zeroed, so they add nothing to the state."""
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, length, _ = x.shape
-        q, k, v = (part.float().view(batch, length, self.n_head, self.head_size).transpose(1, 2)
-                   for part in self.qkv(x).chunk(3, dim=-1))
+        return tuple(part.float().view(batch, length, self.n_head, self.head_size).transpose(1, 2)
+                     for part in self.qkv(x).chunk(3, dim=-1))
+
+    def _features(self, x: Tensor, real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """phi(q), phi(k), v as (B, H, T, .) in float32 (the state is a running sum, and bf16
+        would lose the small late terms), and the log-gates (B, H, T) or None. Keys and values
+        of padding (`real` false) are zeroed, so they add nothing to the state."""
+        q, k, v = self._heads(x)
         q, k = F.elu(q) + 1, F.elu(k) + 1
         if real is not None:
             keep = real[:, None, :, None]
             k, v = k * keep, v * keep
-        return q, k, v
+        return q, k, v, None
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, log_gate: Tensor | None,
+                state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Outputs (B, H, T, head_size) from the state before the first token, and the state after the last."""
-        batch, heads, length, size = q.shape
+        batch, heads, length, _ = q.shape
         chunk = min(self.CHUNK, length)
         pad = -length % chunk
-        if pad:  # zero keys and values add nothing; the padded queries' outputs are cut off
+        if pad:  # zero keys and values (and gates of 1) add nothing; the padded queries' outputs are cut off
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            log_gate = None if log_gate is None else F.pad(log_gate, (0, pad))
         chunks = (length + pad) // chunk
-        q, k, v = (t.reshape(batch, heads, chunks, chunk, size) for t in (q, k, v))
+        q, k, v = (t.reshape(batch, heads, chunks, chunk, t.shape[-1]) for t in (q, k, v))
         s0, z0 = state
-        within = (q @ k.transpose(-1, -2)).tril()  # (B, H, N, C, C): each query's own chunk, causally
-        kv, kz = k.transpose(-1, -2) @ v, k.sum(-2)  # each chunk's addition to S and z
-        # S and z before each chunk: the given state plus every earlier chunk's (an exclusive cumsum).
-        s_before = s0[:, :, None] + torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
-        z_before = z0[:, :, None] + torch.cat([torch.zeros_like(kz[:, :, :1]), kz.cumsum(2)[:, :, :-1]], dim=2)
-        numerator = within @ v + q @ s_before
-        denominator = within.sum(-1) + (q @ z_before[..., None]).squeeze(-1)
-        y = numerator / (denominator[..., None] + 1e-6)  # phi > 0: zero only where nothing was seen
-        y = y.reshape(batch, heads, chunks * chunk, size)[:, :, :length]
-        return y, (s0 + kv.sum(2), z0 + kz.sum(2))
+        within = q @ k.transpose(-1, -2)  # (B, H, N, C, C): each query against its own chunk's keys
+        if log_gate is None:
+            within = within.tril()  # causally
+            kv, kz = k.transpose(-1, -2) @ v, k.sum(-2)  # each chunk's addition to S and z
+            # S and z before each chunk: the given state plus every earlier chunk's (an exclusive cumsum).
+            s_before = s0[:, :, None] + torch.cat([torch.zeros_like(kv[:, :, :1]), kv.cumsum(2)[:, :, :-1]], dim=2)
+            z_before = z0[:, :, None] + torch.cat([torch.zeros_like(kz[:, :, :1]), kz.cumsum(2)[:, :, :-1]], dim=2)
+            s_end, z_end = s0 + kv.sum(2), z0 + kz.sum(2)
+            carried = q @ s_before, (q @ z_before[..., None]).squeeze(-1)
+        else:
+            cumulative = log_gate.reshape(batch, heads, chunks, chunk).cumsum(-1)  # log decay from the chunk's start
+            causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+            within = within * (cumulative[..., :, None] - cumulative[..., None, :]).masked_fill(~causal, -math.inf).exp()
+            to_end = (cumulative[..., -1:] - cumulative).exp()[..., None]  # decay from each key to the chunk's end
+            kv, kz = (k * to_end).transpose(-1, -2) @ v, (k * to_end).sum(-2)
+            total = cumulative[..., -1].cumsum(-1)  # (B, H, N): log decay from the start to each chunk's end
+            before = F.pad(total[..., :-1], (1, 0))  # ... to each chunk's start
+            earlier = torch.ones(chunks, chunks, dtype=torch.bool, device=q.device).tril(-1)
+            weights = (before[..., :, None] - total[..., None, :]).masked_fill(~earlier, -math.inf).exp()  # (B, H, N, N)
+            s_before = torch.einsum("bhnm,bhmij->bhnij", weights, kv) + before.exp()[..., None, None] * s0[:, :, None]
+            z_before = torch.einsum("bhnm,bhmi->bhni", weights, kz) + before.exp()[..., None] * z0[:, :, None]
+            end = total[..., -1]
+            s_end = end.exp()[..., None, None] * s0 + torch.einsum("bhm,bhmij->bhij", (end[..., None] - total).exp(), kv)
+            z_end = end.exp()[..., None] * z0 + torch.einsum("bhm,bhmi->bhi", (end[..., None] - total).exp(), kz)
+            decayed = cumulative.exp()  # the carried state fades by every gate of the chunk up to t
+            carried = decayed[..., None] * (q @ s_before), decayed * (q @ z_before[..., None]).squeeze(-1)
+        numerator = within @ v + carried[0]
+        denominator = within.sum(-1) + carried[1]
+        y = numerator / (denominator.abs()[..., None] + self.FLOOR)
+        y = y.reshape(batch, heads, chunks * chunk, -1)[:, :, :length]
+        return y, (s_end, z_end)
 
     def _merge(self, y: Tensor, dtype: torch.dtype) -> Tensor:
         batch, _, length, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size).to(dtype))
 
     def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        return (torch.zeros(batch, self.n_head, self.head_size, self.head_size, device=device),
-                torch.zeros(batch, self.n_head, self.head_size, device=device))
+        return (torch.zeros(batch, self.n_head, self.feature_size, self.head_size, device=device),
+                torch.zeros(batch, self.n_head, self.feature_size, device=device))
 
     def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
@@ -410,15 +439,7 @@ class LinearAttention(Mixer):
 
     def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
              rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
-        batch, length, _ = x.shape
-        if isinstance(position, Tensor):  # one token per row, each at its own position
-            fresh, real = position == 0, None
-        else:
-            fresh = torch.full((batch,), position == 0, device=x.device)
-            real = None
-            if padding is not None:
-                absolute = torch.arange(position, position + length, device=x.device)
-                real = absolute[None, :] >= padding[:, None]
+        fresh, real = _real_positions(x, position, padding)
         with torch.autocast(x.device.type, enabled=False):
             y, state = self._attend(*self._features(x, real), cache.read(fresh))
         cache.write(state, keep=None if active is None else ~active)
@@ -426,6 +447,54 @@ class LinearAttention(Mixer):
 
     def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
         return RecurrentCache(self._empty(batch_size, device), capacity)
+
+
+class RandomFeatureAttention(LinearAttention):
+    """Random Feature Attention (Peng et al. 2021). For unit q and k, exp(q.k / sigma^2) is
+    approximated by phi(q).phi(k) with phi(x) = [sin(W x), cos(W x)] / sqrt(head_size) and
+    W ~ N(0, 1) / sigma (Rahimi & Recht's random Fourier features; sigma learned per head).
+    RFA-Gate adds a learned forgetting of the past, a recency bias:
+    S_t = g_t S_{t-1} + (1 - g_t) phi(k_t) v_t^T with g_t = sigmoid(w_g . x_t + b_g) per head.
+
+    W is drawn once from a generator seeded by the layer's index, not learned and not saved:
+    every load rebuilds the same features (the paper redraws them while training; fixed ones
+    keep a run bit-for-bit resumable). The estimate of the softmax denominator can come out
+    near zero or below it, and dividing by that blows a head's output up: the denominator's
+    magnitude is floored at `FLOOR` (our choice; it changes nothing where the estimate is sound)."""
+
+    FLOOR = 1e-2
+
+    def __init__(self, config: ModelConfig, layer: int, gated: bool) -> None:
+        super().__init__(config)
+        self.feature_size = 2 * self.head_size
+        self.seed = layer
+        self.log_sigma = nn.Parameter(torch.zeros(self.n_head))
+        self.gate = Linear(config.d_model, self.n_head, bias=True) if gated else None
+        self._omega: Tensor | None = None
+
+    def _random_features(self, device: torch.device) -> Tensor:
+        if self._omega is None or self._omega.device != device:
+            generator = torch.Generator().manual_seed(1_000_003 + self.seed)
+            self._omega = torch.randn(self.n_head, self.head_size, self.head_size, generator=generator).to(device)
+        return self._omega
+
+    def _phi(self, x: Tensor) -> Tensor:
+        w = self._random_features(x.device) / torch.exp(self.log_sigma)[:, None, None]
+        projected = torch.einsum("bhtd,hfd->bhtf", F.normalize(x, dim=-1), w)
+        return torch.cat([projected.sin(), projected.cos()], dim=-1) / math.sqrt(self.head_size)
+
+    def _features(self, x: Tensor, real: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        q, k, v = self._heads(x)
+        q, k = self._phi(q), self._phi(k)
+        log_gate = None
+        if self.gate is not None:
+            logits = self.gate(x.float()).transpose(1, 2)  # (B, H, T)
+            log_gate, k = F.logsigmoid(logits), k * torch.sigmoid(-logits)[..., None]  # log g and (1 - g)
+        if real is not None:  # padding adds nothing, and does not make the state forget
+            keep = real[:, None, :, None]
+            k, v = k * keep, v * keep
+            log_gate = None if log_gate is None else log_gate * real[:, None, :]
+        return q, k, v, log_gate
 
 
 def _real_positions(x: Tensor, position: int | Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -623,13 +692,15 @@ gives the mixer attention's parameter count (config.py). In parallel it is a cau
 
 # The recurrences' own parameters (not weight matrices, whatever their shape): no weight
 # decay and no Muon for them (train/optim.py).
-DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag")
+DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma")
 
 MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "sru": SRU, "ssm": DiagonalSSM}
 
 
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:
     kind = config.layer_attention(layer)
+    if kind in ("rfa", "rfa-gate"):
+        return RandomFeatureAttention(config, layer, gated=kind == "rfa-gate")
     if kind in MIXER_CLASSES:
         return MIXER_CLASSES[kind](config)
     return CausalSelfAttention(config, local=kind == "local")

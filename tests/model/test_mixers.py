@@ -26,6 +26,7 @@ from fewshot.eval.harness import EvalTask, evaluate, greedy_answers
 from fewshot.inference.decode import generate
 from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
+from fewshot.model.mixers import CausalSelfAttention
 from fewshot.serve.engine import Engine, EngineConfig
 from fewshot.tasks.base import Example
 from fewshot.tasks.taskfile import Template
@@ -34,7 +35,7 @@ from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm"])
+@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa"])
 def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path,
                                                                                   attention: str) -> None:
     straight = tmp_path / "straight"
@@ -52,7 +53,8 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
     lm = fewshot.load(straight)
-    assert lm.model.config.attention == attention and len({type(block.mixer) for block in lm.model.blocks}) == len(attention.split(","))
+    assert lm.model.config.attention == attention
+    assert not any(isinstance(block.mixer, CausalSelfAttention) for block in lm.model.blocks)
     text = lm.generate("ROMEO:", max_tokens=12, temperature=0)
     assert text == lm.generate("ROMEO:", max_tokens=12, temperature=0) and len(text) > 0
     prompts = [lm.tokenizer.encode(f"Input: {'x' * i}\nOutput:") for i in range(7)]
@@ -66,7 +68,7 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "aft", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "sru", "ssm"])
 def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
     prefilling slot a dummy token) and the cache grows: none of it may change a row."""
@@ -91,7 +93,7 @@ def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> 
 
 
 @settings(max_examples=20, deadline=None)
-@given(attention=st.sampled_from(["linear", "aft", "sru", "ssm"]), length=st.integers(2, 150), batch=st.integers(1, 3),
+@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "sru", "ssm"]), length=st.integers(2, 150), batch=st.integers(1, 3),
        data=st.data())
 def test_a_future_token_never_changes_a_past_output(attention: str, length: int, batch: int, data) -> None:
     torch.manual_seed(0)
@@ -110,7 +112,7 @@ def test_a_future_token_never_changes_a_past_output(attention: str, length: int,
     assert (before[:, where] - after[:, where]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("attention", ["linear", "lstm", "aft", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["linear", "rfa-gate", "lstm", "aft", "sru", "ssm"])
 def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_10000(attention: str) -> None:
     torch.manual_seed(0)
     model = GPT(PRESETS["nano"].model.replace(context=10_016, attention=attention)).eval()
@@ -125,6 +127,7 @@ def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_100
         assert all(new.shape == old.shape for layer, olds in zip(cache.layers, before) for new, old in zip(layer.state, olds))
     c = model.config  # float32 numbers per layer
     per_layer = {"linear": c.n_head * (c.head_size**2 + c.head_size),  # S and z per head
+                 "rfa-gate": c.n_head * 2 * (c.head_size**2 + c.head_size),  # the same over sin and cos features
                  "lstm": 2 * c.lstm_size, "aft": 3 * c.d_model, "sru": c.d_model,  # (h, c); sums and maximum; c
                  "ssm": c.ssm_size * SSM_STATE}[attention]  # SSM_STATE / 2 complex numbers per channel
     assert sizes[10] == sizes[10_000] == c.n_layer * per_layer * 4

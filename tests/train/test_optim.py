@@ -92,3 +92,20 @@ def test_a_run_resumes_only_under_its_own_optimizer(data_dir: Path, tmp_path: Pa
     with pytest.raises(FewshotError, match="trained with --optimizer muon"):
         resume_config(run, optimizer="adamw")
     assert resume_config(run, optimizer="muon").optimizer == "muon"
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_recurrences_own_parameters_get_no_weight_decay_and_no_muon(optimizer: str) -> None:
+    """An SSM's A, B, C, an SRU's gate vectors and RFA's sigma are (channels, ...) tensors, not
+    weight matrices: decaying or orthogonalising them would fight the dynamics."""
+    model = GPT(PRESETS["nano"].model.replace(attention="ssm,sru,rfa-gate,dense"))
+    config = TrainConfig(data="-", out="-", optimizer=optimizer)
+    built = make_optimizer(model, config, torch.device("cpu"))
+    groups = built.param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    plain = {names[id(p)] for group in groups if group.get("weight_decay") == 0.0 for p in group["params"]}
+    for name in ("blocks.0.mixer.log_a_real", "blocks.0.mixer.a_imag", "blocks.0.mixer.b", "blocks.0.mixer.c",
+                 "blocks.1.mixer.v", "blocks.1.mixer.b", "blocks.2.mixer.log_sigma"):
+        assert name in plain
+    decayed = {names[id(p)] for group in groups if group.get("weight_decay", 0.0) > 0 for p in group["params"]}
+    assert {"blocks.0.mixer.inp.weight", "blocks.1.mixer.w.weight", "blocks.3.mixer.qkv.weight"} <= decayed
