@@ -191,6 +191,18 @@ class ModelConfig:
         mixers = sum(self.mixer_params(layer) for layer in range(self.n_layer))
         return mixers + self.n_layer * (mlp + 2 * norm) + self.vocab_size * d + positions + norm + head
 
+    def matmul_params(self) -> int:
+        """N of MFU's 6N: the parameters a matmul multiplies. The learned position table is a
+        lookup and an untied input embedding too; the output head counts (bench/train.py)."""
+        positions = self.context * self.d_model if self.block == "gpt3" else 0
+        untied_embedding = 0 if self.tie_embeddings else self.vocab_size * self.d_model
+        return self.num_params() - positions - untied_embedding
+
+    def flops_per_token(self, seq: int) -> int:
+        """Training FLOPs per token at sequence length `seq`: 6N + 12·L·d_attn·T (Kaplan et al.
+        2020 §2.1; PaLM App. B adds the attention term)."""
+        return 6 * self.matmul_params() + 12 * self.n_layer * self.n_head * self.head_size * seq
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

@@ -16,10 +16,10 @@ from fewshot.bench.decode import (
     greedy_recompute,
 )
 from fewshot.bench.peak import Peak, measure_peak
-from fewshot.bench.train import PrecisionBench, TrainVsHF, bench_train_precision, bench_train_vs_hf, flops_per_token
+from fewshot.bench.train import PrecisionBench, TrainVsHF, bench_train_precision, bench_train_vs_hf
 
 __all__ = [
     "DecodeBench", "DecodeVsHF", "Peak", "PrecisionBench", "TrainVsHF", "bench_decode", "bench_decode_vs_hf",
-    "bench_train_precision", "bench_train_vs_hf", "decode_cost_by_context", "flops_per_token", "greedy_cached",
+    "bench_train_precision", "bench_train_vs_hf", "decode_cost_by_context", "greedy_cached",
     "greedy_recompute", "measure_peak",
 ]

@@ -2,8 +2,8 @@
 
 MFU (model FLOPs utilisation) = achieved model FLOP/s over the machine's peak for the
 dtype, with the peak measured by `fewshot bench peak` (bench/peak.py). Model FLOPs per
-trained token are 6N + 12·L·d·T (Kaplan et al. 2020 §2.1; PaLM App. B adds the attention
-term): forward 2 FLOPs per weight per token, backward twice that, plus QK^T and AV over a
+trained token (ModelConfig.flops_per_token) are 6N + 12·L·d·T (Kaplan et al. 2020 §2.1;
+PaLM App. B adds the attention term): forward 2 FLOPs per weight per token, backward twice that, plus QK^T and AV over a
 sequence of T. Here N counts every weight a matmul multiplies: all block parameters plus
 the output head (the tied token embedding, counted once). The learned position embedding
 is excluded, it is a lookup; biases and LayerNorm gains stay in (under 1% at these sizes).
@@ -64,18 +64,6 @@ def bench_train_precision(config, batch_size: int, steps: int = 5, device: str =
         speeds[bf16] = batch_size * config.context / min(timings[1:])
     return PrecisionBench(str(target), batch_size * config.context, speeds[False], speeds[True],
                           speeds[True] / speeds[False], abs(losses[False] - losses[True]))
-
-
-def matmul_params(config) -> int:
-    """N of 6N: the parameters a matmul multiplies (module docstring)."""
-    positions = config.context * config.d_model if config.block == "gpt3" else 0
-    untied_embedding = 0 if config.tie_embeddings else config.vocab_size * config.d_model
-    return config.num_params() - positions - untied_embedding
-
-
-def flops_per_token(config, seq: int) -> int:
-    """Training FLOPs per token: 6N + 12·L·d_attn·T (module docstring)."""
-    return 6 * matmul_params(config) + 12 * config.n_layer * config.n_head * config.head_size * seq
 
 
 @dataclass(frozen=True)
@@ -155,14 +143,14 @@ def bench_train_vs_hf(config, batch: int, seq: int, dtype: str = "fp32", steps: 
     }
     seconds = interleave(runs, steps, warmup, target, progress, label=f"train {dtype} vs HF")
     ours, theirs = median(seconds["fewshot"]), median(seconds["hf"])
-    tokens, flops = batch * seq, flops_per_token(config, seq)
+    tokens, flops = batch * seq, config.flops_per_token(seq)
 
     def mfu(step_seconds: float) -> float | None:
         return None if not peak_gflops else flops * tokens / step_seconds / (peak_gflops * 1e9)
 
     return TrainVsHF(
         device=str(target), dtype=dtype, threads=torch.get_num_threads(), batch=batch, seq=seq,
-        params=model.num_params(), matmul_params=matmul_params(config), flops_per_token=flops, steps=steps,
+        params=model.num_params(), matmul_params=config.matmul_params(), flops_per_token=flops, steps=steps,
         step_s=ours, hf_step_s=theirs, tok_s=tokens / ours, hf_tok_s=tokens / theirs, ratio_vs_hf=theirs / ours,
         pair_ratios=pair_ratios(seconds["fewshot"], seconds["hf"]), peak_gflops=peak_gflops,
         mfu=mfu(ours), hf_mfu=mfu(theirs), loss=losses["fewshot"][0], hf_loss=losses["hf"][0], logits_gap=gap,

@@ -77,12 +77,10 @@ def test_hf_peer_has_our_parameter_count_and_logits(model) -> None:
 
 
 def test_flops_per_token_counts_matmul_weights_and_attention() -> None:
-    from fewshot.bench.train import flops_per_token, matmul_params
-
     config = PRESETS["mini"].model
     n = config.num_params() - config.context * config.d_model  # the position table is a lookup
-    assert matmul_params(config) == n
-    assert flops_per_token(config, 256) == 6 * n + 12 * 6 * 384 * 256
+    assert config.matmul_params() == n
+    assert config.flops_per_token(256) == 6 * n + 12 * 6 * 384 * 256
 
 
 def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
@@ -107,6 +105,7 @@ def test_bench_all_writes_the_keys_other_tools_read(tmp_path) -> None:
     assert "| train nano fp32" in table.read_text()
 
 
+@pytest.mark.slow  # two compilations: ~60 s on 2 cores
 def test_compiled_decoding_chooses_what_eager_and_hf_choose(model) -> None:
     """torch.compile'd decoding (one compilation, ~20 s) against eager and HF in one benchmark,
     then sampled text and a slide past the context through the compiled step."""

@@ -104,3 +104,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(trained_run: Path, tmp_path: 
     assert process.returncode == 0, stderr
     assert "stopped by signal" in stderr
     assert (run / "state" / "LATEST").is_file()
+
+
+@pytest.mark.parametrize("args", [("--help",), ("sweep", "--help"), ("train", "--data", "nowhere", "--out", "x", "--steps-typo", "1")])
+def test_help_and_option_errors_answer_without_importing_torch(args: tuple[str, ...]) -> None:
+    # Importing torch takes ~2 s: a user asking for --help, or mistyping an option, should not
+    # wait for it. The commands import torch inside their bodies, once the options are parsed.
+    probe = ("import runpy, sys; sys.argv = ['fewshot', *sys.argv[1:]]; code = 0\n"
+             "try:\n    runpy.run_module('fewshot', run_name='__main__')\n"
+             "except SystemExit as stop:\n    code = stop.code\n"
+             "print('torch imported' if 'torch' in sys.modules else 'no torch', code, file=sys.stderr)")
+    result = subprocess.run([fewshot_command()[0], "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert result.stderr.strip().splitlines()[-1].startswith("no torch"), result.stderr[-2000:]

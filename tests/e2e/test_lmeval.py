@@ -90,6 +90,7 @@ def test_lm_eval_accuracy_equals_fewshot_eval(run: Path, task: tuple[Path, Path]
             assert logprob == pytest.approx(lm.score(context, continuation), abs=1e-4)
 
 
+@pytest.mark.slow  # ~25 s; the .pth registration itself is in tests/eval/test_lmeval_hook.py
 def test_bare_lm_eval_cli_runs_the_fewshot_model_offline(run: Path, task: tuple[Path, Path], tmp_path: Path) -> None:
     """lm-eval's own console script, in a fresh interpreter: fewshot_lmeval.pth registers the model."""
     data, tasks = task
