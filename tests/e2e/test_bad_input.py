@@ -247,6 +247,7 @@ def cases() -> list[tuple[str, list[str]]]:
         "isoflop-malformed": [*tiny, "--isoflop", "1e9,abc"], "isoflop-zero": [*tiny, "--isoflop", "0"],
         "isoflop-repeated": [*tiny, "--isoflop", "1e9,1e9"], "per-budget-two": [*tiny, "--isoflop", "1e9", "--per-budget", "2"],
         "centre-zero": [*tiny, "--isoflop", "1e9", "--centre", "0"], "head-size-zero": [*tiny, "--sizes", "2", "--head-size", "0"],
+        "layers-one": [*tiny, "--sizes", "2", "--layers", "1"],
         "step-one": [*tiny, "--sizes", "2", "--step", "1"], "smallest-zero": [*tiny, "--sizes", "2", "--smallest", "0"],
         "tokens-negative": [*tiny, "--sizes", "2", "--tokens", "-5"], "parallel-zero": [*tiny, "--sizes", "2", "--parallel", "0"],
         "data-missing": ["--data", "nope", "--sizes", "2"], "data-a-run": ["--data", "trained", "--sizes", "2"],

@@ -18,13 +18,16 @@ from fewshot.model import GPT
 TEMPLATE = PRESETS["nano"].model
 
 
-@given(sizes=st.integers(1, 9), step=st.floats(1.2, 4.0), smallest=st.floats(1e3, 1e7), head_size=st.sampled_from([8, 16, 32]))
+@given(sizes=st.integers(1, 9), step=st.floats(1.2, 4.0), smallest=st.floats(1e3, 1e7), head_size=st.sampled_from([8, 16, 32]),
+       layers=st.sampled_from([0, 2, 3]))
 @settings(max_examples=40, deadline=None)
-def test_the_size_rule_gives_strictly_increasing_n(sizes: int, step: float, smallest: float, head_size: int) -> None:
-    shapes = ladder(sizes, TEMPLATE, smallest=smallest, step=step, head_size=head_size)
+def test_the_size_rule_gives_strictly_increasing_n(sizes: int, step: float, smallest: float, head_size: int, layers: int) -> None:
+    shapes = ladder(sizes, TEMPLATE, smallest=smallest, step=step, head_size=head_size, layers=layers)
     n = [non_embedding_params(c) for c in shapes]
     assert len(n) == sizes and all(a < b for a, b in zip(n, n[1:]))
     assert all(c.d_model == c.n_head * head_size and c.hidden_size == 4 * c.d_model for c in shapes)
+    if layers:  # a fixed depth: only the width changes
+        assert {c.n_layer for c in shapes} == {layers}
 
 
 def test_non_embedding_params_count_the_model_without_its_embeddings() -> None:
@@ -101,6 +104,9 @@ def test_a_plan_spends_each_budget_on_sizes_around_the_chinchilla_guess() -> Non
     small_heads = SweepConfig(data="d", out="o", isoflop="5e11", centre=2000, head_size=8)
     shapes = [(p.model.n_layer, p.model.d_model) for p in plan(small_heads, 256)]  # below the 16-wide rule's 2x16
     assert shapes[0] == (2, 8) and all(d % 8 == 0 for _, d in shapes)
+    shallow = SweepConfig(data="d", out="o", isoflop="5e11", centre=1400, head_size=8, layers=2, per_budget=4)
+    shapes = [(p.model.n_layer, p.model.d_model) for p in plan(shallow, 256)]  # the rule alone mixes 2-5 layers here
+    assert shapes == [(2, 8), (2, 16), (2, 24), (2, 32)]
     centred = SweepConfig(data="d", out="o", isoflop="1e12", per_budget=3, centre=500, context=64, batch_size=4)
     sizes = [p.n for p in plan(centred, 260)]  # the middle size trains on about 500 tokens per parameter
     assert sizes[0] < math.sqrt(1e12 / 3000) < sizes[2] and 250 < 1e12 / (6 * sizes[1]) / sizes[1] < 1000

@@ -43,6 +43,8 @@ class SweepConfig:
     step: float = setting(STEP, "Each size about this many times the last.")
     head_size: int = setting(HEAD_SIZE, "The size rule's attention head size (d_model is a whole number of heads); "
                                         "8 reaches the 2-10k-parameter shapes a small IsoFLOP budget wants.")
+    layers: int = setting(0, "Fix every size's depth and vary only its width (0: the rule's aspect ratio). At the "
+                             "smallest sizes the rule's depth jumps between 2 and 5 layers from one size to the next.")
     isoflop: str = setting("", "Comma-separated compute budgets in FLOPs (C = 6ND), e.g. 3e11,1e12,3e12.")
     per_budget: int = setting(5, "IsoFLOP: sizes per budget, spaced by --step around the --centre guess.")
     centre: float = setting(CHINCHILLA_TOKENS_PER_PARAM, "IsoFLOP: the tokens per parameter each budget's sizes centre "
@@ -77,7 +79,7 @@ class SweepConfig:
         if self.lr is not None and not self.lr > 0:
             raise FewshotError(f"sweep: --lr must be > 0, got {self.lr}")
         self.budgets()
-        ladder(1, self.template(), self.smallest, self.step, head_size=self.head_size)  # checks --smallest and --step
+        ladder(1, self.template(), self.smallest, self.step, head_size=self.head_size, layers=self.layers)  # checks them
 
     def budgets(self) -> tuple[float, ...]:
         try:
@@ -93,7 +95,7 @@ class SweepConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings every run of the sweep shares."""
-        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "head_size", "per_budget", "centre",
+        kept = ("data", "tokens_per_param", "tokens", "smallest", "step", "head_size", "layers", "per_budget", "centre",
                 "context", "batch_size", "lr", "eval_batches", "seed", "precision")
         return {name: getattr(self, name) for name in kept}
 
@@ -148,12 +150,12 @@ def plan(config: SweepConfig, vocab_size: int, sizes: int | None = None) -> list
     """Every run of the sweep, ladder first, then the budgets in increasing order."""
     template = config.template().replace(vocab_size=vocab_size)
     count = config.sizes if sizes is None else sizes
-    rungs = ladder(count, template, config.smallest, config.step, head_size=config.head_size) if count else []
+    rungs = ladder(count, template, config.smallest, config.step, head_size=config.head_size, layers=config.layers) if count else []
     points = [rung(config, i, m) for i, m in enumerate(rungs)]
     for budget in config.budgets():
         guess = math.sqrt(budget / (6 * config.centre))  # C = 6 N D with D = centre N
         low = guess / config.step ** ((config.per_budget - 1) / 2)
-        models = ladder(config.per_budget, template, low, config.step, head_size=config.head_size)
+        models = ladder(config.per_budget, template, low, config.step, head_size=config.head_size, layers=config.layers)
         for model in models:
             steps = _steps(budget / (6 * non_embedding_params(model)), config)
             name = f"c{budget:.3g}".replace("e+", "e") + f"-n{_short(non_embedding_params(model))}"

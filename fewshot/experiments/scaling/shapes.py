@@ -39,11 +39,12 @@ def _with(template: ModelConfig, n_layer: int, heads: int, head_size: int) -> Mo
 
 
 def shape(target: float, template: ModelConfig, aspect: int = ASPECT, head_size: int = HEAD_SIZE,
-          tolerance: float = math.sqrt(math.sqrt(STEP))) -> ModelConfig:
+          tolerance: float = math.sqrt(math.sqrt(STEP)), layers: int = 0) -> ModelConfig:
     """The rule's shape for `target` non-embedding parameters: nearest the aspect ratio among
-    those within `tolerance` (a factor) of the target, or the nearest in N if none is."""
+    those within `tolerance` (a factor) of the target, or the nearest in N if none is.
+    `layers` > 0 fixes the depth, so only the width changes from size to size."""
     candidates = []
-    for n_layer in range(MIN_LAYERS, MAX_LAYERS + 1):
+    for n_layer in [layers] if layers else range(MIN_LAYERS, MAX_LAYERS + 1):
         width = math.sqrt(target / (12 * n_layer))
         for heads in {max(1, math.floor(width / head_size)), max(1, math.ceil(width / head_size))}:
             config = _with(template, n_layer, heads, head_size)
@@ -56,7 +57,7 @@ def shape(target: float, template: ModelConfig, aspect: int = ASPECT, head_size:
 
 
 def ladder(sizes: int, template: ModelConfig, smallest: float = SMALLEST, step: float = STEP,
-           aspect: int = ASPECT, head_size: int = HEAD_SIZE) -> list[ModelConfig]:
+           aspect: int = ASPECT, head_size: int = HEAD_SIZE, layers: int = 0) -> list[ModelConfig]:
     """`sizes` shapes with strictly increasing N, about `step` apart, from the rule.
 
     Rounding to whole layers and heads can land two targets on one shape; then the target
@@ -65,11 +66,13 @@ def ladder(sizes: int, template: ModelConfig, smallest: float = SMALLEST, step: 
         raise FewshotError(f"sweep: --sizes must be >= 1, got {sizes}")
     if not step > 1 or not smallest > 0:
         raise FewshotError("sweep: the ladder needs a step > 1 and a smallest size > 0")
+    if layers and not MIN_LAYERS <= layers <= MAX_LAYERS:
+        raise FewshotError(f"sweep: --layers must be 0 (the rule's depth) or {MIN_LAYERS}-{MAX_LAYERS}, got {layers}")
     shapes: list[ModelConfig] = []
     target = smallest
     tolerance = math.sqrt(math.sqrt(step))
     while len(shapes) < sizes:
-        candidate = shape(target, template, aspect, head_size, tolerance)
+        candidate = shape(target, template, aspect, head_size, tolerance, layers)
         if not shapes or non_embedding_params(candidate) > non_embedding_params(shapes[-1]):
             shapes.append(candidate)
             target *= step
