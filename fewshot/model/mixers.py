@@ -518,6 +518,7 @@ class AFTSimple(Mixer):
 
     CHUNK = 64
     PAD = -1e4  # a padding key's logit: exp of it vanishes against any real key's
+    RESTART = (2,)  # the state's parts that start at PAD, not zero: the running maximum
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -525,18 +526,24 @@ class AFTSimple(Mixer):
         self.qkv = Linear(config.d_model, 3 * inner, bias=config.bias)
         self.proj = Linear(inner, config.d_model, bias=config.bias)
 
-    def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        numerator, denominator, peak = state  # (B, D) each: the sums scaled by exp(-peak)
-        outputs = []
+    def _sums(self, k: Tensor, v: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The running sums at each position (B, T, D), both scaled by exp(-peak), the peak
+        they are scaled by (B, T, D), and the sums and peak after the last position."""
+        numerator, denominator, peak = state[:3]  # (B, D) each
+        nums, dens, peaks = [], [], []
         for start in range(0, k.shape[1], self.CHUNK):
             kc, vc = k[:, start:start + self.CHUNK], v[:, start:start + self.CHUNK]
             new_peak = torch.maximum(peak, kc.amax(dim=1))
             weight, rescale = torch.exp(kc - new_peak[:, None]), torch.exp(peak - new_peak)[:, None]
-            num = numerator[:, None] * rescale + (weight * vc).cumsum(dim=1)
-            den = denominator[:, None] * rescale + weight.cumsum(dim=1)
-            outputs.append(num / den.clamp(min=1e-30))  # 0 / 0 only for padding before a row's first token
-            numerator, denominator, peak = num[:, -1], den[:, -1], new_peak
-        return torch.cat(outputs, dim=1), (numerator, denominator, peak)
+            nums.append(numerator[:, None] * rescale + (weight * vc).cumsum(dim=1))
+            dens.append(denominator[:, None] * rescale + weight.cumsum(dim=1))
+            peaks.append(new_peak[:, None].expand_as(kc))
+            numerator, denominator, peak = nums[-1][:, -1], dens[-1][:, -1], new_peak
+        return torch.cat(nums, dim=1), torch.cat(dens, dim=1), torch.cat(peaks, dim=1), (numerator, denominator, peak)
+
+    def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        num, den, _, state = self._sums(k, v, state)
+        return num / den.clamp(min=1e-30), state  # 0 / 0 only for padding before a row's first token
 
     def _run(self, x: Tensor, state: tuple[Tensor, ...], real: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
         with torch.autocast(x.device.type, enabled=False):  # running sums of exponentials: float32
@@ -546,7 +553,7 @@ class AFTSimple(Mixer):
             y, state = self._attend(k, v, state)
         return self.proj((torch.sigmoid(q) * y).to(x.dtype)), state
 
-    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, ...]:
         width = self.proj.in_features
         zeros = torch.zeros(batch, width, device=device)
         return zeros, zeros.clone(), torch.full((batch, width), self.PAD, device=device)
@@ -557,14 +564,50 @@ class AFTSimple(Mixer):
     def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
              rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
         fresh, real = _real_positions(x, position, padding)
-        numerator, denominator, peak = cache.read(fresh)
-        peak = torch.where(fresh[:, None], self.PAD, peak)  # a new sequence's maximum starts low, not at 0
-        y, state = self._run(x, (numerator, denominator, peak), real)
+        state = list(cache.read(fresh))
+        for part in self.RESTART:  # a new sequence's maximum (and keys) start low, not at 0
+            state[part] = state[part].masked_fill(fresh.view(-1, *[1] * (state[part].dim() - 1)), self.PAD)
+        y, state = self._run(x, tuple(state), real)
         cache.write(state, keep=None if active is None else ~active)
         return y
 
     def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
         return RecurrentCache(self._empty(batch_size, device), capacity)
+
+
+class AFTLocal(AFTSimple):
+    """AFT-local (Zhai et al. 2021, §3.2): AFT-simple with a learned bias on the weights of the
+    `window` most recent positions, one per head and distance:
+    y_t = sigmoid(q_t) * sum_s exp(k_s + w_{t-s}) v_s / sum_s exp(k_s + w_{t-s}), w = 0 further back.
+    The paper indexes w by absolute positions (a T x T matrix, learned for one length); a causal
+    model that decodes at any length takes it by distance. Since exp(k + w) = exp(k) + (e^w - 1) exp(k),
+    the sums are AFT-simple's plus a correction from the window, so decoding keeps AFT-simple's
+    state and the last window - 1 keys and values: the same memory at every position."""
+
+    RESTART = (2, 3)  # the running maximum and the window's keys
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.window, self.head_size = config.window, config.head_size
+        self.position_bias = nn.Parameter(torch.zeros(config.n_head, config.window))  # zeros: it starts as AFT-simple
+
+    def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        num, den, peak, sums = self._sums(k, v, state)
+        keys, values = torch.cat([state[3], k], dim=1), torch.cat([state[4], v], dim=1)  # window - 1 before the chunk
+        before, length = self.window - 1, k.shape[1]
+        gain = torch.expm1(self.position_bias).repeat_interleave(self.head_size, dim=0)  # (D, window): e^w - 1
+        for distance in range(self.window):  # the key `distance` positions back; peak >= it, so exp <= 1
+            start = before - distance
+            weight = torch.exp(keys[:, start:start + length] - peak) * gain[:, distance]
+            num = num + weight * values[:, start:start + length]
+            den = den + weight
+        recent = (keys[:, keys.shape[1] - before:], values[:, values.shape[1] - before:])
+        return num / den.clamp(min=1e-30), (*sums, *recent)
+
+    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, ...]:
+        width = self.proj.in_features
+        window = (batch, self.window - 1, width)
+        return (*super()._empty(batch, device), torch.full(window, self.PAD, device=device), torch.zeros(window, device=device))
 
 
 class SRU(Mixer):
@@ -692,9 +735,10 @@ gives the mixer attention's parameter count (config.py). In parallel it is a cau
 
 # The recurrences' own parameters (not weight matrices, whatever their shape): no weight
 # decay and no Muon for them (train/optim.py).
-DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma")
+DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma", "position_bias")
 
-MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "sru": SRU, "ssm": DiagonalSSM}
+MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "aft-local": AFTLocal, "sru": SRU,
+                 "ssm": DiagonalSSM}
 
 
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:

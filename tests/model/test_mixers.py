@@ -1,4 +1,4 @@
-"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `sru`, `ssm`, or a cycle such
+"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `aft-local`, `sru`, `ssm`, or a cycle such
 as `linear,dense`) through everything that uses a model: the CLI, resume, `fewshot.load`,
 generation, the K-shot harness and the serving engine; and the recurrences' causality and
 O(1) decoding state.
@@ -10,6 +10,7 @@ tested with the attention mixers in test_gpt.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa"])
+@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa,aft-local"])
 def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path,
                                                                                   attention: str) -> None:
     straight = tmp_path / "straight"
@@ -68,7 +69,7 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "aft-local", "sru", "ssm"])
 def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
     prefilling slot a dummy token) and the cache grows: none of it may change a row."""
@@ -93,7 +94,8 @@ def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> 
 
 
 @settings(max_examples=20, deadline=None)
-@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "sru", "ssm"]), length=st.integers(2, 150), batch=st.integers(1, 3),
+@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "aft-local", "sru", "ssm"]), length=st.integers(2, 150),
+       batch=st.integers(1, 3),
        data=st.data())
 def test_a_future_token_never_changes_a_past_output(attention: str, length: int, batch: int, data) -> None:
     torch.manual_seed(0)
@@ -105,14 +107,14 @@ def test_a_future_token_never_changes_a_past_output(attention: str, length: int,
     before, after = model(idx)[0], model(changed)[0]
     # An FFT convolution (ssm) mixes every position, and AFT scales a chunk by the largest key in it
     # (so that exp cannot overflow): there the past moves by rounding only.
-    if attention in ("ssm", "aft"):
+    if attention in ("ssm", "aft", "aft-local"):
         torch.testing.assert_close(before[:, :where], after[:, :where], atol=1e-5, rtol=0)
     else:  # exactly: the past is computed from the past alone
         assert torch.equal(before[:, :where], after[:, :where])
     assert (before[:, where] - after[:, where]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("attention", ["linear", "rfa-gate", "lstm", "aft", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["linear", "rfa-gate", "lstm", "aft", "aft-local", "sru", "ssm"])
 def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_10000(attention: str) -> None:
     torch.manual_seed(0)
     model = GPT(PRESETS["nano"].model.replace(context=10_016, attention=attention)).eval()
@@ -129,7 +131,33 @@ def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_100
     per_layer = {"linear": c.n_head * (c.head_size**2 + c.head_size),  # S and z per head
                  "rfa-gate": c.n_head * 2 * (c.head_size**2 + c.head_size),  # the same over sin and cos features
                  "lstm": 2 * c.lstm_size, "aft": 3 * c.d_model, "sru": c.d_model,  # (h, c); sums and maximum; c
+                 "aft-local": (3 + 2 * (c.window - 1)) * c.d_model,  # AFT's, and the window's keys and values
                  "ssm": c.ssm_size * SSM_STATE}[attention]  # SSM_STATE / 2 complex numbers per channel
     assert sizes[10] == sizes[10_000] == c.n_layer * per_layer * 4
     full, _ = model(idx)
     torch.testing.assert_close(logits[:, 0], full[:, 10_000], atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(length=st.integers(1, 140), window=st.integers(1, 70), batch=st.integers(1, 2))
+def test_aft_local_computes_the_papers_formula(length: int, window: int, batch: int) -> None:
+    """y_t = sigmoid(q_t) * sum_s exp(k_s + w_{t-s}) v_s / sum_s exp(k_s + w_{t-s}), w = 0 beyond
+    the window, written out as a T x T sum: the chunked sums and the window's correction agree."""
+    from fewshot.model.mixers import AFTLocal
+
+    torch.manual_seed(length)
+    config = PRESETS["nano"].model.replace(window=window)
+    mixer = AFTLocal(config).eval()
+    with torch.no_grad():
+        mixer.position_bias.normal_(0.0, 1.0)
+    x = torch.randn(batch, length, config.d_model)
+    q, k, v = mixer.qkv(x).chunk(3, dim=-1)
+    distance = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # t - s
+    bias = torch.zeros(config.n_head, length, length)
+    inside = (distance >= 0) & (distance < window)
+    bias[:, inside] = mixer.position_bias[:, distance[inside]]
+    bias = bias.masked_fill(distance < 0, -math.inf).repeat_interleave(config.head_size, dim=0)  # (D, T, T)
+    logits = k.transpose(1, 2)[:, :, None, :] + bias  # (B, D, t, s)
+    weights = torch.softmax(logits, dim=-1)
+    expected = torch.sigmoid(q) * torch.einsum("bdts,bsd->btd", weights, v)
+    torch.testing.assert_close(mixer(x), mixer.proj(expected), atol=1e-5, rtol=1e-4)
