@@ -24,12 +24,14 @@ from fewshot.errors import FewshotError
 #   without or with its gate;
 # - "aft", "aft-local": the Attention-Free Transformer (Zhai et al. 2021): AFT-simple, elementwise,
 #   and AFT-local, which adds a learned bias per head and distance within `window`;
+# - "gau": FLASH's gated attention unit (Hua et al. 2022), quadratic attention within chunks of
+#   `window` positions and linear attention across them;
 # - "sru": the Simple Recurrent Unit (Lei et al. 2018), elementwise gates over one matmul;
 # - "ssm": a diagonal state-space layer, S4D (Gu et al. 2022), a long convolution or an RNN.
-MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "sru", "ssm")
+MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm")
 # Mixers that take their positions from learned embeddings and have one key and value per
 # query head (the last three know order by themselves, but stay in GPT-3's blocks too).
-NO_ROTARY = ("linear", "rfa", "rfa-gate", "aft", "aft-local", "sru", "ssm")
+NO_ROTARY = ("linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm")
 SSM_STATE = 32  # S4D's state per channel: 16 complex conjugate pairs
 # `attention` names one mixer for every layer, or a comma-separated cycle of them ("linear,dense":
 # even layers linear, odd ones dense). "alternating" is GPT-3's "dense,local".
@@ -172,6 +174,8 @@ class ModelConfig:
             return self._attention_params() + self.n_head + (self.n_head * (d + 1) if kind == "rfa-gate" else 0)
         if kind == "aft-local":  # attention's and a bias per head and distance
             return self._attention_params() + self.n_head * self.window
+        if kind == "gau":  # U, V and Z from x (e = s = d), their scales and offsets, a bias per distance, out
+            return 3 * d * d + 3 * d * b + 8 * d + self.window + d * d + d * b
         if kind == "sru":  # W (3 d x d), the gates' v and b, the output projection
             return 3 * d * d + 4 * d + d * d + d * b
         if kind == "ssm":  # in (u and gate), dt, A, B and C (complex pairs), D, out
@@ -357,9 +361,10 @@ class TrainConfig:
     dropout: float = setting(0.0, "Dropout probability.")
     attention: str | None = setting(None, "The layers' sequence mixer: dense, local or alternating (GPT-3); lstm (a "
                                           "same-size recurrent baseline); linear, rfa, rfa-gate, aft, sru or ssm (O(1) "
-                                          "decoding state); aft-local (its bias spans --window); or a comma-separated "
+                                          "decoding state); aft-local (its bias spans --window); gau (exact attention within "
+                                          "chunks of --window); or a comma-separated "
                                           "cycle such as linear,dense (default: the preset's).")
-    window: int | None = setting(None, "Band width of local attention and of AFT-local's position bias.")
+    window: int | None = setting(None, "Band width of local attention, of AFT-local's position bias and of GAU's chunks.")
     eval_every: int = setting(100, "Steps between validation losses.")
     eval_batches: int = setting(8, "Batches per validation loss.")
     save_every: int = setting(200, "Steps between checkpoints.")

@@ -11,6 +11,7 @@ costs the same memory and time at any position.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -610,6 +611,95 @@ class AFTLocal(AFTSimple):
         return (*super()._empty(batch, device), torch.full(window, self.PAD, device=device), torch.zeros(window, device=device))
 
 
+class GatedAttentionUnit(Mixer):
+    """FLASH's gated attention unit with mixed-chunk attention (Hua et al. 2022, "Transformer
+    Quality in Linear Time", §2 and §3.2). From x: U = silu(x W_u) and V = silu(x W_v) (width
+    e = d_model), and one shared Z = silu(x W_z) (width s) that four per-dimension scales and
+    offsets turn into the queries and keys of two attentions:
+    - within each chunk of `window` positions, quadratic: relu(q.k / sqrt(s) + b_{t-j})^2 / C,
+      causal, with a learned bias per distance b (zeros at first);
+    - across chunks, linear and unnormalised: q_t . sum over earlier chunks of k v^T, / C.
+    out = (U * (quadratic + linear)) W_o. e = s = d_model gives attention's 4 d^2 weights.
+
+    Chunks start at each row's first token (not its first slot, which may be left padding),
+    so a row decodes as if alone. Decoding keeps the linear state (s x e) and the current
+    chunk's keys and values: memory set by the chunk, the same at every position. `forward`
+    works chunk by chunk in parallel; `step` goes token by token (a prefill too)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.expand, self.shared, self.chunk = d, d, config.window
+        self.inp = Linear(d, 2 * self.expand + self.shared, bias=config.bias)  # U, V and Z side by side
+        self.gamma = nn.Parameter(torch.ones(4, self.shared))  # quadratic q and k, linear q and k
+        self.beta = nn.Parameter(torch.zeros(4, self.shared))
+        self.position_bias = nn.Parameter(torch.zeros(self.chunk))
+        self.proj = Linear(self.expand, d, bias=config.bias)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """U, V and the four query/key sets (4, B, T, s), in float32."""
+        u, v, z = F.silu(self.inp(x.float())).split([self.expand, self.expand, self.shared], dim=-1)
+        return u, v, z[None] * self.gamma[:, None, None] + self.beta[:, None, None]
+
+    def _scores(self, q: Tensor, k: Tensor, distance: Tensor) -> Tensor:
+        """relu(q.k / sqrt(s) + b_distance)^2 / C, zero where the distance is negative (the future)."""
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.shared) + self.position_bias[distance.clamp(min=0)]
+        return F.relu(logits).square().masked_fill(distance < 0, 0.0) / self.chunk
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            batch, length, _ = x.shape
+            u, v, qk = self._project(x)
+            pad = -length % self.chunk  # zeros after the end: the causal mask keeps them out
+            v, qk = F.pad(v, (0, 0, 0, pad)), F.pad(qk, (0, 0, 0, pad))
+            chunks = (length + pad) // self.chunk
+            v = v.view(batch, chunks, self.chunk, self.expand)
+            quad_q, quad_k, lin_q, lin_k = qk.view(4, batch, chunks, self.chunk, self.shared)
+            position = torch.arange(self.chunk, device=x.device)
+            quadratic = self._scores(quad_q, quad_k, position[:, None] - position[None, :]) @ v
+            per_chunk = lin_k.transpose(-1, -2) @ v  # (B, N, s, e)
+            before = torch.cumsum(per_chunk, dim=1) - per_chunk  # the earlier chunks only
+            linear = lin_q @ before / self.chunk
+            y = (quadratic + linear).reshape(batch, -1, self.expand)[:, :length]
+            return self.proj((u * y).to(x.dtype))
+
+    def step(self, x: Tensor, cache: RecurrentCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        batch, length, _ = x.shape
+        if isinstance(position, Tensor):
+            absolute = position[:, None]
+        else:
+            absolute = torch.arange(position, position + length, device=x.device).expand(batch, length)
+        first = torch.zeros(batch, dtype=torch.long, device=x.device) if padding is None else padding
+        offset = absolute - first[:, None]  # positions from each row's first token; < 0 is padding
+        with torch.autocast(x.device.type, enabled=False):
+            u, v, qk = self._project(x)
+            state, keys_q, keys_l, values = cache.read(offset[:, 0] == 0)
+            slots = torch.arange(self.chunk, device=x.device)
+            outputs = []
+            for t in range(length):
+                real, phase = offset[:, t] >= 0, offset[:, t].clamp(min=0) % self.chunk  # (B,)
+                # A chunk begins: the finished one's keys and values join the linear state.
+                fold = (real & (phase == 0) & (offset[:, t] > 0))[:, None, None]
+                state = torch.where(fold, state + keys_l.transpose(1, 2) @ values, state)
+                write = (real[:, None] & (slots[None, :] == phase[:, None]))[..., None]  # (B, C, 1)
+                keys_q = torch.where(write, qk[0, :, t, None], keys_q)
+                keys_l = torch.where(write, qk[3, :, t, None], keys_l)
+                values = torch.where(write, v[:, t, None], values)
+                distance = phase[:, None, None] - slots[None, None, :]  # (B, 1, C)
+                quadratic = self._scores(qk[1, :, t, None], keys_q, distance) @ values  # queries: quadratic q
+                linear = qk[2, :, t, None] @ state / self.chunk
+                outputs.append((quadratic + linear)[:, 0])
+            y = u * torch.stack(outputs, dim=1)
+        cache.write((state, keys_q, keys_l, values), keep=None if active is None else ~active)
+        return self.proj(y.to(x.dtype))
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> RecurrentCache:
+        zeros = functools.partial(torch.zeros, device=device)
+        return RecurrentCache((zeros(batch_size, self.shared, self.expand), zeros(batch_size, self.chunk, self.shared),
+                               zeros(batch_size, self.chunk, self.shared), zeros(batch_size, self.chunk, self.expand)), capacity)
+
+
 class SRU(Mixer):
     """The Simple Recurrent Unit (Lei et al. 2018, eqs. 1-4): one matmul for every position
     at once, then a recurrence of elementwise products only:
@@ -735,10 +825,10 @@ gives the mixer attention's parameter count (config.py). In parallel it is a cau
 
 # The recurrences' own parameters (not weight matrices, whatever their shape): no weight
 # decay and no Muon for them (train/optim.py).
-DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma", "position_bias")
+DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma", "position_bias", "gamma", "beta")
 
-MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "aft-local": AFTLocal, "sru": SRU,
-                 "ssm": DiagonalSSM}
+MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "aft-local": AFTLocal,
+                 "gau": GatedAttentionUnit, "sru": SRU, "ssm": DiagonalSSM}
 
 
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:

@@ -1,4 +1,4 @@
-"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `aft-local`, `sru`, `ssm`, or a cycle such
+"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `aft-local`, `gau`, `sru`, `ssm`, or a cycle such
 as `linear,dense`) through everything that uses a model: the CLI, resume, `fewshot.load`,
 generation, the K-shot harness and the serving engine; and the recurrences' causality and
 O(1) decoding state.
@@ -36,7 +36,7 @@ from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa,aft-local"])
+@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa,aft-local,gau"])
 def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path,
                                                                                   attention: str) -> None:
     straight = tmp_path / "straight"
@@ -69,7 +69,7 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "aft-local", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm"])
 def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
     prefilling slot a dummy token) and the cache grows: none of it may change a row."""
@@ -94,7 +94,7 @@ def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> 
 
 
 @settings(max_examples=20, deadline=None)
-@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "aft-local", "sru", "ssm"]), length=st.integers(2, 150),
+@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm"]), length=st.integers(2, 150),
        batch=st.integers(1, 3),
        data=st.data())
 def test_a_future_token_never_changes_a_past_output(attention: str, length: int, batch: int, data) -> None:
@@ -114,7 +114,7 @@ def test_a_future_token_never_changes_a_past_output(attention: str, length: int,
     assert (before[:, where] - after[:, where]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("attention", ["linear", "rfa-gate", "lstm", "aft", "aft-local", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["linear", "rfa-gate", "lstm", "aft", "aft-local", "gau", "sru", "ssm"])
 def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_10000(attention: str) -> None:
     torch.manual_seed(0)
     model = GPT(PRESETS["nano"].model.replace(context=10_016, attention=attention)).eval()
@@ -132,6 +132,7 @@ def test_a_recurrent_mixer_decodes_in_a_state_of_one_size_at_position_10_and_100
                  "rfa-gate": c.n_head * 2 * (c.head_size**2 + c.head_size),  # the same over sin and cos features
                  "lstm": 2 * c.lstm_size, "aft": 3 * c.d_model, "sru": c.d_model,  # (h, c); sums and maximum; c
                  "aft-local": (3 + 2 * (c.window - 1)) * c.d_model,  # AFT's, and the window's keys and values
+                 "gau": c.d_model**2 + 3 * c.window * c.d_model,  # the linear state; the chunk's two keys and values
                  "ssm": c.ssm_size * SSM_STATE}[attention]  # SSM_STATE / 2 complex numbers per channel
     assert sizes[10] == sizes[10_000] == c.n_layer * per_layer * 4
     full, _ = model(idx)
@@ -161,3 +162,27 @@ def test_aft_local_computes_the_papers_formula(length: int, window: int, batch: 
     weights = torch.softmax(logits, dim=-1)
     expected = torch.sigmoid(q) * torch.einsum("bdts,bsd->btd", weights, v)
     torch.testing.assert_close(mixer(x), mixer.proj(expected), atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(length=st.integers(1, 100), chunk=st.integers(1, 40), batch=st.integers(1, 2))
+def test_gau_computes_mixed_chunk_attention(length: int, chunk: int, batch: int) -> None:
+    """FLASH's mixed-chunk attention written out pair by pair: key j reaches query t through the
+    quadratic kernel when both sit in one chunk (j <= t), through the linear one when j's chunk is earlier."""
+    from fewshot.model.mixers import GatedAttentionUnit
+
+    torch.manual_seed(length)
+    config = PRESETS["nano"].model.replace(window=chunk)
+    mixer = GatedAttentionUnit(config).eval()
+    with torch.no_grad():
+        for param in (mixer.position_bias, mixer.gamma, mixer.beta):
+            param.normal_(0.0, 1.0)
+    x = torch.randn(batch, length, config.d_model)
+    u, v, z = torch.nn.functional.silu(mixer.inp(x)).split([config.d_model] * 3, dim=-1)
+    quad_q, quad_k, lin_q, lin_k = (z * mixer.gamma[i] + mixer.beta[i] for i in range(4))
+    t, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    same, earlier = (t // chunk == j // chunk) & (j <= t), j // chunk < t // chunk
+    bias = mixer.position_bias[(t - j).clamp(0, chunk - 1)]
+    quadratic = torch.relu(quad_q @ quad_k.transpose(1, 2) / math.sqrt(config.d_model) + bias).square() * same
+    weights = (quadratic + (lin_q @ lin_k.transpose(1, 2)) * earlier) / chunk
+    torch.testing.assert_close(mixer(x), mixer.proj(u * (weights @ v)), atol=1e-4, rtol=1e-4)
