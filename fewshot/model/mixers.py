@@ -594,21 +594,29 @@ class AFTLocal(AFTSimple):
 
     def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         num, den, peak, sums = self._sums(k, v, state)
-        keys, values = torch.cat([state[3], k], dim=1), torch.cat([state[4], v], dim=1)  # window - 1 before the chunk
-        before, length = self.window - 1, k.shape[1]
+        # The keys and values before the chunk: window - 1 of them when decoding, none in `forward`
+        # (nothing precedes position 0, so the loop stops at the sequence's length).
+        history, length = state[3].shape[1], k.shape[1]
+        reach = min(self.window, history + length)
+        missing = (k.shape[0], max(0, reach - 1 - history), k.shape[2])
+        keys = torch.cat([k.new_full(missing, self.PAD), state[3], k], dim=1)
+        values = torch.cat([v.new_zeros(missing), state[4], v], dim=1)
+        before = missing[1] + history
         gain = torch.expm1(self.position_bias).repeat_interleave(self.head_size, dim=0)  # (D, window): e^w - 1
-        for distance in range(self.window):  # the key `distance` positions back; peak >= it, so exp <= 1
+        for distance in range(reach):  # the key `distance` positions back; peak >= it, so exp <= 1
             start = before - distance
             weight = torch.exp(keys[:, start:start + length] - peak) * gain[:, distance]
             num = num + weight * values[:, start:start + length]
             den = den + weight
-        recent = (keys[:, keys.shape[1] - before:], values[:, values.shape[1] - before:])
+        recent = (keys[:, keys.shape[1] - self.window + 1:], values[:, values.shape[1] - self.window + 1:])
         return num / den.clamp(min=1e-30), (*sums, *recent)
 
-    def _empty(self, batch: int, device: torch.device) -> tuple[Tensor, ...]:
-        width = self.proj.in_features
-        window = (batch, self.window - 1, width)
+    def _empty(self, batch: int, device: torch.device, history: int | None = None) -> tuple[Tensor, ...]:
+        window = (batch, self.window - 1 if history is None else history, self.proj.in_features)
         return (*super()._empty(batch, device), torch.full(window, self.PAD, device=device), torch.zeros(window, device=device))
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        return self._run(x, self._empty(x.shape[0], x.device, history=0), None)[0]
 
 
 class GatedAttentionUnit(Mixer):
