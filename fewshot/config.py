@@ -26,12 +26,14 @@ from fewshot.errors import FewshotError
 #   and AFT-local, which adds a learned bias per head and distance within `window`;
 # - "gau": FLASH's gated attention unit (Hua et al. 2022), quadratic attention within chunks of
 #   `window` positions and linear attention across them;
+# - "xl": Transformer-XL (Dai et al. 2019), segments of `window` positions that attend to the
+#   previous one as memory, with relative positions;
 # - "sru": the Simple Recurrent Unit (Lei et al. 2018), elementwise gates over one matmul;
 # - "ssm": a diagonal state-space layer, S4D (Gu et al. 2022), a long convolution or an RNN.
-MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm")
+MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "xl", "sru", "ssm")
 # Mixers that take their positions from learned embeddings and have one key and value per
 # query head (the last three know order by themselves, but stay in GPT-3's blocks too).
-NO_ROTARY = ("linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm")
+NO_ROTARY = ("linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "xl", "sru", "ssm")
 SSM_STATE = 32  # S4D's state per channel: 16 complex conjugate pairs
 # `attention` names one mixer for every layer, or a comma-separated cycle of them ("linear,dense":
 # even layers linear, odd ones dense). "alternating" is GPT-3's "dense,local".
@@ -176,6 +178,9 @@ class ModelConfig:
             return self._attention_params() + self.n_head * self.window
         if kind == "gau":  # U, V and Z from x (e = s = d), their scales and offsets, a bias per distance, out
             return 3 * d * d + 3 * d * b + 8 * d + self.window + d * d + d * b
+        if kind == "xl":  # attention's (one key and value per head), W_R, and u and v per head
+            inner = self.n_head * self.head_size
+            return d * 3 * inner + 3 * inner * b + inner * d + d * b + d * inner + 2 * inner
         if kind == "sru":  # W (3 d x d), the gates' v and b, the output projection
             return 3 * d * d + 4 * d + d * d + d * b
         if kind == "ssm":  # in (u and gate), dt, A, B and C (complex pairs), D, out
@@ -362,9 +367,10 @@ class TrainConfig:
     attention: str | None = setting(None, "The layers' sequence mixer: dense, local or alternating (GPT-3); lstm (a "
                                           "same-size recurrent baseline); linear, rfa, rfa-gate, aft, sru or ssm (O(1) "
                                           "decoding state); aft-local (its bias spans --window); gau (exact attention within "
-                                          "chunks of --window); or a comma-separated "
+                                          "chunks of --window); xl (segments of --window); or a comma-separated "
                                           "cycle such as linear,dense (default: the preset's).")
-    window: int | None = setting(None, "Band width of local attention, of AFT-local's position bias and of GAU's chunks.")
+    window: int | None = setting(None, "Band width of local attention, of AFT-local's position bias, of GAU's chunks "
+                                       "and of Transformer-XL's segments.")
     eval_every: int = setting(100, "Steps between validation losses.")
     eval_batches: int = setting(8, "Batches per validation loss.")
     save_every: int = setting(200, "Steps between checkpoints.")

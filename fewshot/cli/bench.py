@@ -154,7 +154,7 @@ def bench_decode_command(
 @bench_app.command("context")
 def bench_context_command(
     mixers: Annotated[str, typer.Option(help="Comma-separated mixers: dense, dense-math (SDPA's math path), local, lstm, "
-                                             "linear, rfa, rfa-gate, aft, aft-local, gau, sru, ssm.")] = "dense,dense-math,linear,rfa,aft,sru,ssm,lstm",
+                                             "linear, rfa, rfa-gate, aft, aft-local, gau, xl, sru, ssm.")] = "dense,dense-math,linear,rfa,aft,sru,ssm,lstm",
     lengths: Annotated[str, typer.Option(help="Context lengths: 256..16384 (doubling) or 256,1024,4096.")] = "256..16384",
     preset: Annotated[str, typer.Option(help="The model's shape (its layer count is --layers).")] = "nano",
     layers: Annotated[int, typer.Option(help="Blocks in the model; 1 isolates the mixer.")] = 1,

@@ -285,6 +285,97 @@ class CausalSelfAttention(Mixer):
         return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), raw)
 
 
+class TransformerXL(Mixer):
+    """Transformer-XL's attention (Dai et al. 2019): segment recurrence and relative positions.
+
+    The sequence goes in segments of `window` positions. A query attends to the keys of its own
+    segment up to itself and to the whole previous segment, the memory, whose keys and values
+    carry no gradient (§3.2: the memory is a fixed cache). The score of query i and key j is
+    (q_i + u).k_j + (q_i + v).W_R r_{i-j} (§3.3, eq. terms (a)-(d)): r the sinusoid of the
+    distance, u and v learned per head. Segments start at each row's first token, so a
+    left-padded row decodes as if alone. Decoding attends the cache over the same band, so
+    each step costs at most 2 x window keys. W_R adds d x d parameters to attention's."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_size, self.segment = config.n_head, config.head_size, config.window
+        inner = self.n_head * self.head_size
+        self.qkv = Linear(config.d_model, 3 * inner, bias=config.bias)
+        self.proj = Linear(inner, config.d_model, bias=config.bias)
+        self.position = Linear(config.d_model, inner, bias=False)  # W_R
+        self.content_bias = nn.Parameter(torch.zeros(self.n_head, self.head_size))  # u
+        self.position_bias = nn.Parameter(torch.zeros(self.n_head, self.head_size))  # v
+        self.dropout = config.dropout
+        frequencies = 1.0 / 10_000 ** (torch.arange(0, config.d_model, 2).float() / config.d_model)
+        angles = torch.arange(2 * self.segment).float()[:, None] * frequencies
+        sinusoid = torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :config.d_model]  # (2 window, d): r_0, r_1, ...
+        self.register_buffer("sinusoid", sinusoid, persistent=False)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, length, _ = x.shape
+        return tuple(part.view(batch, length, self.n_head, self.head_size).transpose(1, 2) for part in self.qkv(x).chunk(3, -1))
+
+    def _scores(self, q: Tensor, query_pos: Tensor, key_pos: Tensor, first: Tensor) -> Tensor:
+        """The position term plus the mask, (B, H, Tq, Tk), for SDPA's additive mask: -inf where a
+        key is in the future, before the previous segment, or a row's left padding."""
+        r = self.position(self.sinusoid.to(q.dtype)).view(-1, self.n_head, self.head_size)  # (2 window, H, hs)
+        by_distance = torch.einsum("bhqd,khd->bhqk", q + self.position_bias[:, None].to(q.dtype), r)
+        distance = query_pos[:, :, None] - key_pos[:, None, :]  # (B or 1, Tq, Tk)
+        key_segment, query_segment = (torch.div(pos - first.view(-1, 1), self.segment, rounding_mode="floor")
+                                      for pos in (key_pos, query_pos))
+        allowed = (distance >= 0) & (key_pos[:, None, :] >= first.view(-1, 1, 1))
+        allowed &= key_segment[:, None, :] >= query_segment[:, :, None] - 1
+        index = distance.clamp(0, 2 * self.segment - 1)[:, None].expand(q.shape[0], self.n_head, -1, -1)
+        term = torch.gather(by_distance, -1, index) / math.sqrt(self.head_size)  # SDPA scales q.k alone
+        return term.masked_fill(~allowed[:, None], -math.inf)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q + self.content_bias[:, None].to(q.dtype), k, v, attn_mask=mask, dropout_p=dropout)
+        batch, _, length, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
+
+    def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
+        length = x.shape[1]
+        q, k, v = self._heads(x)
+        _, k_memory, v_memory = self._heads(x.detach())  # the same numbers, without a gradient
+        pos = torch.arange(length, device=x.device)[None]
+        first = torch.zeros(1, dtype=torch.long, device=x.device)
+        mask = self._scores(q, pos, pos, first)
+        # Each key twice: as part of the query's own segment (with a gradient), and as memory.
+        same = torch.div(pos, self.segment, rounding_mode="floor")
+        own = (same[0][:, None] == same[0][None, :])[None, None]
+        both = torch.cat([mask.masked_fill(~own, -math.inf), mask.masked_fill(own, -math.inf)], dim=-1)
+        return self._attend(q, torch.cat([k, k_memory], dim=2), torch.cat([v, v_memory], dim=2), both)
+
+    def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
+             rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
+        batch, length, _ = x.shape
+        rows = torch.arange(batch, device=x.device)
+        q, k, v = self._heads(x)
+        if isinstance(position, Tensor):  # one token per row, each at its own position
+            cache.keys[rows, :, position] = k[:, :, 0].to(cache.keys.dtype)
+            cache.values[rows, :, position] = v[:, :, 0].to(cache.values.dtype)
+            query_pos, start, end = position[:, None], 0, int(position.max()) + 1
+        else:
+            end = position + length
+            cache.keys[:, :, position:end] = k.to(cache.keys.dtype)
+            cache.values[:, :, position:end] = v.to(cache.values.dtype)
+            query_pos = torch.arange(position, end, device=x.device)[None]
+            start = max(0, position - 2 * self.segment)  # no key further back is in the band
+        key_pos = torch.arange(start, end, device=x.device)[None]
+        first = torch.zeros(batch, dtype=torch.long, device=x.device) if padding is None else padding
+        mask = self._scores(q, query_pos, key_pos, first)
+        # A padding query sees nothing, and softmax over nothing is NaN; its output is never read.
+        mask = mask.masked_fill(torch.isinf(mask).all(-1, keepdim=True), 0.0)
+        keys, values = cache.keys[:, :, start:end].to(q.dtype), cache.values[:, :, start:end].to(q.dtype)
+        return self._attend(q, keys, values, mask)
+
+    def new_cache(self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype) -> AttentionCache:
+        shape = (batch_size, self.n_head, capacity, self.head_size)
+        return AttentionCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
 class LSTMMixer(Mixer):
     """A one-layer LSTM (Hochreiter & Schmidhuber 1997) in attention's place, then a
     projection back to d_model: the same-size recurrent baseline (config.py `lstm_size`).
@@ -833,10 +924,10 @@ gives the mixer attention's parameter count (config.py). In parallel it is a cau
 
 # The recurrences' own parameters (not weight matrices, whatever their shape): no weight
 # decay and no Muon for them (train/optim.py).
-DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma", "position_bias", "gamma", "beta")
+DYNAMICS = ("v", "b", "c", "log_a_real", "a_imag", "log_sigma", "position_bias", "gamma", "beta", "content_bias")
 
 MIXER_CLASSES = {"lstm": LSTMMixer, "linear": LinearAttention, "aft": AFTSimple, "aft-local": AFTLocal,
-                 "gau": GatedAttentionUnit, "sru": SRU, "ssm": DiagonalSSM}
+                 "gau": GatedAttentionUnit, "xl": TransformerXL, "sru": SRU, "ssm": DiagonalSSM}
 
 
 def build_mixer(config: ModelConfig, layer: int) -> Mixer:

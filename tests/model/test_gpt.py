@@ -13,7 +13,7 @@ from fewshot.model.mixers import causal_mask
 
 
 MIXERS = ["dense", "local", "alternating", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm",
-          "linear,dense", "ssm,aft,sru", "rfa-gate,dense", "aft-local,dense", "gau,dense"]
+          "xl", "linear,dense", "ssm,aft,sru", "rfa-gate,dense", "aft-local,dense", "gau,dense", "xl,linear"]
 
 
 def tiny(preset: str = "nano", **changes) -> GPT:
@@ -24,7 +24,7 @@ def tiny(preset: str = "nano", **changes) -> GPT:
     model = GPT(PRESETS[preset].model.replace(context=48, **changes)).eval()
     with torch.no_grad():  # a convolution that starts as the identity, or AFT-local's bias at zero, would hide a wrong one
         for name, param in model.named_parameters():
-            if name.endswith(("mixer.conv", "mixer.position_bias")):
+            if name.endswith(("mixer.conv", "mixer.position_bias", "mixer.content_bias")):
                 param.normal_(0.0, 0.5)
     return model
 
@@ -45,6 +45,7 @@ def tiny(preset: str = "nano", **changes) -> GPT:
 @example(preset="nano", attention="rfa,rfa-gate", window=1, split=5, conv=0)
 @example(preset="nano", attention="aft-local", window=6, split=9, conv=0)
 @example(preset="nano", attention="gau", window=4, split=9, conv=0)
+@example(preset="nano", attention="xl", window=4, split=9, conv=0)
 @example(preset="llama-nano", attention="dense", window=1, split=1, conv=3)  # and the convolution
 @example(preset="nano", attention="local", window=4, split=9, conv=4)
 def test_step_by_step_decoding_matches_the_parallel_forward(preset: str, attention: str, window: int, split: int,
@@ -127,6 +128,7 @@ def test_dropout_is_active_in_training_only() -> None:
 @example(preset="nano", attention="rfa,rfa-gate", lengths=[3, 17, 1], conv=0)
 @example(preset="nano", attention="aft-local", lengths=[3, 17, 1], conv=0)
 @example(preset="nano", attention="gau", lengths=[3, 17, 1], conv=0)
+@example(preset="nano", attention="xl", lengths=[3, 17, 1], conv=0)
 @example(preset="llama-nano", attention="dense", lengths=[3, 17, 1], conv=3)
 def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """Prompts of different lengths in one batch: each row's logits equal its own unpadded run."""
@@ -155,6 +157,7 @@ def test_left_padded_rows_decode_as_if_alone(preset: str, attention: str, length
 @example(preset="nano", attention="rfa,rfa-gate", lengths=[5, 1, 12], conv=0)
 @example(preset="nano", attention="aft-local", lengths=[5, 1, 12], conv=0)
 @example(preset="nano", attention="gau", lengths=[5, 1, 12], conv=0)
+@example(preset="nano", attention="xl", lengths=[5, 1, 12], conv=0)
 @example(preset="llama-nano", attention="dense", lengths=[5, 1, 12], conv=3)
 def test_rows_at_their_own_positions_decode_as_if_alone(preset: str, attention: str, lengths: list[int], conv: int) -> None:
     """A serving batch: each row prefilled into its own slot, then one token per row per step."""
@@ -209,6 +212,16 @@ def test_the_mixers_are_about_attentions_size_and_counted_exactly(name: str) -> 
     for layer, block in enumerate(model.blocks):
         assert sum(p.numel() for p in block.mixer.parameters()) == mixed.mixer_params(layer)
         assert abs(mixed.mixer_params(layer) / dense.mixer_params() - 1) < 0.025
+
+
+@pytest.mark.parametrize("name", ["nano", "micro"])
+def test_transformer_xl_is_attention_plus_its_position_projection_and_counted_exactly(name: str) -> None:
+    dense, xl = PRESETS[name].model, PRESETS[name].model.replace(attention="xl")
+    with torch.device("meta"):
+        model = GPT(xl)
+    assert model.num_params() == xl.num_params()
+    inner = xl.n_head * xl.head_size  # W_R, and u and v per head
+    assert xl.mixer_params() - dense.mixer_params() == xl.d_model * inner + 2 * inner
 
 
 def test_a_rewound_cache_overwrites_what_followed() -> None:

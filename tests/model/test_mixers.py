@@ -1,4 +1,4 @@
-"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `aft-local`, `gau`, `sru`, `ssm`, or a cycle such
+"""The other sequence mixers (`--attention lstm`, `linear`, `aft`, `aft-local`, `gau`, `xl`, `sru`, `ssm`, or a cycle such
 as `linear,dense`) through everything that uses a model: the CLI, resume, `fewshot.load`,
 generation, the K-shot harness and the serving engine; and the recurrences' causality and
 O(1) decoding state.
@@ -36,7 +36,7 @@ from fewshot.train.loop import resume_config, train
 from tests.serve.test_engine import submit
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa,aft-local,gau"])
+@pytest.mark.parametrize("attention", ["lstm", "linear,aft,sru,ssm", "rfa-gate,rfa,aft-local,gau", "xl"])
 def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates(data_dir: Path, tmp_path: Path,
                                                                                   attention: str) -> None:
     straight = tmp_path / "straight"
@@ -69,7 +69,7 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
     assert [[shot.n for shot in t.shots] for t in result.tasks] == [[6, 6], [4, 4]]
 
 
-@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm"])
+@pytest.mark.parametrize("attention", ["lstm", "linear", "linear,dense", "rfa-gate", "aft", "aft-local", "gau", "xl", "sru", "ssm"])
 def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
     prefilling slot a dummy token) and the cache grows: none of it may change a row."""
@@ -94,7 +94,7 @@ def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> 
 
 
 @settings(max_examples=20, deadline=None)
-@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "sru", "ssm"]), length=st.integers(2, 150),
+@given(attention=st.sampled_from(["linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "xl", "sru", "ssm"]), length=st.integers(2, 150),
        batch=st.integers(1, 3),
        data=st.data())
 def test_a_future_token_never_changes_a_past_output(attention: str, length: int, batch: int, data) -> None:
@@ -186,3 +186,31 @@ def test_gau_computes_mixed_chunk_attention(length: int, chunk: int, batch: int)
     quadratic = torch.relu(quad_q @ quad_k.transpose(1, 2) / math.sqrt(config.d_model) + bias).square() * same
     weights = (quadratic + (lin_q @ lin_k.transpose(1, 2)) * earlier) / chunk
     torch.testing.assert_close(mixer(x), mixer.proj(u * (weights @ v)), atol=1e-4, rtol=1e-4)
+
+
+def test_transformer_xl_scores_relative_positions_and_stops_the_gradient_at_the_memory() -> None:
+    """Dai et al. 2019, §3.3: score(i, j) = (q_i + u).k_j + (q_i + v).W_R r_{i-j}, over the query's
+    segment up to itself and the previous segment (§3.2), whose keys and values carry no gradient."""
+    from fewshot.model.mixers import TransformerXL
+
+    torch.manual_seed(0)
+    config = PRESETS["nano"].model.replace(window=5)
+    mixer = TransformerXL(config).eval()
+    with torch.no_grad():
+        mixer.content_bias.normal_(0.0, 1.0)
+        mixer.position_bias.normal_(0.0, 1.0)
+    x = torch.randn(1, 17, config.d_model, requires_grad=True)
+    y = mixer(x)
+    h, hs = config.n_head, config.head_size
+    q, k, v = (part.view(17, h, hs) for part in mixer.qkv(x[0]).chunk(3, dim=-1))
+    r = mixer.position(mixer.sinusoid).view(-1, h, hs)
+    expected = []
+    for i in range(17):
+        keys = [j for j in range(i + 1) if j // 5 >= i // 5 - 1]
+        scores = torch.stack([((q[i] + mixer.content_bias) * k[j]).sum(-1) + ((q[i] + mixer.position_bias) * r[i - j]).sum(-1)
+                              for j in keys], dim=-1) / math.sqrt(hs)  # (H, keys)
+        expected.append(torch.einsum("hk,khd->hd", scores.softmax(-1), v[keys]).reshape(-1))
+    torch.testing.assert_close(y[0], mixer.proj(torch.stack(expected)), atol=1e-5, rtol=1e-4)
+    y[0, 12].sum().backward()  # position 12 sits in the third segment (10-14)
+    touched = x.grad[0].abs().sum(-1) > 0
+    assert touched[10:13].all() and not touched[13:].any() and not touched[:10].any()
