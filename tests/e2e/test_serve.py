@@ -302,17 +302,20 @@ def test_api_key_rate_limit_and_graceful_sigterm(run):
         assert process.wait(timeout=30) == 0
 
 
-def test_a_run_of_recurrent_mixers_from_the_cli_serves_what_the_model_computes(data_dir: Path, tmp_path: Path):
-    """RFA-Gate, AFT, the SRU and the SSM decode from a recurrent state, not a KV cache:
-    the engine's batch of rows at their own positions (and its dummy tokens for idle rows) must
-    leave each row's log-probabilities what one forward pass over that row alone gives. A model trained for
-    seconds writes much the same greedy text after any prompt, so the logprobs are compared."""
+@pytest.mark.parametrize("attention", ["rfa-gate,aft,sru,ssm", "aft-local,gau,xl,linear"])
+def test_a_run_of_recurrent_mixers_from_the_cli_serves_what_the_model_computes(data_dir: Path, tmp_path: Path, attention: str):
+    """RFA-Gate, AFT, the SRU and the SSM decode from a recurrent state, not a KV cache, and
+    AFT-local, GAU and Transformer-XL from windows, chunks and segments (8 positions here) that
+    start at each row's first token: the engine's batch of rows at their own positions (and its
+    dummy tokens for idle rows) must leave each row's log-probabilities what one forward pass over
+    that row alone gives. A model trained for seconds writes much the same greedy text after any
+    prompt, so the logprobs are compared."""
     from tests.conftest import fewshot_command
 
     run = tmp_path / "recurrent"
     subprocess.run([*fewshot_command(), "train", "--data", str(data_dir), "--out", str(run), "--preset", "nano",
-                    "--attention", "rfa-gate,aft,sru,ssm", "--context", str(CONTEXT), "--batch-size", "4", "--max-steps", "12",
-                    "--precision", "fp32", "--no-progress"], check=True, capture_output=True, text=True)
+                    "--attention", attention, "--window", "8", "--context", str(CONTEXT), "--batch-size", "4",
+                    "--max-steps", "12", "--precision", "fp32", "--no-progress"], check=True, capture_output=True, text=True)
     prompts = ["ROMEO:", "JULIET: O", "KING HENRY:\nWhat"]
     with served(run, "--max-batch", "2") as (url, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
