@@ -356,7 +356,8 @@ class TransformerXL(Mixer):
         if isinstance(position, Tensor):  # one token per row, each at its own position
             cache.keys[rows, :, position] = k[:, :, 0].to(cache.keys.dtype)
             cache.values[rows, :, position] = v[:, :, 0].to(cache.values.dtype)
-            query_pos, start, end = position[:, None], 0, int(position.max()) + 1
+            query_pos, end = position[:, None], int(position.max()) + 1
+            start = max(0, int(position.min()) - 2 * self.segment)  # no key further back is in any row's band
         else:
             end = position + length
             cache.keys[:, :, position:end] = k.to(cache.keys.dtype)
