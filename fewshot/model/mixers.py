@@ -306,19 +306,23 @@ class TransformerXL(Mixer):
         self.content_bias = nn.Parameter(torch.zeros(self.n_head, self.head_size))  # u
         self.position_bias = nn.Parameter(torch.zeros(self.n_head, self.head_size))  # v
         self.dropout = config.dropout
-        frequencies = 1.0 / 10_000 ** (torch.arange(0, config.d_model, 2).float() / config.d_model)
-        angles = torch.arange(2 * self.segment).float()[:, None] * frequencies
-        sinusoid = torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :config.d_model]  # (2 window, d): r_0, r_1, ...
-        self.register_buffer("sinusoid", sinusoid, persistent=False)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch, length, _ = x.shape
         return tuple(part.view(batch, length, self.n_head, self.head_size).transpose(1, 2) for part in self.qkv(x).chunk(3, -1))
 
+    def sinusoid(self, device: torch.device) -> Tensor:
+        """r_0, r_1, ..., r_{2 window - 1}: (2 window, d). Computed, not stored: a buffer would come
+        back uninitialised from a model built on the meta device and then loaded (GPT.for_loading)."""
+        d = self.position.in_features
+        frequencies = 1.0 / 10_000 ** (torch.arange(0, d, 2, device=device).float() / d)
+        angles = torch.arange(2 * self.segment, device=device).float()[:, None] * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)[:, :d]
+
     def _scores(self, q: Tensor, query_pos: Tensor, key_pos: Tensor, first: Tensor) -> Tensor:
         """The position term plus the mask, (B, H, Tq, Tk), for SDPA's additive mask: -inf where a
         key is in the future, before the previous segment, or a row's left padding."""
-        r = self.position(self.sinusoid.to(q.dtype)).view(-1, self.n_head, self.head_size)  # (2 window, H, hs)
+        r = self.position(self.sinusoid(q.device).to(q.dtype)).view(-1, self.n_head, self.head_size)  # (2 window, H, hs)
         by_distance = torch.einsum("bhqd,khd->bhqk", q + self.position_bias[:, None].to(q.dtype), r)
         distance = query_pos[:, :, None] - key_pos[:, None, :]  # (B or 1, Tq, Tk)
         key_segment, query_segment = (torch.div(pos - first.view(-1, 1), self.segment, rounding_mode="floor")

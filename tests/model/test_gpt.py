@@ -224,6 +224,18 @@ def test_transformer_xl_is_attention_plus_its_position_projection_and_counted_ex
     assert xl.mixer_params() - dense.mixer_params() == xl.d_model * inner + 2 * inner
 
 
+@pytest.mark.parametrize("attention", MIXERS)
+def test_a_model_built_for_loading_computes_what_the_saved_one_did(attention: str) -> None:
+    """GPT.for_loading builds on the meta device and gives storage without values: anything a
+    mixer keeps outside its state dict (a buffer, a table made in __init__) would be garbage."""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["nano"].model.replace(context=48, attention=attention, window=5)).eval()
+    loaded = GPT.for_loading(model.config)
+    loaded.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 260, (2, 40), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(idx)[0], loaded.eval()(idx)[0])
+
+
 def test_a_rewound_cache_overwrites_what_followed() -> None:
     """What the serving engine relies on for attention: a dummy token written at a slot's next
     position, then overwritten by the slot's next prompt chunk, leaves no trace. (A recurrent

@@ -203,7 +203,7 @@ def test_transformer_xl_scores_relative_positions_and_stops_the_gradient_at_the_
     y = mixer(x)
     h, hs = config.n_head, config.head_size
     q, k, v = (part.view(17, h, hs) for part in mixer.qkv(x[0]).chunk(3, dim=-1))
-    r = mixer.position(mixer.sinusoid).view(-1, h, hs)
+    r = mixer.position(mixer.sinusoid(x.device)).view(-1, h, hs)
     expected = []
     for i in range(17):
         keys = [j for j in range(i + 1) if j // 5 >= i // 5 - 1]
