@@ -322,8 +322,7 @@ class TransformerXL(Mixer):
     def _scores(self, q: Tensor, query_pos: Tensor, key_pos: Tensor, first: Tensor) -> Tensor:
         """The position term plus the mask, (B, H, Tq, Tk), for SDPA's additive mask: -inf where a
         key is in the future, before the previous segment, or a row's left padding."""
-        r = self.position(self.sinusoid(q.device).to(q.dtype)).view(-1, self.n_head, self.head_size)  # (2 window, H, hs)
-        by_distance = torch.einsum("bhqd,khd->bhqk", q + self.position_bias[:, None].to(q.dtype), r)
+        by_distance = torch.einsum("bhqd,khd->bhqk", q + self.position_bias[:, None].to(q.dtype), self._r(q.dtype, q.device))
         distance = query_pos[:, :, None] - key_pos[:, None, :]  # (B or 1, Tq, Tk)
         key_segment, query_segment = (torch.div(pos - first.view(-1, 1), self.segment, rounding_mode="floor")
                                       for pos in (key_pos, query_pos))
@@ -339,18 +338,38 @@ class TransformerXL(Mixer):
         batch, _, length, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
 
+    def _r(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        return self.position(self.sinusoid(device).to(dtype)).view(-1, self.n_head, self.head_size)  # (2 window, H, hs)
+
     def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
-        length = x.shape[1]
-        q, k, v = self._heads(x)
-        _, k_memory, v_memory = self._heads(x.detach())  # the same numbers, without a gradient
-        pos = torch.arange(length, device=x.device)[None]
-        first = torch.zeros(1, dtype=torch.long, device=x.device)
-        mask = self._scores(q, pos, pos, first)
-        # Each key twice: as part of the query's own segment (with a gradient), and as memory.
-        same = torch.div(pos, self.segment, rounding_mode="floor")
-        own = (same[0][:, None] == same[0][None, :])[None, None]
-        both = torch.cat([mask.masked_fill(~own, -math.inf), mask.masked_fill(own, -math.inf)], dim=-1)
-        return self._attend(q, torch.cat([k, k_memory], dim=2), torch.cat([v, v_memory], dim=2), both)
+        """Segment by segment: each segment's L queries against 2L keys, the previous segment's
+        (the memory) then its own, so memory grows as T x L, not T^2."""
+        batch, length, _ = x.shape
+        size = self.segment
+        pad = -length % size  # zeros after the end: only the cut-off queries past it could see them
+        x = F.pad(x, (0, 0, 0, pad))
+        segments = x.shape[1] // size
+        shape = (batch, self.n_head, segments, size, self.head_size)
+        q, k, v = (t.reshape(shape) for t in self._heads(x))
+        # The memory: the previous segment's keys and values, the same numbers without a gradient
+        # (segment 0 gets zeros, masked below).
+        k_memory, v_memory = (F.pad(t.reshape(shape), (0, 0, 0, 0, 1, 0))[:, :, :-1] for t in self._heads(x.detach())[1:])
+        keys, values = torch.cat([k_memory, k], dim=3), torch.cat([v_memory, v], dim=3)
+        # Query r against key slot c (c < L: the memory's position c; else the own segment's c - L)
+        # sits at distance r + L - c in either case.
+        slot = torch.arange(2 * size, device=x.device)
+        distance = torch.arange(size, device=x.device)[:, None] + size - slot[None, :]  # (L, 2L)
+        by_distance = torch.einsum("bhnqd,khd->bhnqk", q + self.position_bias[:, None, None].to(q.dtype), self._r(q.dtype, x.device))
+        index = distance.clamp(min=0).expand(batch, self.n_head, segments, -1, -1)
+        term = torch.gather(by_distance, -1, index) / math.sqrt(self.head_size)  # SDPA scales q.k alone
+        first = torch.arange(segments, device=x.device)[:, None, None] == 0
+        hidden = (distance < 0) | (first & (slot < size))  # the future; segment 0's missing memory
+        mask = term.masked_fill(hidden, -math.inf)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q + self.content_bias[:, None, None].to(q.dtype), keys, values,
+                                           attn_mask=mask, dropout_p=dropout)
+        y = y.reshape(batch, self.n_head, segments * size, self.head_size)[:, :, :length]
+        return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
 
     def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
              rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
