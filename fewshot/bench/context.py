@@ -218,14 +218,22 @@ METRICS = {  # key: (label, unit)
 }
 
 
+LONG = 8  # "long" lengths: at least the longest / LONG (the top four of a doubling sweep)
+
+
 def summary(points: list[Point]) -> dict[str, Any]:
-    """Per mixer and metric: the fitted exponent over the lengths, and every point."""
+    """Per mixer and metric: the fitted exponent over all the lengths and over the long ones,
+    and every point. At the short end a step's fixed costs (Python, kernel launches) hide how
+    it grows, so an O(T) mixer's slope over all lengths can come out below 1."""
     mixers = list(dict.fromkeys(p.mixer for p in points))
-    fits = {}
+    longest = max((p.length for p in points), default=0)
+    fits, long_fits = {}, {}
     for mixer in mixers:
         mine = [p for p in points if p.mixer == mixer]
+        long = [p for p in mine if p.length * LONG >= longest]
         fits[mixer] = {key: exponent([p.length for p in mine], [getattr(p, key) for p in mine]) for key in METRICS}
-    return {"points": [asdict(p) for p in points], "exponents": fits}
+        long_fits[mixer] = {key: exponent([p.length for p in long], [getattr(p, key) for p in long]) for key in METRICS}
+    return {"points": [asdict(p) for p in points], "exponents": fits, "exponents_long": long_fits}
 
 
 def write_report(points: list[Point], out: Path, machine: dict[str, Any], settings: dict[str, Any]) -> list[Path]:
@@ -236,12 +244,12 @@ def write_report(points: list[Point], out: Path, machine: dict[str, Any], settin
     result = {**summary(points), "machine": machine, "settings": settings}
     write_json(out / "context.json", result)
     plots = [plot_metric(points, result["exponents"], key, *METRICS[key], out / f"{key}.png") for key in METRICS]
-    atomic_write_text(out / "report.md", markdown(points, result["exponents"], machine, settings))
+    atomic_write_text(out / "report.md", markdown(points, result["exponents"], result["exponents_long"], machine, settings))
     return [out / "context.json", out / "report.md", *plots]
 
 
-def markdown(points: list[Point], exponents: dict[str, dict[str, float | None]], machine: dict[str, Any],
-             settings: dict[str, Any]) -> str:
+def markdown(points: list[Point], exponents: dict[str, dict[str, float | None]],
+             long_exponents: dict[str, dict[str, float | None]], machine: dict[str, Any], settings: dict[str, Any]) -> str:
     lengths = sorted({p.length for p in points})
     longest = max(lengths)
     at = {(p.mixer, p.length): p for p in points}
@@ -257,15 +265,19 @@ def markdown(points: list[Point], exponents: dict[str, dict[str, float | None]],
         f"median of {settings['repeats']} training steps and of {DECODE_STEPS - 1} decoding steps per point. "
         "`dense` is scaled_dot_product_attention's default kernel (flash / memory-efficient on a CPU); "
         "`dense-math` forces its math path, which holds the T x T scores.", "",
-        f"| mixer | train exp. | memory exp. | decode exp. | train s at {longest:,} | peak MiB at {longest:,} | "
-        f"dense-math's memory / this | decode ms at {longest:,} | cache KiB at {longest:,} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Exponents are least-squares slopes in log-log space over every length, and (\"long\") over the lengths "
+        f"from {longest // LONG:,} up, where a step's fixed costs no longer hide its growth.", "",
+        f"| mixer | train exp. | train exp., long | memory exp. | memory exp., long | decode exp. | train s at {longest:,} | "
+        f"peak MiB at {longest:,} | dense-math's memory / this | decode ms at {longest:,} | cache KiB at {longest:,} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mixer, fits in exponents.items():
         p = at.get((mixer, longest))
         ratio = ("" if reference is None or reference.train_peak_bytes is None or p is None or not p.train_peak_bytes
                  else f"{reference.train_peak_bytes / p.train_peak_bytes:.1f}")
-        lines.append(f"| {mixer} | {fmt(fits['train_seconds'])} | {fmt(fits['train_peak_bytes'])} | {fmt(fits['decode_ms'])} | "
+        long = long_exponents.get(mixer, {})
+        lines.append(f"| {mixer} | {fmt(fits['train_seconds'])} | {fmt(long.get('train_seconds'))} | {fmt(fits['train_peak_bytes'])} | "
+                     f"{fmt(long.get('train_peak_bytes'))} | {fmt(fits['decode_ms'])} | "
                      f"{fmt(p.train_seconds if p else None)} | {fmt(p.train_peak_bytes if p else None, 2**20)} | {ratio} | "
                      f"{fmt(p.decode_ms if p else None)} | {fmt(p.cache_bytes if p else None, 2**10)} |")
     failed = [p for p in points if p.error]

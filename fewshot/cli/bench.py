@@ -184,9 +184,14 @@ def bench_context_command(
     paths = write_report(points, out_dir, machine_info(str(target)), settings)
     from fewshot.bench.context import summary
 
-    for mixer, fits in summary(points)["exponents"].items():
-        slope = fits["train_seconds"]
-        out.print(f"{mixer}: training time ~ T^{slope:.2f}" if slope is not None else f"{mixer}: no fit", markup=False)
+    fits = summary(points)
+    for mixer, slopes in fits["exponents"].items():
+        slope, long = slopes["train_seconds"], fits["exponents_long"][mixer]["train_seconds"]
+        if slope is None:
+            out.print(f"{mixer}: no fit", markup=False)
+        else:
+            tail = f" (T^{long:.2f} over the long lengths)" if long is not None else ""
+            out.print(f"{mixer}: training time ~ T^{slope:.2f}{tail}", markup=False)
     out.print(f"wrote {', '.join(str(p) for p in paths)}", markup=False)
 
 

@@ -235,6 +235,13 @@ def test_bench_context_parses_lengths_and_mixers_and_fits_exponents() -> None:
     assert exponent(lengths, [3e-9 * n**2 for n in lengths]) == pytest.approx(2.0)
     assert exponent(lengths, [5.0] * 4) == pytest.approx(0.0, abs=1e-12)
     assert exponent(lengths, [None, 1.0, None, None]) is None
+    from fewshot.bench.context import Point, summary
+
+    # A fixed cost per step hides linear growth at the short end; the long lengths show it.
+    doubling = parse_lengths("256..16384")
+    fits = summary([Point("linear", n, 0.005 + 2e-5 * n, None, None, None) for n in doubling])
+    assert fits["exponents"]["linear"]["train_seconds"] < 0.9
+    assert fits["exponents_long"]["linear"]["train_seconds"] > 0.95
 
 
 def test_bench_context_writes_a_report_whose_cache_sizes_are_the_mixers_own(tmp_path) -> None:
