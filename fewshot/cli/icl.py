@@ -117,6 +117,31 @@ def icl_ablation(
     out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
 
 
+@icl_app.command("mixers")
+def icl_mixers(
+    mixers: Annotated[str, typer.Option(help="Comma-separated mixers, one arm each (fewshot.config.MIXERS).")] =
+        "dense,linear,rfa-gate,aft,aft-local,gau,xl,sru,ssm,lstm",
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for ablation.md, icl.png and the results.")] = Path("docs/mixers/icl"),
+    runs_dir: Annotated[Path, typer.Option(help="Where the runs go, one per mixer.")] = Path("runs/mixers"),
+    minutes: Annotated[float, typer.Option(help="Training time per mixer (the ablation's recipe).")] = 8.0,
+    n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
+) -> None:
+    """Every sequence mixer trained for the same minutes on the bursty ICL mixture, in the same
+    blocks at about the same size: validation loss and the held-out in-context learning curve."""
+    from fewshot.config import MIXERS
+    from fewshot.experiments.icl import ABLATION, mixer_arms, run_ablation
+
+    chosen = tuple(part.strip() for part in mixers.split(",") if part.strip())
+    unknown = [m for m in chosen if m not in MIXERS]
+    if unknown or not chosen:  # before the first arm trains for minutes
+        raise FewshotError(f"--mixers: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(MIXERS)}")
+    if minutes <= 0 or n < 2:
+        raise FewshotError("--minutes must be > 0 and --n >= 2")
+    report = run_ablation(runs_dir, out_dir, ABLATION.replace(minutes=minutes), arms=mixer_arms(chosen),
+                          title="Sequence mixers in GPT-3's blocks, no q/k/v convolution", n=n, console=out)
+    out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
+
+
 @icl_app.command("eval")
 def icl_eval(
     runs: Annotated[list[Path], typer.Argument(help="Run directories.")],

@@ -106,27 +106,37 @@ def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequenc
 
 # Chan et al. (2022)'s two questions, at one time budget: does the context have to predict the
 # answer (bursty vs not), and does the architecture matter (a same-size LSTM in attention's place)?
-# Each arm: (name, bursty data, mixer).
-ABLATION_ARMS: tuple[tuple[str, bool, str | None], ...] = (
-    ("transformer-bursty", True, None),
-    ("transformer-nonbursty", False, None),
-    ("lstm-bursty", True, "lstm"),
+# Each arm: (name, bursty data, further TrainConfig fields).
+Arm = tuple[str, bool, dict[str, Any]]
+ABLATION_ARMS: tuple[Arm, ...] = (
+    ("transformer-bursty", True, {}),
+    ("transformer-nonbursty", False, {}),
+    ("lstm-bursty", True, {"attention": "lstm"}),
 )
+
+
+def mixer_arms(mixers: Sequence[str]) -> tuple[Arm, ...]:
+    """One arm per sequence mixer, all on bursty data, in GPT-3's blocks without the q/k/v
+    convolution (what every mixer can run in: learned positions, a key and value per head),
+    so the arms differ in their mixer alone; each mixer has about attention's parameters."""
+    return tuple((mixer, True, {"attention": mixer, "model_overrides": {"block": "gpt3", "qkv_conv": 0}})
+                 for mixer in mixers)
 ABLATION_SHOTS = (0, 1, 2, 4, 8, 16)
 # The demo's recipe as docs/icl-ablation measured it: eager (an LSTM gains nothing from
 # torch.compile that would keep the arms on equal terms) and with AdamW at the preset's rate.
 ABLATION = SHORT.replace(compile=False, optimizer="adamw", lr=None)
 
 
-def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
+def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, arms: Sequence[Arm] = ABLATION_ARMS,
+                 title: str = "ICL ablation", n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
                  template: str = "input-output", data_root: Path = DATA_ROOT, console: Console | None = None) -> HeldOutReport:
-    """Train each arm with `recipe` (continuing any that already has a checkpoint), then score
-    all of them on the held-out families; writes out/ablation.md beside the held-out files."""
+    """Train each arm with `recipe` for the same minutes (continuing any that already has a
+    checkpoint), then score all of them on the held-out families; writes out/ablation.md, with
+    each arm's parameters, steps, tokens and validation loss, beside the held-out files."""
     console = console or Console()
     runs = []
-    for name, bursty, attention in ABLATION_ARMS:
-        console.rule(f"ablation arm {name}: {recipe.minutes:g} minutes")
-        options = {"attention": attention} if attention else {}
+    for name, bursty, options in arms:
+        console.rule(f"arm {name}: {recipe.minutes:g} minutes")
         arm = recipe.replace(mixture=dataclasses.replace(recipe.mixture, bursty=bursty))
         result = train_icl(runs_dir / name, arm, data_root=data_root, console=console, **options)
         runs.append((name, load(runs_dir / name), result))
@@ -137,7 +147,7 @@ def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, n: int
         rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | {val} |")
     context = runs[0][1].model.config.context
     (out / "ablation.md").write_text(
-        f"# ICL ablation: {recipe.minutes:g} minutes of training per arm\n\n"
+        f"# {title}: {recipe.minutes:g} minutes of training per arm\n\n"
         f"Recipe: preset `{recipe.preset}`, {recipe.batch_size} x {context}-byte windows per step, "
         f"{recipe.mixture.megabytes:g} MB mixture. Held-out families, format `{template}`, n={n} queries "
         f"per family, mean exact match:\n\n"

@@ -647,8 +647,9 @@ class AFTSimple(Mixer):
         they are scaled by (B, T, D), and the sums and peak after the last position."""
         numerator, denominator, peak = state[:3]  # (B, D) each
         nums, dens, peaks = [], [], []
-        for start in range(0, k.shape[1], self.CHUNK):
-            kc, vc = k[:, start:start + self.CHUNK], v[:, start:start + self.CHUNK]
+        # split, not [:, start:stop] in the loop: a sliced tensor's gradient is allocated at full
+        # size per chunk, O(T^2 / CHUNK) in the backward pass.
+        for kc, vc in zip(k.split(self.CHUNK, dim=1), v.split(self.CHUNK, dim=1)):
             new_peak = torch.maximum(peak, kc.amax(dim=1))
             weight, rescale = torch.exp(kc - new_peak[:, None]), torch.exp(peak - new_peak)[:, None]
             nums.append(numerator[:, None] * rescale + (weight * vc).cumsum(dim=1))

@@ -14,7 +14,7 @@ import pytest
 from fewshot.runs import latest_checkpoint
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
-from fewshot.experiments.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, run_ablation, train_icl
+from fewshot.experiments.icl import ABLATION, ABLATION_ARMS, FULL, SHORT, Recipe, mixer_arms, run_ablation, train_icl
 from fewshot.tasks.meta.mixture import MixtureConfig
 
 TINY = Recipe(minutes=0.05, preset="nano", context=64, batch_size=2, mixture=MixtureConfig(megabytes=0.2, seed=3))
@@ -75,6 +75,17 @@ def test_the_ablation_trains_three_arms_and_reports_one_curve_each(in_tmp: Path)
     markdown = (in_tmp / "ablation" / "ablation.md").read_text()
     assert all(f"| {name} |" in markdown for name, _, _ in ABLATION_ARMS) and "![ablation](icl.png)" in markdown
     assert (in_tmp / "ablation" / "icl.png").stat().st_size > 1000
+
+
+def test_the_mixer_comparison_trains_one_arm_per_mixer_in_the_same_blocks(in_tmp: Path) -> None:
+    arms = mixer_arms(["dense", "gau"])
+    report = run_ablation(in_tmp / "runs", in_tmp / "mixers", TINY, arms=arms, title="Mixers", n=3, shots=(0, 1))
+    assert [c.label.split(" · ")[0] for c in report.curves] == ["dense", "gau"]
+    models = {name: json.loads((in_tmp / "runs" / name / "config.json").read_text())["model"] for name in ("dense", "gau")}
+    assert [m["attention"] for m in models.values()] == ["dense", "gau"]
+    assert {(m["block"], m["qkv_conv"], m["n_layer"], m["d_model"]) for m in models.values()} == {("gpt3", 0, 4, 96)}
+    markdown = (in_tmp / "mixers" / "ablation.md").read_text()
+    assert markdown.startswith("# Mixers:") and "| gau |" in markdown and "| dense |" in markdown
 
 
 def test_a_signal_during_training_ends_the_command_with_the_checkpoint_kept(in_tmp: Path) -> None:
