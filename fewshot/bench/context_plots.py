@@ -10,12 +10,14 @@ from fewshot.figures import plt, save_figure
 
 def plot_metric(points, exponents: dict[str, dict[str, float | None]], key: str, label: str, unit: str, path: Path) -> Path:
     figure, ax = plt.subplots(figsize=(7, 4.5))
-    for mixer, fits in exponents.items():
+    colours = plt.get_cmap("tab20").colors  # more mixers than tab10's ten colours; markers tell pairs apart
+    for index, (mixer, fits) in enumerate(exponents.items()):
         mine = [(p.length, getattr(p, key)) for p in points if p.mixer == mixer and getattr(p, key)]
         if not mine:
             continue
         slope = fits[key]
-        ax.plot(*zip(*mine), "o-", label=f"{mixer} (exponent {slope:.2f})" if slope is not None else mixer)
+        ax.plot(*zip(*mine), marker="os^vD"[index % 5], color=colours[(2 * index) % 20 + (index // 10) % 2],
+                label=f"{mixer} (exponent {slope:.2f})" if slope is not None else mixer)
     ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel=f"{label} ({unit})", title=label)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
