@@ -60,13 +60,15 @@ def parse_lengths(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(lengths)))
 
 
-def parse_mixers(text: str) -> tuple[str, ...]:
+def parse_mixers(text: str, extra: tuple[str, ...] = (MATH,)) -> tuple[str, ...]:
+    """Comma-separated mixer names: fewshot.config.MIXERS, and `extra` (the benchmark's dense-math)."""
     from fewshot.config import MIXERS
 
+    known = (*MIXERS, *extra)
     mixers = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [m for m in mixers if m not in (*MIXERS, MATH)]
+    unknown = [m for m in mixers if m not in known]
     if unknown or not mixers:
-        raise FewshotError(f"--mixers: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join((*MIXERS, MATH))}")
+        raise FewshotError(f"--mixers: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(known)}")
     return mixers
 
 

@@ -128,13 +128,10 @@ def icl_mixers(
 ) -> None:
     """Every sequence mixer trained for the same minutes on the bursty ICL mixture, in the same
     blocks at about the same size: validation loss and the held-out in-context learning curve."""
-    from fewshot.config import MIXERS
+    from fewshot.bench.context import parse_mixers
     from fewshot.experiments.icl import ABLATION, mixer_arms, run_ablation
 
-    chosen = tuple(part.strip() for part in mixers.split(",") if part.strip())
-    unknown = [m for m in chosen if m not in MIXERS]
-    if unknown or not chosen:  # before the first arm trains for minutes
-        raise FewshotError(f"--mixers: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(MIXERS)}")
+    chosen = parse_mixers(mixers, extra=())  # checked before the first arm trains for minutes
     if minutes <= 0 or n < 2:
         raise FewshotError("--minutes must be > 0 and --n >= 2")
     report = run_ablation(runs_dir, out_dir, ABLATION.replace(minutes=minutes), arms=mixer_arms(chosen),
