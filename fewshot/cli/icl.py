@@ -123,18 +123,20 @@ def icl_mixers(
         "dense,linear,rfa-gate,aft,aft-local,gau,xl,sru,ssm,lstm",
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for ablation.md, icl.png and the results.")] = Path("docs/mixers/icl"),
     runs_dir: Annotated[Path, typer.Option(help="Where the runs go, one per mixer.")] = Path("runs/mixers"),
-    minutes: Annotated[float, typer.Option(help="Training time per mixer (the ablation's recipe).")] = 8.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per mixer: equal tokens, and equal FLOPs to within the mixers' own terms.")] = 6000,
+    minutes: Annotated[float | None, typer.Option(help="Instead of --steps: the same training time per mixer.")] = None,
     n: Annotated[int, typer.Option(help="Held-out queries per family.")] = 100,
 ) -> None:
-    """Every sequence mixer trained for the same minutes on the bursty ICL mixture, in the same
-    blocks at about the same size: validation loss and the held-out in-context learning curve."""
+    """Every sequence mixer trained for the same steps (or minutes) on the bursty ICL mixture, in
+    the same blocks at about the same size: validation loss and the held-out in-context learning curve."""
     from fewshot.bench.context import parse_mixers
     from fewshot.experiments.icl import ABLATION, mixer_arms, run_ablation
 
     chosen = parse_mixers(mixers, extra=())  # checked before the first arm trains for minutes
-    if minutes <= 0 or n < 2:
-        raise FewshotError("--minutes must be > 0 and --n >= 2")
-    report = run_ablation(runs_dir, out_dir, ABLATION.replace(minutes=minutes), arms=mixer_arms(chosen),
+    if n < 2:
+        raise FewshotError("--n must be >= 2")
+    recipe = ABLATION.replace(minutes=minutes) if minutes is not None else ABLATION.replace(steps=steps)
+    report = run_ablation(runs_dir, out_dir, recipe, arms=mixer_arms(chosen),
                           title="Sequence mixers in GPT-3's blocks, no q/k/v convolution", n=n, console=out)
     out.print(f"wrote {out_dir / 'ablation.md'} and {report.plot}")
 

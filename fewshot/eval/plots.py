@@ -120,3 +120,25 @@ def plot_mean_curves(curves: Sequence[Any], path: Path, title: str) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+SMOOTHING = 16  # positions per moving-average point: the loss at one position is noisy
+
+
+def plot_loss_by_position(curves: dict[str, Any], path: Path, title: str) -> Path:
+    """Loss against position in the context, one line per model (fewshot.eval.context_loss.ContextLoss),
+    as a moving average; the position axis is logarithmic, so the first tokens show apart."""
+    figure, axes = plt.subplots(figsize=(7.5, 4.6), dpi=120)
+    colors = plt.get_cmap("tab10")
+    for i, (label, curve) in enumerate(curves.items()):
+        losses = list(curve.losses)
+        smooth = [sum(losses[j:j + SMOOTHING]) / SMOOTHING for j in range(0, len(losses) - SMOOTHING + 1)]
+        positions = [j + SMOOTHING / 2 for j in range(len(smooth))]
+        axes.plot(positions, smooth, color=colors(i % 10), label=f"{label} ({curve.icl_score:+.3f})", linewidth=1.6)
+    axes.set_xscale("log")
+    axes.set_xlabel("position in the context (tokens)")
+    axes.set_ylabel(f"validation loss, nats ({SMOOTHING}-position moving average)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8, title="mixer (ICL score: late - early)", title_fontsize=8)
+    return save_figure(figure, path)

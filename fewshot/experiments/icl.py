@@ -24,9 +24,10 @@ from fewshot.experiments.recipe import FULL, SHORT, Recipe
 from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import write_json
+from fewshot.eval.context_loss import loss_by_position
 from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.inference.lm import LM, load
-from fewshot.eval.plots import plot_mean_curves
+from fewshot.eval.plots import plot_loss_by_position, plot_mean_curves
 from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, ensure_mixture
 from fewshot.train.loop import TrainResult, seconds_per_step, train
 
@@ -47,7 +48,7 @@ class HeldOutReport:
 
 def train_icl(out: Path, recipe: Recipe = FULL, *, data_root: Path = DATA_ROOT, console: Console | None = None,
               **options: Any) -> TrainResult:
-    """Train `recipe` for about its minutes; continues `out` if it has a checkpoint.
+    """Train `recipe` for about its minutes (or exactly its steps); continues `out` if it has a checkpoint.
     `options` are further TrainConfig fields (attention="lstm" for the recurrent baseline)."""
     console = console or Console(stderr=True)
     run = RunDir(out)
@@ -58,9 +59,11 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, data_root: Path = DATA_ROOT, 
     run.check_new_or_resumable(resume=False)  # before the mixture and the timing, which take a while
     data_dir = ensure_mixture(data_root, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
-                         context=recipe.context, eval_every=100, save_every=100, max_time=recipe.minutes * 60,
-                         compile=recipe.compile, optimizer=recipe.optimizer, lr=recipe.lr, fit_steps_to_time=True,
-                         **options)
+                         context=recipe.context, eval_every=100, save_every=100, compile=recipe.compile,
+                         optimizer=recipe.optimizer, lr=recipe.lr, **options)
+    if recipe.steps is not None:
+        return _finished(train(TrainConfig.from_dict({**config.to_dict(), "max_steps": recipe.steps}), console=console))
+    config = TrainConfig.from_dict({**config.to_dict(), "max_time": recipe.minutes * 60, "fit_steps_to_time": True})
     per_step = seconds_per_step(config, TokenData.open(data_dir))
     steps = max(20, int(STEP_BUDGET_SHARE * recipe.minutes * 60 / per_step))
     console.print(f"measured {per_step:.2f} seconds per step on this machine -> {steps} steps in {recipe.minutes:g} minutes")
@@ -133,26 +136,41 @@ ABLATION = SHORT.replace(compile=False, optimizer="adamw", lr=None)
 def run_ablation(runs_dir: Path, out: Path, recipe: Recipe = ABLATION, *, arms: Sequence[Arm] = ABLATION_ARMS,
                  title: str = "ICL ablation", n: int = 100, shots: Sequence[int] = ABLATION_SHOTS,
                  template: str = "input-output", data_root: Path = DATA_ROOT, console: Console | None = None) -> HeldOutReport:
-    """Train each arm with `recipe` for the same minutes (continuing any that already has a
+    """Train each arm with `recipe` for the same minutes or steps (continuing any that already has a
     checkpoint), then score all of them on the held-out families; writes out/ablation.md, with
     each arm's parameters, steps, tokens and validation loss, beside the held-out files."""
     console = console or Console()
     runs = []
     for name, bursty, options in arms:
-        console.rule(f"arm {name}: {recipe.minutes:g} minutes")
+        console.rule(f"arm {name}: {recipe.budget}")
         arm = recipe.replace(mixture=dataclasses.replace(recipe.mixture, bursty=bursty))
         result = train_icl(runs_dir / name, arm, data_root=data_root, console=console, **options)
         runs.append((name, load(runs_dir / name), result))
     report = held_out_report([(name, lm) for name, lm, _ in runs], out, shots=shots, n=n, templates=(template,), console=console)
-    rows = ["| arm | parameters | steps | tokens seen | final val loss (nats/byte) |", "|---|---|---|---|---|"]
-    for name, lm, result in runs:
-        val = "n/a" if result.val_loss is None else f"{result.val_loss:.3f}"
-        rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | {val} |")
     context = runs[0][1].model.config.context
+    # Every arm on the bursty mixture's windows, where the context predicts the answers.
+    bursty = ensure_mixture(data_root, dataclasses.replace(recipe.mixture, bursty=True), progress=console.is_terminal)
+    val = TokenData.open(bursty).split("val")
+    by_position = {name: loss_by_position(lm.model, val, context) for name, lm, _ in runs}
+    position_plot = plot_loss_by_position(by_position, out / "loss_by_position.png",
+                                          f"validation loss by position in {context}-byte windows of the bursty mixture")
+    first = next(iter(by_position.values()))
+    rows = ["| arm | parameters | steps | tokens seen | training seconds | val loss (nats/byte) | "
+            "loss at positions {}-{} | loss at the last {} | ICL score (late - early) |".format(*first.early_positions, first.span),
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, lm, result in runs:
+        c = by_position[name]
+        rows.append(f"| {name} | {lm.model.num_params():,} | {result.step} | {result.tokens:,} | {result.seconds:,.0f} | "
+                    f"{c.mean:.3f} | {c.early:.3f} | {c.late:.3f} | {c.icl_score:+.3f} |")
+    write_json(out / "loss_by_position.json", {name: {"losses": list(c.losses), "early": c.early, "late": c.late,
+                                                      "icl_score": c.icl_score} for name, c in by_position.items()})
     (out / "ablation.md").write_text(
-        f"# {title}: {recipe.minutes:g} minutes of training per arm\n\n"
+        f"# {title}: {recipe.budget} of training per arm\n\n"
         f"Recipe: preset `{recipe.preset}`, {recipe.batch_size} x {context}-byte windows per step, "
         f"{recipe.mixture.megabytes:g} MB mixture. Held-out families, format `{template}`, n={n} queries "
         f"per family, mean exact match:\n\n"
-        f"{report.markdown}\n\n![ablation]({report.plot.name})\n\n" + "\n".join(rows) + "\n")
+        f"{report.markdown}\n\n![ablation]({report.plot.name})\n\n"
+        f"Validation loss by position, over the same 64 validation windows for every arm (Olsson et al. 2022's "
+        f"in-context learning score: the loss late in the window minus the loss early in it):\n\n"
+        + "\n".join(rows) + f"\n\n![loss by position]({position_plot.name})\n")
     return report

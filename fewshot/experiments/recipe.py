@@ -17,7 +17,7 @@ from fewshot.tasks.meta.mixture import MixtureConfig
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a time budget is spent on the mixture: which model, how long its windows, how big a batch."""
+    """How a time (or step) budget is spent on the mixture: which model, how long its windows, how big a batch."""
     minutes: float = setting(30.0, "Training time budget; the step count is fitted to it.")
     preset: str = setting("icl", "Model size (fewshot.config.PRESETS).")
     context: int | None = setting(None, "Training window in bytes (default: the preset's, 1,024 for icl).")
@@ -30,12 +30,22 @@ class Recipe:
     # AdamW in validation loss on this mixture, for ~15% more time per step (docs/icl/sweep.md).
     optimizer: Optimizer = setting("adamw", "muon or adamw.")
     lr: float | None = setting(None, "Peak learning rate; a recipe without one uses the preset's.")
+    # Comparisons across architectures (fewshot icl mixers) budget steps, not minutes: equal
+    # steps of equal-size models are equal FLOPs to within the mixers' own terms, and a slow
+    # implementation, or a busy machine, does not cost a model its training.
+    steps: int | None = setting(None, "Optimizer steps, fixed instead of fitted to --minutes.")
 
     def __post_init__(self) -> None:
         # Checked here, before the mixture is generated for a run that cannot start.
         check_optimizer(self.optimizer)
         if self.minutes <= 0 or self.batch_size < 1:
             raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {self.minutes} and {self.batch_size}")
+        if self.steps is not None and self.steps < 1:
+            raise FewshotError(f"--steps must be >= 1, got {self.steps}")
+
+    @property
+    def budget(self) -> str:
+        return f"{self.steps:,} optimizer steps" if self.steps is not None else f"{self.minutes:g} minutes"
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)

@@ -86,6 +86,22 @@ def test_the_mixer_comparison_trains_one_arm_per_mixer_in_the_same_blocks(in_tmp
     assert {(m["block"], m["qkv_conv"], m["n_layer"], m["d_model"]) for m in models.values()} == {("gpt3", 0, 4, 96)}
     markdown = (in_tmp / "mixers" / "ablation.md").read_text()
     assert markdown.startswith("# Mixers:") and "| gau |" in markdown and "| dense |" in markdown
+    by_position = json.loads((in_tmp / "mixers" / "loss_by_position.json").read_text())
+    for name in ("dense", "gau"):
+        curve = by_position[name]
+        assert len(curve["losses"]) == 64 and all(0 < loss < 10 for loss in curve["losses"])
+        assert curve["icl_score"] == pytest.approx(curve["late"] - curve["early"])
+        assert f"{curve['icl_score']:+.3f} |" in markdown
+    assert (in_tmp / "mixers" / "loss_by_position.png").stat().st_size > 1000
+
+
+def test_steps_budget_trains_exactly_that_many_steps(in_tmp: Path) -> None:
+    result = train_icl(in_tmp / "run", TINY.replace(steps=7))
+    saved = json.loads((in_tmp / "run" / "config.json").read_text())["train"]
+    assert result.step == saved["max_steps"] == 7 and saved["max_time"] is None
+    assert TINY.replace(steps=7).budget == "7 optimizer steps" and TINY.budget == "0.05 minutes"
+    with pytest.raises(FewshotError, match="--steps"):
+        TINY.replace(steps=0)
 
 
 def test_a_signal_during_training_ends_the_command_with_the_checkpoint_kept(in_tmp: Path) -> None:
