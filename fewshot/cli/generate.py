@@ -41,6 +41,8 @@ def generate(
     n: Annotated[int, typer.Option(help="Number of samples.")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
     logprobs: Annotated[Optional[int], typer.Option(help="Show per-token logprobs with this many alternatives.")] = None,
+    prompt_lookup: Annotated[int, typer.Option(help="Prompt-lookup decoding: up to this many draft tokens per step, copied "
+                                                    "from earlier in the text; the same text, in fewer passes. 0 = off.")] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
     stats: Annotated[bool, typer.Option(help="Print load time, tokens/s and peak memory to stderr.")] = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Decode through torch.compile: faster per token "
@@ -56,7 +58,7 @@ def generate(
     options = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                    logit_bias=parse_logit_bias(logit_bias), stop=tuple(map(unescape, stop)), n=n, seed=seed,
-                   logprobs=logprobs)
+                   logprobs=logprobs, prompt_lookup=prompt_lookup)
     sampling = SamplingOptions(**options)  # validate before loading the model or printing anything
     start = time.perf_counter()
     lm = fewshot.load(run, device=device, adapter=adapter)

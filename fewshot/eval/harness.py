@@ -147,7 +147,7 @@ def build_prompt(lm: LM, task: EvalTask, index: int, k: int, seed: int, budget: 
 
 @torch.inference_mode()
 def greedy_answers(lm: LM, prompts: Sequence[list[int]], max_tokens: int, stops: Sequence[str] = (),
-                   max_answer: int | None = None, batch_size: int = 32) -> list[str]:
+                   max_answer: int | None = None, batch_size: int = 32, lookup: int = 0) -> list[str]:
     """Greedy answers (`first_line`) for each prompt, decoded `batch_size` at a time.
 
     Prompts are sorted by length so each batch pads little, then left-padded: the model
@@ -157,13 +157,14 @@ def greedy_answers(lm: LM, prompts: Sequence[list[int]], max_tokens: int, stops:
     answers = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        texts = _greedy_batch(lm, [prompts[i] for i in chunk], max_tokens, tuple(stops), max_answer)
+        texts = _greedy_batch(lm, [prompts[i] for i in chunk], max_tokens, tuple(stops), max_answer, lookup)
         for i, text in zip(chunk, texts):
             answers[i] = first_line(text, stops)
     return answers
 
 
-def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[str, ...], max_answer: int | None) -> list[str]:
+def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[str, ...], max_answer: int | None,
+                  lookup: int) -> list[str]:
     tokenizer = lm.tokenizer
     max_tokens = min(max_tokens, lm.model.config.context - max(map(len, rows)))
     generated: list[list[int]] = [[] for _ in rows]
@@ -185,7 +186,7 @@ def _greedy_batch(lm: LM, rows: list[list[int]], max_tokens: int, stops: tuple[s
         return all(done)
 
     # The pad id is never seen: the model hides each row's padding.
-    decode(lm.model, rows, max_tokens, lambda logits: logits.argmax(dim=-1), on_tokens, pad_id=tokenizer.eot_id)
+    decode(lm.model, rows, max_tokens, lambda logits: logits.argmax(dim=-1), on_tokens, pad_id=tokenizer.eot_id, lookup=lookup)
     return [tokenizer.decode(g) for g in generated]
 
 
@@ -290,7 +291,7 @@ def evaluate_shots(lm: LM, task: EvalTask, shots: int, seed: int = 0, **options:
         hits = [choose(lm, task, list(p), q, mc_norm) == q.label for p, q in zip(prompts, task.queries)]
     else:
         longest_target = max(len(q.target.strip()) for q in task.queries)
-        answers = greedy_answers(lm, prompts, max_tokens, stops, longest_target, batch_size)
+        answers = greedy_answers(lm, prompts, max_tokens, stops, longest_target, batch_size, opts.prompt_lookup)
         hits = [a == q.target.strip() for a, q in zip(answers, task.queries)]
     n, correct = len(task.queries), sum(hits)
     clean = None

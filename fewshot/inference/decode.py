@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from fewshot.errors import FewshotError
+from fewshot.inference.lookup import NgramDrafts
 from fewshot.inference.sampling import (
     SamplingOptions,
     TokenLogprob,
@@ -38,7 +39,7 @@ from fewshot.tokenizer import StreamDecoder
 
 
 def decode(model, prompts: Sequence[Sequence[int]], max_tokens: int, next_tokens: Callable[[Tensor], Tensor],
-           on_tokens: Callable[[Tensor, Tensor], bool], pad_id: int = 0) -> None:
+           on_tokens: Callable[[Tensor, Tensor], bool], pad_id: int = 0, lookup: int = 0) -> None:
     """Decode up to `max_tokens` new tokens for every prompt, all rows in lockstep.
 
     `next_tokens(logits)` picks the next ids (B,) from next-token logits (B, V);
@@ -46,23 +47,58 @@ def decode(model, prompts: Sequence[Sequence[int]], max_tokens: int, next_tokens
     rows ride along unread). When the longest row fills the context, every row restarts
     from its last `context // 2` tokens in a fresh cache (a rewound one would be wrong for
     mixers with recurrent state).
+
+    `lookup` > 0 is prompt-lookup decoding: a step feeds the next token and up to `lookup`
+    draft tokens (fewshot.inference.lookup) in one forward pass, then picks tokens position by
+    position for as long as every row's pick equals its draft, and the cache forgets the rest.
+    Both callbacks run once per produced token, on the logits the token-by-token loop would
+    have given (to float rounding), so greedy text is the same and a seeded sample draws the
+    same random numbers; only the number of forward passes changes.
     """
+    if lookup and not model.rewindable:
+        raise FewshotError(f"prompt lookup needs a cache it can rewind, and the {model.config.attention} mixer "
+                           "keeps a recurrent state: decode without it")
     context = model.config.context
     rows = [list(prompt) for prompt in prompts]
     # Room for everything this call can feed, so short generations allocate little.
     cache, logits = _prefill(model, rows, pad_id, capacity=min(context, max(map(len, rows)) + max_tokens))
+    drafts = [NgramDrafts(row) for row in rows] if lookup else []
     keep = max(1, context // 2)
-    for produced in range(1, max_tokens + 1):
+    produced = 0
+
+    def take(logits: Tensor) -> tuple[Tensor, bool]:
+        nonlocal produced
         next_ids = next_tokens(logits)
-        for row, token_id in zip(rows, next_ids.tolist()):
-            row.append(token_id)
-        if on_tokens(next_ids, logits) or produced == max_tokens:
-            return
-        if cache.length < cache.capacity:
-            logits = model.decode_step(next_ids[:, None], cache)[:, -1]
-        else:
+        for i, token_id in enumerate(next_ids.tolist()):
+            rows[i].append(token_id)
+            if drafts:
+                drafts[i].append(token_id)
+        produced += 1
+        return next_ids, on_tokens(next_ids, logits) or produced == max_tokens
+
+    next_ids, done = take(logits)
+    while not done:  # next_ids: the last picked tokens, which the cache does not hold yet
+        if cache.length == cache.capacity:
             rows = [row[-keep:] for row in rows]
             cache, logits = _prefill(model, rows, pad_id)
+            next_ids, done = take(logits)
+            continue
+        room = min(lookup, cache.capacity - cache.length - 1, max_tokens - produced - 1)
+        proposed = [d.draft(room) for d in drafts]
+        width = max(map(len, proposed), default=0)
+        if width == 0:
+            next_ids, done = take(model.decode_step(next_ids[:, None], cache)[:, -1])
+            continue
+        # A short draft is padded with pad_id: a pick that happens to equal it is still the
+        # token that was fed, so accepting it is as right as accepting a real draft.
+        draft = torch.tensor([p + [pad_id] * (width - len(p)) for p in proposed], device=next_ids.device)
+        start = cache.length
+        logits = model.step(torch.cat((next_ids[:, None], draft), dim=1), cache)
+        for position in range(width + 1):
+            next_ids, done = take(logits[:, position])
+            if done or position == width or not torch.equal(next_ids, draft[:, position]):
+                break
+        cache.rewind(start + position + 1)  # keep the fed tokens whose picks matched
 
 
 def _prefill(model, rows: list[list[int]], pad_id: int, capacity: int | None = None):
@@ -252,7 +288,7 @@ def _sample(model, tokenizer, window: list[int], samples: list[_Sample], options
                 _accept(samples[i], token_id, logprobs[i] if logprobs else None, stop_ids, options.stop_at_eot)
         return all(s.finish_reason for s in samples)
 
-    decode(model, [window] * n, options.max_tokens, next_tokens, on_tokens)
+    decode(model, [window] * n, options.max_tokens, next_tokens, on_tokens, lookup=options.prompt_lookup)
     for sample in samples:
         if sample.stream.finish():
             sample.finish_reason = "stop"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fewshot.errors import FewshotError
+from fewshot.inference.lookup import MAX_DRAFT
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 MAX_LOGPROBS = 20  # as OpenAI's chat API; the legacy completions API allowed only 5
@@ -48,6 +49,9 @@ class SamplingOptions:
     seed: int | None = None  # same seed (and n) -> same text
     logprobs: int | None = None  # chosen token's logprob plus this many top alternatives
     stop_at_eot: bool = True
+    # Prompt-lookup decoding: up to this many draft tokens per step, copied from earlier in the
+    # sequence and checked by the model in one pass; the text is what it would be without (0 = off).
+    prompt_lookup: int = 0
 
     def __post_init__(self) -> None:
         # Normalize the JSON-friendly shapes (dict, str, list) to hashable tuples.
@@ -66,6 +70,7 @@ class SamplingOptions:
         if self.seed is not None:
             # The range torch.Generator.manual_seed accepts.
             _check_int("seed", self.seed, low=-(2**63), high=2**64 - 1)
+        _check_int("prompt_lookup", self.prompt_lookup, low=0, high=MAX_DRAFT)
         if not isinstance(self.stop_at_eot, bool):
             raise FewshotError(f"sampling: stop_at_eot must be true or false, got {self.stop_at_eot!r}")
 

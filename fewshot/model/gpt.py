@@ -21,6 +21,7 @@ from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
 from fewshot.model.mixers import MixerCache, build_mixer
 from fewshot.model.linear import Linear
+from fewshot.model.quant import quantize_layers
 from fewshot.model.rope import Rotary, rotary_tables
 
 
@@ -33,6 +34,7 @@ class Cache:
     # Left-padding slots per row (B,), when prompts of different lengths share the batch;
     # a row's positions start counting at its first real token.
     padding: Tensor | None = None
+    rewindable: bool = False  # every layer's mixer can forget positions (Mixer.rewindable)
 
     @property
     def capacity(self) -> int:
@@ -40,7 +42,14 @@ class Cache:
 
     def rows(self, start: int, stop: int) -> Cache:
         """An empty cache over some rows of this one's storage: prefilling it fills them."""
-        return Cache([layer.rows(start, stop) for layer in self.layers])
+        return Cache([layer.rows(start, stop) for layer in self.layers], rewindable=self.rewindable)
+
+    def rewind(self, length: int) -> None:
+        """Forget the positions from `length` on (the drafts prompt lookup rejected): the next
+        step writes over their keys and values, and nothing reads past `length` before that."""
+        if not self.rewindable or not 0 <= length <= self.length:
+            raise FewshotError(f"cannot rewind this cache from {self.length} to {length} positions")
+        self.length = length
 
 
 class MLP(nn.Module):
@@ -114,6 +123,8 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith(("mixer.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.quant is not None:
+            quantize_layers(self, config.quant)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -129,7 +140,7 @@ class GPT(nn.Module):
 
         Called again after `to_empty()`, which gives every parameter its own storage.
         """
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and self.config.quant is None:  # a quantised head has its own copy
             self.head.weight = self.token_embedding.weight
 
     @classmethod
@@ -195,7 +206,12 @@ class GPT(nn.Module):
         weight = self.token_embedding.weight
         capacity = min(capacity or self.config.context, self.config.context)
         layers = [block.mixer.new_cache(batch_size, capacity, weight.device, dtype or weight.dtype) for block in self.blocks]
-        return Cache(layers, padding=None if padding is None else padding.to(weight.device))
+        return Cache(layers, padding=None if padding is None else padding.to(weight.device), rewindable=self.rewindable)
+
+    @property
+    def rewindable(self) -> bool:
+        """Whether decoding can take back positions: prompt lookup needs it (Mixer.rewindable)."""
+        return all(block.mixer.rewindable for block in self.blocks)
 
     @torch.no_grad()
     def step(self, idx: Tensor, cache: Cache, last_only: bool = False) -> Tensor:

@@ -95,6 +95,10 @@ MixerCache = AttentionCache | RecurrentCache
 
 
 class Mixer(nn.Module):
+    # Whether decoding can forget its last positions (prompt lookup's rejected drafts): a
+    # cache of keys and values holds each position apart; a recurrent state has folded them in.
+    rewindable = False
+
     def forward(self, x: Tensor, rotary: Rotary | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D) over the whole causal sequence.
 
@@ -159,6 +163,8 @@ class CausalSelfAttention(Mixer):
     whatever followed the last occurrence of this token": the induction-head circuit that
     in-context copying rests on, which otherwise needs two layers to compose and forms late.
     """
+
+    rewindable = True
 
     def __init__(self, config: ModelConfig, local: bool) -> None:
         super().__init__()
@@ -295,6 +301,8 @@ class TransformerXL(Mixer):
     distance, u and v learned per head. Segments start at each row's first token, so a
     left-padded row decodes as if alone. Decoding attends the cache over the same band, so
     each step costs at most 2 x window keys. W_R adds d x d parameters to attention's."""
+
+    rewindable = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

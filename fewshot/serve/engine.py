@@ -45,6 +45,7 @@ from torch import Tensor
 
 from fewshot.errors import FewshotError
 from fewshot.inference.decode import SampleText
+from fewshot.inference.lookup import NgramDrafts
 from fewshot.inference.sampling import SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
 
 log = logging.getLogger("fewshot.serve")
@@ -173,6 +174,7 @@ class _Sequence:
     greedy_token: int | None = None  # argmax computed with the whole batch
     shown: list[str] = field(default_factory=list)  # text released during this step
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    drafts: NgramDrafts | None = None  # prompt + generated tokens, with prompt_lookup
 
     @property
     def prefilling(self) -> bool:
@@ -323,6 +325,8 @@ class Engine:
                     if request.options.presence_penalty or request.options.frequency_penalty else None,
                 )
                 sequence.text.emit = sequence.shown.append
+                if request.options.prompt_lookup and self.model.rewindable:  # the API refuses it otherwise
+                    sequence.drafts = NgramDrafts(prompt)
                 self._waiting.append(sequence)
 
     def _step(self) -> None:
@@ -419,12 +423,48 @@ class Engine:
             sequence.prompt_logprobs.extend(token_logprobs(self.tokenizer, predicting, chosen, sequence.options))
 
     def _decode(self, decoding: list[_Sequence]) -> None:
-        """One token for every decoding row: one model call per adapter among them."""
+        """One token for every decoding row: one model call per adapter among them. A row with
+        a prompt-lookup draft gets a call of its own, which may give it several tokens."""
         by_adapter: dict[str | None, list[_Sequence]] = {}
+        drafted = []
         for sequence in decoding:
-            by_adapter.setdefault(sequence.job.request.adapter, []).append(sequence)
+            if draft := self._draft(sequence):
+                drafted.append((sequence, draft))
+            else:
+                by_adapter.setdefault(sequence.job.request.adapter, []).append(sequence)
         for adapter, group in by_adapter.items():
             self._decode_rows(self.models[adapter], group)
+        for sequence, draft in drafted:  # after the batch, whose dummy write at this row's position it overwrites
+            self._decode_drafted(sequence, draft)
+
+    def _draft(self, sequence: _Sequence) -> list[int]:
+        if sequence.drafts is None:
+            return []
+        room = min(sequence.options.prompt_lookup, self._capacity - sequence.position - 1,
+                   sequence.job.request.max_tokens - len(sequence.token_ids) - 1)
+        return sequence.drafts.draft(room)
+
+    def _decode_drafted(self, sequence: _Sequence, draft: list[int]) -> None:
+        """Feed the next token and its draft in one call, then sample position by position for
+        as long as the picks equal the draft (fewshot.inference.decode does the same for a
+        batch): each pick comes from the logits, options and generator draw it would have had
+        one token per step. The first pick that differs is fed next step; the cache positions
+        after it are written over then."""
+        view = self._cache.rows(sequence.slot, sequence.slot + 1)
+        view.length = sequence.position
+        fed = [sequence.next_token, *draft]
+        model = self.models[sequence.job.request.adapter]
+        logits = model.step(torch.tensor([fed], device=self.device), view)[0].float()
+        for i in range(len(fed)):
+            sequence.position += 1  # fed[i] is in the cache for good
+            sequence.next_token, sequence.greedy_token = None, None
+            sequence.last_logits = logits[i:i + 1]
+            if i == len(draft):
+                sequence.ready = True  # the draft all matched: sampled next step, as after any decode
+                return
+            self._sample_all([sequence])
+            if sequence.slot is None or sequence.next_token != draft[i]:
+                return  # finished, or a pick the draft did not foresee
 
     def _decode_rows(self, model, decoding: list[_Sequence]) -> None:
         """A token for each of `decoding`'s rows; rows in between get a harmless dummy write."""
@@ -497,6 +537,8 @@ class Engine:
             self._finish(sequence, "stop")
             return
         sequence.token_ids.append(token)
+        if sequence.drafts is not None:
+            sequence.drafts.append(token)
         if sequence.counts is not None:
             sequence.counts[0, token] += 1
         if entry is not None:

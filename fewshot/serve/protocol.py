@@ -298,8 +298,12 @@ def _options(body, lm, n: int, max_tokens: int, stop: tuple[str, ...], logprobs:
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
             logit_bias=bias, stop=stop, n=n, seed=None if body.seed is None else body.seed % 2**64, logprobs=logprobs,
+            prompt_lookup=body.prompt_lookup or 0,
         )
         options.check_vocab(lm.model.config.vocab_size)
+        if options.prompt_lookup and not lm.model.rewindable:
+            raise bad_request(f"prompt_lookup needs a cache that can take back positions, and the "
+                              f"{lm.model.config.attention} mixer keeps a recurrent state", "prompt_lookup")
         return options
     except FewshotError as error:
         raise _from_fewshot(error, None) from None

@@ -16,13 +16,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fewshot.inference.sampling import MAX_N
+from fewshot.inference.lookup import MAX_DRAFT
 
 MAX_LOGPROBS = 5  # the legacy completions API
 MAX_TOP_LOGPROBS = 20  # the chat API
 MAX_BEST_OF = 20
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-INTEGER_FIELDS = {"max_tokens", "n", "seed", "top_k", "logprobs", "best_of", "max_completion_tokens", "top_logprobs"}
+INTEGER_FIELDS = {"max_tokens", "n", "seed", "top_k", "logprobs", "best_of", "max_completion_tokens", "top_logprobs",
+                  "prompt_lookup"}
 
 
 def _integral(value: object) -> object:
@@ -71,6 +73,9 @@ class _Sampling(_Request):
     seed: int | None = Field(None, description="Same seed and request, same text.")
     user: str | None = None
     top_k: int | None = Field(None, ge=0, description="Extension: keep only the k most likely tokens (0 = off).")
+    prompt_lookup: int | None = Field(None, ge=0, le=MAX_DRAFT, description=(
+        "Extension: prompt-lookup decoding, up to this many draft tokens per step copied from earlier in the "
+        "sequence and checked in one pass; the same text, sooner (0 = off). A 400 for a model with a recurrent mixer."))
 
 
 class CompletionRequest(_Sampling):

@@ -46,6 +46,18 @@ def test_eval_on_a_task_file_writes_results_and_a_markdown_table(runs: list[Path
     assert "| copy | exact_match |" in (tmp_path / "results.md").read_text()
 
 
+def test_prompt_lookup_gives_the_same_scores(runs: list[Path], tmp_path: Path) -> None:
+    task = tmp_path / "copy.jsonl"
+    task.write_text("\n".join(json.dumps({"input": w * 3, "target": w * 3}) for w in ["ab", "cd", "ef", "gh", "ij", "kl", "mn"]) + "\n")
+    scores = []
+    for name, extra in (("plain", []), ("drafted", ["--prompt-lookup", "6"])):
+        result = fewshot("eval", str(runs[1]), "--task-file", str(task), "--shots", "0,3", "--n", "7",
+                         "--out", str(tmp_path / f"{name}.json"), *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        scores.append(json.loads((tmp_path / f"{name}.json").read_text())["tasks"]["copy"]["shots"])
+    assert scores[0] == scores[1]
+
+
 def test_eval_of_two_models_on_arithmetic_plots_curves_and_bars(runs: list[Path], tmp_path: Path) -> None:
     result = fewshot("eval", *map(str, runs), "--tasks", "2D+,2D-", "--shots", "0,1,4", "--n", "6",
                      "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "icl.png"))

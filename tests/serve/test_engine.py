@@ -89,6 +89,62 @@ def test_concurrent_greedy_requests_match_generate(engine, model, tokenizer):
     assert engine.stats()["running"] == 0 and engine.stats()["queued_requests"] == 0
 
 
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=0.8, top_k=5, frequency_penalty=0.3, seed=3, n=2)])
+def test_prompt_lookup_requests_get_the_same_tokens_as_without(engine, model, tokenizer, sampling):
+    """Rows with drafts share steps with rows without; the copy-heavy prompts let drafts
+    match, and each row's text is the one it gets alone and without drafts."""
+    prompts = ["abcabcabcabc", "ROMEO: ROMEO: ROMEO:", "to be or not to be, to be"]
+    plain = [submit(engine, tokenizer, [p], SamplingOptions(**sampling), max_tokens=30) for p in prompts]
+    drafted = [submit(engine, tokenizer, [p], SamplingOptions(**sampling, prompt_lookup=k), max_tokens=30)
+               for p, k in zip(prompts, (4, 8, 1))]
+    for prompt, without, with_drafts in zip(prompts, plain, drafted):
+        expected = without.wait().finished
+        if sampling["temperature"] == 0:  # generate() draws its samples differently; its argmax is the same
+            assert [c.token_ids for c in generate(model, tokenizer, prompt, SamplingOptions(**sampling, max_tokens=30))] == \
+                [f.token_ids for f in expected]
+        for finished, alone in zip(with_drafts.wait().finished, expected, strict=True):
+            assert finished.token_ids == alone.token_ids and finished.text == alone.text
+            assert finished.finish_reason == alone.finish_reason
+        assert "".join(e.text for e in with_drafts.events if isinstance(e, Delta) and e.sample == 0) == with_drafts.finished[0].text
+    assert engine.stats()["running"] == 0
+
+
+def test_prompt_lookup_takes_fewer_engine_steps_when_the_text_loops(tokenizer):
+    """Greedy text that loops: the drafts match, and the steps drop."""
+    torch.manual_seed(1)
+    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
+    counted = {}
+    for lookup in (0, 8):
+        engine = Engine(model, tokenizer, EngineConfig(max_batch=2, step_tokens=64)).start()
+        try:
+            before = engine.steps
+            job = submit(engine, tokenizer, ["xyxyxyxyxyxy"], SamplingOptions(temperature=0, prompt_lookup=lookup), max_tokens=40)
+            counted[lookup] = (job.wait().finished[0].token_ids, engine.steps - before)
+        finally:
+            engine.stop()
+    assert counted[8][0] == counted[0][0]
+    assert len(set(counted[0][0][-12:])) <= 3  # greedy fell into a short loop, as a random model's does
+    assert counted[8][1] < 0.7 * counted[0][1]  # engine steps: 22 against 41 when this was written
+
+
+def test_a_quantised_model_serves_what_it_generates(model, tokenizer):
+    """Block-quantised weights (the kernel's int8 rounding is per row, so batching changes nothing)."""
+    from fewshot.model.quant import QuantLinear, quantize_layers
+
+    quantised = GPT.sharing(model)
+    quantize_layers(quantised, "q4_1")
+    assert isinstance(quantised.blocks[0].mlp.up, QuantLinear)
+    engine = Engine(quantised, tokenizer, EngineConfig(max_batch=3, step_tokens=8)).start()
+    try:
+        prompts = ["ROMEO:", "KING: my lord", "abcabc"]
+        jobs = [submit(engine, tokenizer, [p], SamplingOptions(temperature=0), max_tokens=20) for p in prompts]
+        for prompt, job in zip(prompts, jobs):
+            expected = generate(quantised, tokenizer, prompt, SamplingOptions(max_tokens=20, temperature=0))[0]
+            assert job.wait().finished[0].token_ids == expected.token_ids
+    finally:
+        engine.stop()
+
+
 def test_sampled_text_depends_on_the_seed_not_on_the_batch(engine, tokenizer):
     options = SamplingOptions(temperature=1.0, seed=7, n=2)
     alone = submit(engine, tokenizer, ["KING:"], options, max_tokens=20).wait().finished
@@ -236,6 +292,8 @@ def client(model, tokenizer):
     ({"prompt": [[1, 2], [999]]}, "prompt"),
     ({"prompt": []}, "prompt"),
     ({"prompt": "a", "suffix": "b"}, "suffix"),
+    ({"prompt": "a", "prompt_lookup": 65}, "prompt_lookup"),
+    ({"prompt": "a", "prompt_lookup": -1}, "prompt_lookup"),
     ({}, None),
     ([1, 2], None),
 ])
@@ -247,6 +305,20 @@ def test_bad_completion_requests_are_400s_naming_the_param(client, body, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and isinstance(error["code"], str)
+
+
+def test_prompt_lookup_on_a_recurrent_mixer_is_a_400(tokenizer):
+    from fastapi.testclient import TestClient
+
+    from fewshot.inference.lm import LM
+    from fewshot.serve import ServeOptions, create_app
+
+    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT, attention="lstm")).eval()
+    with TestClient(create_app(LM(model, tokenizer, {}), ServeOptions(model_name="lstm"))) as client:
+        response = client.post("/v1/completions", json={"prompt": "abab", "prompt_lookup": 4})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "prompt_lookup"
+        assert "lstm" in response.json()["error"]["message"]
+        assert client.post("/v1/completions", json={"prompt": "abab", "max_tokens": 3}).status_code == 200
 
 
 def test_malformed_json_and_unknown_routes_keep_openai_shape(client):
