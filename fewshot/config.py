@@ -30,6 +30,7 @@ from fewshot.errors import FewshotError
 #   previous one as memory, with relative positions;
 # - "sru": the Simple Recurrent Unit (Lei et al. 2018), elementwise gates over one matmul;
 # - "ssm": a diagonal state-space layer, S4D (Gu et al. 2022), a long convolution or an RNN.
+QUANT_FORMATS = ("q8_0", "q4_0", "q4_1")  # ggml's block formats that model/quant.py keeps quantised
 MIXERS = ("dense", "local", "lstm", "linear", "rfa", "rfa-gate", "aft", "aft-local", "gau", "xl", "sru", "ssm")
 # Mixers that take their positions from learned embeddings and have one key and value per
 # query head (the last three know order by themselves, but stay in GPT-3's blocks too).
@@ -86,6 +87,10 @@ class ModelConfig:
     # Primer's depthwise causal convolution of queries, keys and values over this many
     # positions (So et al. 2021); 0 is off. See model/mixers.py CausalSelfAttention.
     qkv_conv: int = 0
+    # Block-quantised matrices kept quantised in memory (model/quant.py; `fewshot quantize`):
+    # every block matrix whose rows are whole 32-value blocks in this format, the output head
+    # in q8_0 (as llama.cpp's files keep it), the embedding in float. Inference only.
+    quant: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context", "vocab_size", "mlp_ratio", "window"):
@@ -115,6 +120,8 @@ class ModelConfig:
             raise FewshotError(f"model config: n_kv_head {self.n_kv_head} must divide n_head {self.n_head}")
         if self.d_ff is not None and self.d_ff < 1:
             raise FewshotError(f"model config: d_ff must be >= 1, got {self.d_ff}")
+        if self.quant is not None and self.quant not in QUANT_FORMATS:
+            raise FewshotError(f"model config: unknown quantisation {self.quant!r} ({', '.join(QUANT_FORMATS)})")
         if self.block == "llama" and self.head_size % 2:
             raise FewshotError(f"model config: rotary positions need an even head size, got {self.head_size}")
 

@@ -21,11 +21,13 @@ reports how many leading tokens agree rather than demanding equality.
 from __future__ import annotations
 
 import ctypes
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from fewshot.bench.timing import interleave, median, pair_ratios
 from fewshot.errors import FewshotError
@@ -91,6 +93,14 @@ class LlamaCpp:
         return int(torch.frombuffer((ctypes.c_float * self.vocab).from_address(ctypes.addressof(logits.contents)),
                                     dtype=torch.float32).argmax())
 
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """Next-token logits (len(ids), vocab) of one sequence, evaluated in one llama_decode."""
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.context), True)
+        self._submit([(token, i, (0,), True) for i, token in enumerate(ids)])
+        rows = [self.lib.llama_get_logits_ith(self.context, i) for i in range(len(ids))]
+        return torch.stack([torch.frombuffer((ctypes.c_float * self.vocab).from_address(ctypes.addressof(row.contents)),
+                                             dtype=torch.float32).clone() for row in rows])
+
     def greedy(self, prompt: list[int], rows: int, tokens: int) -> list[list[int]]:
         """`tokens` greedy tokens for each of `rows` copies of `prompt`."""
         if rows > self.max_rows:
@@ -118,7 +128,7 @@ class DecodeVsLlamaCpp:
     tokens: int
     prompt_tokens: int
     threads: int
-    fewshot_dtype: str
+    fewshot_dtype: str  # fp32 / bf16 (dequantised import), or the file's block format kept (import-gguf --keep-quant)
     fewshot_compiled: bool  # our decoding step through torch.compile (GPT.compile_decoding)
     gguf_types: list[str]
     seconds: float
@@ -135,10 +145,11 @@ class DecodeVsLlamaCpp:
 
 def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), tokens: int = 64, repeats: int = 3,
                              warmup: int = 1, dtype: str = "fp32", progress: bool = False,
-                             compiled: bool = False) -> list[DecodeVsLlamaCpp]:
+                             compiled: bool = False, keep_quant: bool = False) -> list[DecodeVsLlamaCpp]:
     """fewshot (the file imported, `dtype` weights) against llama.cpp (the file as is), greedy, interleaved.
 
     `compiled`: ours decodes through torch.compile; the warm-up round pays for compiling.
+    `keep_quant`: ours keeps the file's blocks (import-gguf --keep-quant), as llama.cpp does.
     """
     from fewshot.convert.gguf import import_gguf
     from fewshot.inference.lm import load
@@ -149,7 +160,8 @@ def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), toke
     llama_cpp_module()  # fail before the import-gguf work if the extra is missing
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="fewshot-bench-") as scratch:
-        lm = load(import_gguf(gguf, Path(scratch) / "run", dtype=dtype))
+        lm = load(import_gguf(gguf, Path(scratch) / "run", dtype=dtype, keep_quant=keep_quant))
+        dtype = lm.model.config.quant or dtype
         lm.model.compile_decoding(compiled)
         prompt = lm.tokenizer.encode(PROMPT)
         context = len(prompt) + tokens + 1
@@ -188,3 +200,55 @@ def _one_batch(lm, peer: LlamaCpp, prompt: list[int], rows: int, tokens: int, re
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+# ---------------------------------------------------------------------------- quality
+
+QUALITY_POSITIONS = 512
+
+
+@dataclass(frozen=True)
+class Quality:
+    name: str  # "llama.cpp (Q4_1)", "fewshot fp32", "fewshot q4_1 (kept)"
+    positions: int
+    perplexity: float  # on the text, teacher-forced
+    top1_vs_fp32: float  # share of positions whose argmax is fewshot fp32's
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def quality_vs_llamacpp(gguf: Path, positions: int = QUALITY_POSITIONS) -> list[Quality]:
+    """Perplexity on a text and top-1 agreement with the float model, over `positions` positions:
+    llama.cpp on the file, and ours dequantised to fp32 and with the file's blocks kept. Ours
+    decode the text token by token through the cache, the path decoding takes (the quantised
+    kernel sees one row at a time), so the numbers are those of generation."""
+    from fewshot.convert.gguf import import_gguf
+    from fewshot.data.corpus import shakespeare_documents
+    from fewshot.inference.lm import load
+
+    llama_cpp_module()
+    with tempfile.TemporaryDirectory(prefix="fewshot-bench-") as scratch:
+        float_lm = load(import_gguf(gguf, Path(scratch) / "fp32"))
+        kept_lm = load(import_gguf(gguf, Path(scratch) / "kept", keep_quant=True))
+        _, play = next(shakespeare_documents())
+        ids = float_lm.tokenizer.encode(play)[1000:1001 + positions]  # past the title and cast list
+        peer = LlamaCpp(gguf, len(ids), 1, torch.get_num_threads())
+        try:
+            theirs = peer.logits(ids)
+        finally:
+            peer.close()
+        reference = _stepped_logits(float_lm.model, ids)
+        types = "/".join((float_lm.config.source or {}).get("quantization", []))
+        rows = [(f"llama.cpp ({types})", theirs), ("fewshot fp32 (dequantised)", reference),
+                (f"fewshot {kept_lm.model.config.quant} (kept, int8 activations)", _stepped_logits(kept_lm.model, ids))]
+    targets = torch.tensor(ids[1:])
+    best = reference[:-1].argmax(-1)
+    return [Quality(name, len(ids) - 1, math.exp(F.cross_entropy(logits[:-1], targets).item()),
+                    (logits[:-1].argmax(-1) == best).float().mean().item()) for name, logits in rows]
+
+
+@torch.inference_mode()
+def _stepped_logits(model, ids: list[int]) -> torch.Tensor:
+    cache = model.new_cache(1, capacity=len(ids))
+    return torch.cat([model.step(torch.tensor([[token]]), cache)[0] for token in ids]).float()

@@ -54,12 +54,17 @@ def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
 
 
 def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str,
-                           compiled: bool) -> None:
-    from fewshot.bench.llamacpp import bench_decode_vs_llamacpp
+                           compiled: bool, keep_quant: bool) -> None:
+    from fewshot.bench.llamacpp import bench_decode_vs_llamacpp, quality_vs_llamacpp
     from fewshot.convert.gguf import smollm2_gguf
 
     path = gguf or smollm2_gguf()
-    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled):
+    if keep_quant:
+        for q in quality_vs_llamacpp(path):
+            out.print(f"{path.name}, {q.name}: perplexity {q.perplexity:.3f} over {q.positions} positions of Shakespeare, "
+                      f"top-1 agreement with fewshot fp32 {q.top1_vs_fp32:.1%}", markup=False, highlight=False)
+    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled,
+                                      keep_quant=keep_quant):
         how = r.fewshot_dtype + (", torch.compile" if r.fewshot_compiled else "")
         out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({how}) "
                   f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
@@ -98,6 +103,8 @@ def bench_decode_command(
     gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
                                                                           "step through torch.compile.")] = False,
+    keep_quant: Annotated[bool, typer.Option(help="With --vs llamacpp: ours keeps the file's quantised blocks (import-gguf "
+                                                  "--keep-quant); also prints perplexity and top-1 agreement of each side.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (llama.cpp runs on the CPU).")] = "cpu",
 ) -> None:
     """KV-cached decoding against recomputing the whole prefix every token, or (--vs) against transformers or llama.cpp."""
@@ -110,13 +117,15 @@ def bench_decode_command(
 
     _check_vs(vs, ("hf", "llamacpp"))
     _check_positive(tokens=tokens, context=context, repeats=repeats)
+    if keep_quant and vs != "llamacpp":
+        raise FewshotError("--keep-quant compares against llama.cpp on the same file: add --vs llamacpp")
     get_preset(preset)
     target = pick_device(device)
     if vs == "llamacpp" and target.type != "cpu":
         raise FewshotError("--vs llamacpp compares on the CPU; drop --device")
     _set_threads(threads)
     if vs == "llamacpp":
-        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile)
+        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile, keep_quant)
         return
     torch.manual_seed(0)
     if vs is None:
@@ -149,6 +158,51 @@ def bench_decode_command(
                   f"{'' if r.outputs_match else ' (WARNING: outputs differ)'}{compiled}")
     costs = decode_cost_by_context(model, contexts, progress=err.is_terminal)
     out.print("fewshot cached step, batch 1, ms/token by context: " + ", ".join(f"{c}: {ms:.2f}" for c, ms in costs.items()))
+
+
+@bench_app.command("lookup")
+def bench_lookup_command(
+    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: SmolLM2-135M imported from its GGUF file).")] = None,
+    tasks: Annotated[str, typer.Option(help="The harness's synthetic tasks or groups (fewshot eval --tasks).")] = "wordscramble",
+    shots: Annotated[int, typer.Option(help="Demonstrations per prompt.")] = 4,
+    prompts: Annotated[int, typer.Option(help="Prompts per task.")] = 4,
+    tokens: Annotated[int, typer.Option(help="New tokens per prompt, greedy, without stopping at a newline.")] = 48,
+    draft: Annotated[int, typer.Option(help="Draft tokens per step (prompt_lookup).")] = 8,
+    repeats: Annotated[int, typer.Option()] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+) -> None:
+    """Prompt-lookup decoding against plain greedy decoding on few-shot prompts: tok/s and identical text."""
+    import tempfile
+
+    from fewshot.bench.lookup import bench_lookup
+    from fewshot.eval.harness import synthetic_tasks
+    from fewshot.inference.lm import load
+    from fewshot.inference.lookup import MAX_DRAFT
+
+    _check_positive(shots=shots, prompts=prompts, tokens=tokens, draft=draft, repeats=repeats)
+    if draft > MAX_DRAFT:
+        raise FewshotError(f"--draft must be at most {MAX_DRAFT}, got {draft}")
+    synthetic_tasks(tasks, 1, 0)  # an unknown task fails before a model is loaded
+    _set_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="fewshot-bench-") as scratch:
+        if run is None:
+            from fewshot.convert.gguf import import_gguf, smollm2_gguf
+
+            run = import_gguf(smollm2_gguf(), Path(scratch) / "smollm2")
+            name = "SmolLM2-135M (fp32)"
+        else:
+            name = str(run)
+        lm = load(run)
+        results = bench_lookup(lm, tasks, shots, prompts, tokens, draft, repeats, progress=err.is_terminal)
+    import torch
+
+    for r in results:
+        out.print(f"{name}, {r.task}: {r.prompts} prompts x {r.tokens} tokens, {r.shots}-shot, {torch.get_num_threads()} threads: "
+                  f"plain {r.tok_s:,.1f} tok/s, prompt lookup {r.draft} {r.drafted_tok_s:,.1f} tok/s: {r.speedup:.2f}x; "
+                  f"{r.passes} -> {r.drafted_passes} forward passes; "
+                  f"{'identical text' if r.identical else 'WARNING: the text differs'}", markup=False, highlight=False)
+    plain, drafted = sum(r.seconds for r in results), sum(r.drafted_seconds for r in results)
+    out.print(f"all tasks: {plain / drafted:.2f}x", markup=False, highlight=False)
 
 
 @bench_app.command("context")

@@ -30,11 +30,16 @@ from fewshot.config import ModelConfig
 from fewshot.convert import weights_dtype
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir
+from fewshot.model.quant import HEAD_FORMAT, quantize
 from fewshot.tokenizer import BPETokenizer
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHITECTURES = ("llama",)
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
+# What `gguf`'s own dequantiser turns into floats at import: the legacy block types and the
+# K-quants. A Q4_K_M or Q5_K_M file mixes K-quant tensors with Q5_0/Q8_0/Q6_K ones (llama.cpp
+# falls back where a row is not a whole number of 256-value super-blocks, as in SmolLM2's 576),
+# so a file's types come as a set. The i-quants (IQ*) and ternary types (TQ*) are refused.
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # llama.cpp's pre-tokenizer names -> ours. "smollm" splits every digit apart, then applies
 # GPT-2's regex, exactly what HF's Digits + ByteLevel pre-tokenizers do together.
 PRE_TOKENIZERS = ("gpt2", "default", "smollm")
@@ -55,8 +60,13 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress: bool = False) -> Path:
-    """Convert the GGUF file at `path` into the run directory `out` (which must not exist)."""
+def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress: bool = False,
+                keep_quant: bool = False) -> Path:
+    """Convert the GGUF file at `path` into the run directory `out` (which must not exist).
+
+    `keep_quant`: the block matrices keep the file's Q8_0 / Q4_0 / Q4_1 blocks as they are
+    (fewshot.model.quant), and the head is the file's Q8_0 output (or, tied, its Q8_0 token
+    embedding); only the embedding and the norms become floats."""
     from gguf import GGUFReader  # heavy-ish; only this command needs it
 
     path, out = Path(path), Path(out)
@@ -76,9 +86,11 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     if tokenizer.vocab_size > config.vocab_size:
         raise FewshotError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} rows")
 
+    if keep_quant:
+        config = config.replace(quant=_kept_format(tensors, config, path))
     weights = dict(_weights(tensors, config, torch_dtype, progress))
     source = {"gguf": str(path.resolve()), "name": metadata.get("general.name"), "dtype": dtype,
-              "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()})}
+              "quantization": sorted({tensor.tensor_type.name for tensor in tensors.values()}), "kept": keep_quant}
     return RunDir.publish(out, RunConfig(config, tokenizer.spec(), source=source), tokenizer, weights).path
 
 
@@ -180,24 +192,68 @@ def _check_tensors(tensors: dict, config: ModelConfig, path: Path) -> None:
         raise FewshotError(f"{path}: tensors do not match a llama model (unknown {unknown[:3]}, missing {missing[:3]})")
 
 
+# ggml's block layouts: (format, bytes per 32 values, offset of the values; d at 0, m at 2 for Q4_1).
+_KEPT = {"Q8_0": ("q8_0", 34, 2), "Q4_0": ("q4_0", 18, 2), "Q4_1": ("q4_1", 20, 4)}
+
+
+def _kept_format(tensors: dict, config: ModelConfig, path: Path) -> str:
+    """The one block format every block matrix of the file is in, or a refusal naming what it has."""
+    names = [f"blk.{i}.{name}.weight" for i in range(config.n_layer) for name in ("attn_q", "attn_k", "attn_v", *_NAMES)
+             if name not in ("attn_norm", "ffn_norm")]
+    kinds = sorted({tensors[name].tensor_type.name for name in names})
+    if len(kinds) != 1 or kinds[0] not in _KEPT:
+        raise FewshotError(f"{path}: --keep-quant keeps block matrices that are all one of {', '.join(_KEPT)}; this file's "
+                           f"are {', '.join(kinds)}: import it without --keep-quant (dequantised), then `fewshot quantize` it")
+    return _KEPT[kinds[0]][0]
+
+
+def _kept_parts(tensor) -> dict[str, torch.Tensor]:
+    """A Q8_0/Q4_0/Q4_1 tensor's blocks, split into fewshot.model.quant's planar tensors (no re-quantising)."""
+    fmt, size, start = _KEPT[tensor.tensor_type.name]
+    rows = int(tensor.shape[1]) if len(tensor.shape) > 1 else 1
+    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1, size)
+    parts = {"qweight": blocks[..., start:].reshape(rows, -1).copy(), "scales": blocks[..., :2].copy().view(np.float16)[..., 0]}
+    if fmt == "q8_0":
+        parts["qweight"] = parts["qweight"].view(np.int8)
+    if fmt == "q4_1":
+        parts["mins"] = blocks[..., 2:4].copy().view(np.float16)[..., 0]
+    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in parts.items()}
+
+
 def _weights(tensors: dict, config: ModelConfig, dtype: torch.dtype, progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("dequantising"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("dequantising" if config.quant is None else "reading"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("tensors", total=len(tensors))
         for gguf_name, name in _GLOBAL.items():
-            if gguf_name in tensors:
+            if gguf_name in tensors and not (config.quant and name == "head.weight"):
                 yield name, _dequantise(tensors[gguf_name], dtype)
                 bar.advance(task)
+        if config.quant:  # the head keeps q8_0 blocks: the file's own output (or tied embedding) where it is Q8_0
+            head = tensors.get("output.weight", tensors["token_embd.weight"])
+            parts = _kept_parts(head) if head.tensor_type.name == "Q8_0" else quantize(_dequantise(head, torch.float32), HEAD_FORMAT)
+            yield from ((f"head.{part}", value) for part, value in parts.items())
+            bar.advance(task)
         for layer in range(config.n_layer):
             prefix = f"blk.{layer}."
-            q = _unpermute(_dequantise(tensors[prefix + "attn_q.weight"], dtype), config.n_head)
-            k = _unpermute(_dequantise(tensors[prefix + "attn_k.weight"], dtype), config.kv_heads)
-            v = _dequantise(tensors[prefix + "attn_v.weight"], dtype)
-            yield f"blocks.{layer}.mixer.qkv.weight", torch.cat((q, k, v))
+            if config.quant:
+                q, k, v = (_kept_parts(tensors[prefix + f"attn_{x}.weight"]) for x in "qkv")
+                for part in q:
+                    joined = (_unpermute(q[part], config.n_head), _unpermute(k[part], config.kv_heads), v[part])
+                    yield f"blocks.{layer}.mixer.qkv.{part}", torch.cat(joined)
+            else:
+                q = _unpermute(_dequantise(tensors[prefix + "attn_q.weight"], dtype), config.n_head)
+                k = _unpermute(_dequantise(tensors[prefix + "attn_k.weight"], dtype), config.kv_heads)
+                v = _dequantise(tensors[prefix + "attn_v.weight"], dtype)
+                yield f"blocks.{layer}.mixer.qkv.weight", torch.cat((q, k, v))
             for gguf_name, name in _NAMES.items():
-                yield f"blocks.{layer}.{name}.weight", _dequantise(tensors[f"{prefix}{gguf_name}.weight"], dtype)
+                tensor = tensors[f"{prefix}{gguf_name}.weight"]
+                if config.quant and gguf_name not in ("attn_norm", "ffn_norm"):
+                    yield from ((f"blocks.{layer}.{name}.{part}", value) for part, value in _kept_parts(tensor).items())
+                else:
+                    yield f"blocks.{layer}.{name}.weight", _dequantise(tensor, dtype)
             bar.advance(task, 3 + len(_NAMES))
 
 

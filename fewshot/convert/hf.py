@@ -173,6 +173,7 @@ def check_exportable(config: ModelConfig, run_dir: Path) -> None:
         (not config.bias, "bias=False; GPT-2's linear layers and LayerNorms all have biases"),
         (bool(others), f"the {' and '.join(others)} sequence mixer is not GPT-2's; only dense attention exports"),
         (config.qkv_conv > 0, f"a q/k/v convolution (qkv_conv={config.qkv_conv}, Primer) is not GPT-2's"),
+        (config.quant is not None, f"its weights are quantised ({config.quant}); export the run it was quantised from"),
         ("local" in mixers,
          f"local attention (window {config.window} < context {config.context}) is not GPT-2's; only dense attention exports"),
     ]

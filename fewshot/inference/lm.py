@@ -59,6 +59,8 @@ class LM:
 
         if self.run is None or self.adapter is not None:
             raise FewshotError(f"{adapter}: an adapter goes onto a plain run loaded with fewshot.load, not onto {self.source}")
+        if self.config.model.quant is not None:
+            raise FewshotError(f"{adapter}: adapters go onto float runs, and {self.source} is quantised ({self.config.model.quant})")
         model = apply_adapter(GPT.sharing(self.model), adapter, self.run)
         return LM(model.eval(), self.tokenizer, self.config, f"{self.run.path} + {adapter}", self.run, str(adapter))
 

@@ -51,6 +51,9 @@ def finetune_config(base: str | Path, data: str | Path, out: str | Path, given: 
     run = RunDir.open(base)
     if run.is_adapter:
         raise FewshotError(f"{base} is an adapter; fine-tune its base (merge it first with --merge to build on it)")
+    if run.config.model.quant is not None:
+        raise FewshotError(f"{base} is quantised ({run.config.model.quant}) for inference; fine-tune the run it was "
+                           f"quantised from, {(run.config.source or {}).get('quantized_from', 'its source')}")
     spec = FinetuneConfig(base=str(base), base_sha256=run.weights_sha256(), **finetune)
     given.setdefault("lr", FINETUNE_LR[spec.method])
     config = TrainConfig(data=str(data), out=str(out), finetune=spec, **given)

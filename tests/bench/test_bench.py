@@ -268,3 +268,17 @@ def test_bench_context_writes_a_report_whose_cache_sizes_are_the_mixers_own(tmp_
     assert points[("dense-math", 1024)]["train_peak_bytes"] > points[("dense", 1024)]["train_peak_bytes"] + 16 * 2**20
     assert {p.name for p in out.iterdir()} >= {"report.md", "train_seconds.png", "train_peak_bytes.png", "decode_ms.png",
                                                "cache_bytes.png"}
+
+
+def test_bench_lookup_decodes_the_same_tokens_and_counts_its_passes(model) -> None:
+    from fewshot.bench.lookup import bench_lookup
+    from fewshot.inference.lm import LM
+
+    lm = LM(model.eval(), ByteTokenizer(), {})
+    [row] = bench_lookup(lm, "RI", shots=2, prompts=2, tokens=12, draft=4, repeats=1, warmup=0)
+    assert row.task == "RI" and row.identical
+    assert row.passes == 2 * (12 - 1)  # plain: a pass per token but the first, which the prefill gives
+    assert 0 < row.drafted_passes <= row.passes
+    assert row.tok_s == pytest.approx(24 / row.seconds) and row.speedup == pytest.approx(row.seconds / row.drafted_seconds)
+    with pytest.raises(FewshotError, match="rewind"):
+        bench_lookup(LM(GPT(PRESETS["nano"].model.replace(context=64, attention="lstm")), ByteTokenizer(), {}), "RI")

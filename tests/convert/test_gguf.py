@@ -27,7 +27,7 @@ from tests.conftest import fewshot_command
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i n"]
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{{ '<|im_start|>assistant\\n' }}"
-SHAPE = dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=96)
+SHAPE = dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=256)  # d_ff: one K-quant super-block
 
 
 def vocabulary() -> tuple[list[str], list[int]]:
@@ -201,11 +201,48 @@ def test_unsupported_files_are_refused_before_anything_is_written(tmp_path: Path
 
 
 def test_unsupported_quantisation_is_named(tmp_path: Path) -> None:
-    rows = SHAPE["n_kv_head"] * SHAPE["d_model"] // SHAPE["n_head"]
-    q6_k = np.zeros((rows, 210), np.uint8)  # Q6_K: 256 values per 210-byte block, which we refuse
-    path = write_gguf(tmp_path / "k.gguf", hf_weights(), raw={"blk.0.attn_v.weight": (q6_k, Q.Q6_K)})
-    with pytest.raises(FewshotError, match="quantisation Q6_K is not supported"):
+    iq2 = np.zeros((SHAPE["d_model"], 66), np.uint8)  # IQ2_XXS: 256 values per 66-byte block, which we refuse
+    path = write_gguf(tmp_path / "k.gguf", hf_weights(), raw={"blk.0.ffn_down.weight": (iq2, Q.IQ2_XXS)})
+    with pytest.raises(FewshotError, match="quantisation IQ2_XXS is not supported"):
         import_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# Where each K-quant block keeps its float16 scales (d, and dmin where it has one), as
+# ggml-common.h lays the blocks out; the rest of a block is packed integers, any bytes valid.
+K_QUANT_SCALES = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def k_quant_blocks(rows: int, columns: int, qtype: Q, rng: np.random.Generator) -> np.ndarray:
+    """Random but valid K-quant bytes: finite, small float16 scales; gguf has no K-quantiser to write them."""
+    values_per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (rows, columns // values_per_block, block_bytes), dtype=np.uint8)
+    for offset in K_QUANT_SCALES[qtype]:
+        scale = rng.uniform(0.0005, 0.004, blocks.shape[:2]).astype(np.float16)
+        blocks[..., offset:offset + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("mix", [(Q.Q4_K, Q.Q6_K), (Q.Q5_K, Q.Q5_0), (Q.Q2_K, Q.Q3_K), (Q.Q6_K, Q.Q5_1)])
+def test_k_quant_files_import_as_ggufs_own_dequantiser_reads_them(tmp_path: Path, mix: tuple[Q, Q]) -> None:
+    """A Q4_K_M-style mix: K-quant rows where a row holds whole 256-value super-blocks (ffn_down),
+    a legacy type elsewhere; every imported matrix equals gguf.quants.dequantize of its bytes."""
+    rng = np.random.default_rng(0)
+    weights, raw = hf_weights(), {}
+    for layer, qtype in enumerate(mix):
+        down = (k_quant_blocks(SHAPE["d_model"], SHAPE["d_ff"], qtype, rng) if qtype in K_QUANT_SCALES
+                else gguf.quants.quantize(weights[f"model.layers.{layer}.mlp.down_proj.weight"], qtype))
+        raw[f"blk.{layer}.ffn_down.weight"] = (down, qtype)
+    lm = fewshot.load(import_gguf(write_gguf(tmp_path / "k.gguf", weights, qtype=Q.Q8_0, raw=raw), tmp_path / "run"))
+    state = lm.model.state_dict()
+    for layer, qtype in enumerate(mix):
+        expected = gguf.quants.dequantize(raw[f"blk.{layer}.ffn_down.weight"][0], qtype).reshape(SHAPE["d_model"], SHAPE["d_ff"])
+        np.testing.assert_array_equal(state[f"blocks.{layer}.mlp.down.weight"].numpy(), expected)
+    q = state["blocks.1.mixer.qkv.weight"].numpy()[:SHAPE["d_model"]]  # Q8_0, un-permuted back to rotate_half order
+    original = weights["model.layers.1.self_attn.q_proj.weight"]
+    assert np.linalg.norm(q - original) / np.linalg.norm(original) < 0.01
+    assert lm.config.source["quantization"] == sorted({"F32", "Q8_0", *(t.name for t in mix)})
+    assert torch.isfinite(lm.logits(IDS)).all()
 
 
 def test_bad_paths_and_existing_outputs(tmp_path: Path) -> None:
@@ -243,3 +280,35 @@ def test_cli_imports_generates_and_chats(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert failed.stderr.strip().count("\n") == 0 and failed.stderr.startswith("error:")
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1])
+def test_keep_quant_keeps_the_files_blocks_and_decodes_like_the_dequantised_import(tmp_path: Path, qtype: Q) -> None:
+    from fewshot.model.quant import QuantLinear, dequantize
+
+    weights = hf_weights(tie=False)
+    path = write_gguf(tmp_path / "q.gguf", weights, qtype=qtype)
+    floats = fewshot.load(import_gguf(path, tmp_path / "float"))
+    kept = fewshot.load(import_gguf(path, tmp_path / "kept", keep_quant=True))
+    assert kept.config.model.quant == qtype.name.lower() and kept.config.source["kept"]
+    layer = kept.model.blocks[1].mlp.down
+    assert isinstance(layer, QuantLinear) and isinstance(kept.model.head, QuantLinear)
+    # The blocks are the file's: they dequantise to exactly what the float import holds.
+    np.testing.assert_array_equal(layer.dequantized().numpy(), floats.model.blocks[1].mlp.down.weight.detach().numpy())
+    qkv = dequantize({name: getattr(kept.model.blocks[0].mixer.qkv, name) for name in ("qweight", "scales", "mins")
+                      if getattr(kept.model.blocks[0].mixer.qkv, name) is not None}, qtype.name.lower())
+    np.testing.assert_array_equal(qkv.numpy(), floats.model.blocks[0].mixer.qkv.weight.detach().numpy())  # q/k rows un-permuted
+    reference = floats.logits(IDS)
+    # What differs is the kernel rounding activations to int8 per block (~0.5% per product, as llama.cpp does).
+    assert ((kept.logits(IDS) - reference).norm() / reference.norm()).item() < 0.04
+    assert (tmp_path / "kept" / "model.safetensors").stat().st_size < 0.45 * (tmp_path / "float" / "model.safetensors").stat().st_size
+
+
+def test_keep_quant_refuses_files_it_cannot_keep_by_name(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    raw = {"blk.0.ffn_down.weight": (k_quant_blocks(SHAPE["d_model"], SHAPE["d_ff"], Q.Q4_K, rng), Q.Q4_K)}
+    path = write_gguf(tmp_path / "k.gguf", hf_weights(), qtype=Q.Q8_0, raw=raw)
+    with pytest.raises(FewshotError, match="--keep-quant keeps .* this file's are Q4_K, Q8_0"):
+        import_gguf(path, tmp_path / "out", keep_quant=True)
+    assert not (tmp_path / "out").exists()
+    import_gguf(path, tmp_path / "out")  # dequantised, it imports

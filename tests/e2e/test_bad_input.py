@@ -95,6 +95,7 @@ def cases() -> list[tuple[str, list[str]]]:
         "logit-bias-malformed": ["--logit-bias", "abc"], "logit-bias-infinite": ["--logit-bias", "5:inf"],
         "presence-penalty-huge": ["--presence-penalty", "50"], "max-tokens-not-a-number": ["--max-tokens", "ten"],
         "device-unknown": ["--device", "tpu"], "seed-not-a-number": ["--seed", "x"],
+        "prompt-lookup-negative": ["--prompt-lookup", "-1"], "prompt-lookup-huge": ["--prompt-lookup", "65"],
     }.items():
         add(f"generate-{name}", "generate", "trained", "--prompt", "Hi", *extra)
     for name, extra in {"max-tokens-negative": ["--max-tokens", "-1"], "temperature-inf": ["--temperature", "inf"],
@@ -192,6 +193,7 @@ def cases() -> list[tuple[str, list[str]]]:
         "contamination-missing": ["--tasks", "2D+", "--contamination", "nope"],
         "template-without-placeholders": ["--task-file", "tasks.jsonl", "--template", "plain"],
         "device-unknown": ["--tasks", "2D+", "--device", "npu"], "no-tasks": [],
+        "prompt-lookup-huge": ["--tasks", "2D+", "--prompt-lookup", "1000"],
         "runs-missing-second": ["nope", "--tasks", "2D+"],
     }.items():
         add(f"eval-{name}", *evaluate, *extra)
@@ -304,6 +306,7 @@ def cases() -> list[tuple[str, list[str]]]:
     add("icl-mixers-unknown", "icl", "mixers", "--mixers", "dense,nope", "--out", "mixers_out", "--runs-dir", "mixer_runs")
     add("icl-mixers-dense-math", "icl", "mixers", "--mixers", "dense-math", "--out", "mixers_out", "--runs-dir", "mixer_runs")
     add("icl-mixers-minutes-zero", "icl", "mixers", "--mixers", "dense", "--minutes", "0", "--out", "mixers_out")
+    add("icl-mixers-steps-zero", "icl", "mixers", "--mixers", "dense", "--steps", "0", "--out", "mixers_out")
     add("icl-ablation-minutes-zero", "icl", "ablation", "--out", "abl", "--runs-dir", "abl_runs", "--minutes", "0")
     add("demo-n-eval-one", "demo", "--out", "demo_run", "--n-eval", "1")
     add("demo-minutes-negative", "demo", "--out", "demo_run", "--minutes", "-1")
@@ -311,7 +314,19 @@ def cases() -> list[tuple[str, list[str]]]:
     add("bench-decode-preset-unknown", "bench", "decode", "--preset", "nope")
     add("bench-decode-tokens-zero", "bench", "decode", "--tokens", "0")
     add("bench-decode-vs-unknown", "bench", "decode", "--vs", "vllm")
+    add("bench-decode-keep-quant-without-llamacpp", "bench", "decode", "--keep-quant")
     add("bench-decode-batch-malformed", "bench", "decode", "--vs", "hf", "--batch", "x")
+    add("quantize-format-unknown", "quantize", "trained", "--to", "q3_k", "--out", "quant_new")
+    add("quantize-out-exists", "quantize", "trained", "--to", "q8_0", "--out", "trained")
+    add("quantize-run-missing", "quantize", "nope", "--to", "q8_0", "--out", "quant_new")
+    add("quantize-an-adapter", "quantize", "adapter", "--to", "q8_0", "--out", "quant_new")
+    add("quantize-a-quantised-run", "quantize", "quantised", "--to", "q4_0", "--out", "quant_new")
+    add("finetune-a-quantised-run", "finetune", "quantised", "--data", "ex.jsonl", "--out", "ft_new", "--max-steps", "1")
+    add("generate-adapter-on-a-quantised-run", "generate", "quantised", "--adapter", "adapter", *GEN)
+    add("export-hf-a-quantised-run", "export-hf", "quantised", "hf_new")
+    add("bench-lookup-draft-zero", "bench", "lookup", "--run", "trained", "--draft", "0")
+    add("bench-lookup-draft-huge", "bench", "lookup", "--run", "trained", "--draft", "65")
+    add("bench-lookup-tasks-unknown", "bench", "lookup", "--run", "trained", "--tasks", "nope")
     add("bench-context-mixer-unknown", "bench", "context", "--mixers", "dense,nope", "--out", "ctx_new")
     add("bench-context-lengths-malformed", "bench", "context", "--lengths", "256..x", "--out", "ctx_new")
     add("bench-context-lengths-one", "bench", "context", "--lengths", "1,64", "--out", "ctx_new")
@@ -353,6 +368,9 @@ def build_workspace(w: Path, data_dir: Path) -> Path:
     shutil.copytree(data_dir, w / "data")
     train(tiny_config(w / "data", w / "trained", max_steps=2, context=16, batch_size=1, eval_batches=1))
     tiny_model_run(w / "imported", ByteTokenizer())
+    from fewshot.convert.quantize import quantize_run
+
+    quantize_run(w / "trained", w / "quantised", "q8_0")
     for name in ("trunc", "zero", "garbage_cfg", "list_cfg", "foreign_tok", "big_tok"):
         shutil.copytree(w / "imported", w / name)
     weights = (w / "trunc" / "model.safetensors").read_bytes()

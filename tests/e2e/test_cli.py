@@ -45,6 +45,27 @@ def test_generate_with_a_seed_is_repeatable(trained_run: Path) -> None:
     assert other.stdout != first.stdout
 
 
+def test_prompt_lookup_prints_the_same_greedy_text(trained_run: Path) -> None:
+    args = ("generate", str(trained_run), "--prompt", "ROMEO: my lord. ROMEO: my lord. ROMEO:", "--max-tokens", "80",
+            "--temperature", "0")
+    plain, drafted = fewshot(*args), fewshot(*args, "--prompt-lookup", "8")
+    assert drafted.stdout == plain.stdout and len(plain.stdout) > 60
+
+
+def test_a_quantised_run_generates_close_to_the_float_one(trained_run: Path, tmp_path: Path) -> None:
+    import fewshot as library
+
+    done = fewshot("quantize", str(trained_run), "--to", "q8_0", "--out", str(tmp_path / "q8"))
+    assert "q8_0 weights" in done.stdout
+    printed = fewshot("generate", str(tmp_path / "q8"), "--prompt", "KING:", "--max-tokens", "20", "--temperature", "0")
+    assert printed.stdout.startswith("KING:") and len(printed.stdout) > len("KING:") + 5
+    float_lm, quant_lm = library.load(trained_run), library.load(tmp_path / "q8")
+    ids = float_lm.tokenizer.encode("ROMEO: what light through yonder window")
+    reference = float_lm.logits(ids)
+    assert ((quant_lm.logits(ids) - reference).norm() / reference.norm()).item() < 0.03
+    assert quant_lm.config.model.quant == "q8_0" and quant_lm.config.train is None
+
+
 def test_stop_sequences_understand_escaped_newlines(trained_run: Path) -> None:
     result = fewshot("generate", str(trained_run), "--prompt", "ROMEO:\\n", "--max-tokens", "200", "--seed", "4", "--stop", "\\n")
     assert result.stdout.startswith("ROMEO:\n")

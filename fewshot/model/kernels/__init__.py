@@ -1,0 +1,45 @@
+"""The quantised-weight matmul kernel (qmatmul.cpp), a small C++ extension.
+
+`make` builds it once into the virtual environment (`python -m fewshot.model.kernels`, well
+under a minute); later processes load the built library. Where it cannot be built (no C++
+compiler) or run (a CPU without AVX2/FMA/F16C), `qmatmul()` is None and a one-line notice
+says why: quantised layers then dequantise their weights and use torch's matmul, which gives
+the same numbers up to the activations' int8 rounding, more slowly.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fewshot.config import QUANT_FORMATS
+
+SOURCE = Path(__file__).with_name("qmatmul.cpp")
+BUILD_DIR = Path(sys.prefix) / "fewshot-kernels"
+FORMAT_IDS = {fmt: i for i, fmt in enumerate(QUANT_FORMATS)}  # qmatmul.cpp's Format enum, in this order
+
+_loaded: list = []  # [module or None], once per process
+
+
+def qmatmul():
+    """The extension's `qmatmul(x, weight, scales, mins, format_id)`, or None with a notice."""
+    if not _loaded:
+        _loaded.append(_load())
+    return _loaded[0]
+
+
+def _load():
+    try:
+        from torch.utils.cpp_extension import load
+
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        module = load("fewshot_qmatmul", [str(SOURCE)], build_directory=str(BUILD_DIR),
+                      extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # no compiler, no ninja, a failed build: the dequantised path works anyway
+        print(f"notice: the quantised-matmul kernel is unavailable ({str(error).splitlines()[0][:120]}); "
+              "quantised layers dequantise instead (slower)", file=sys.stderr)
+        return None
+    if not module.available():
+        print("notice: this CPU lacks AVX2/FMA/F16C; quantised layers dequantise instead (slower)", file=sys.stderr)
+        return None
+    return module.qmatmul
