@@ -108,3 +108,19 @@ def test_a_quantised_model_loads_and_decodes_close_to_the_float_one(fmt, tmp_pat
     step_logits = loaded.step(ids[:, :8], cache)
     step_logits = torch.cat([step_logits, *(loaded.step(ids[:, t:t + 1], cache) for t in range(8, 12))], dim=1)
     torch.testing.assert_close(step_logits, logits[:, :12], atol=0.05 * logits.abs().max().item(), rtol=0)
+
+
+@needs_kernel
+@pytest.mark.slow  # compiling takes ~30 s
+def test_compiled_decoding_keeps_the_kernel_as_one_op_and_the_same_tokens():
+    from fewshot.inference.decode import generate
+    from fewshot.inference.sampling import SamplingOptions
+    from fewshot.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    model = GPT(PRESETS["llama-nano"].model.replace(d_model=128, d_ff=256, context=128)).eval()
+    quantize_layers(model, "q4_1")
+    options = SamplingOptions(max_tokens=40, temperature=0)
+    eager = generate(model, ByteTokenizer(), "hello world", options)[0].token_ids
+    model.compile_decoding(True)
+    assert generate(model, ByteTokenizer(), "hello world", options)[0].token_ids == eager

@@ -9,6 +9,8 @@ the same numbers up to the activations' int8 rounding, more slowly.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,13 +24,17 @@ _loaded: list = []  # [module or None], once per process
 
 
 def qmatmul():
-    """The extension's `qmatmul(x, weight, scales, mins, format_id)`, or None with a notice."""
+    """The extension's `qmatmul(x, weight, scales, mins, format_id)` as a torch operator, or None with a notice."""
     if not _loaded:
         _loaded.append(_load())
     return _loaded[0]
 
 
 def _load():
+    # torch runs `ninja` from PATH; the pinned ninja wheel puts it beside this interpreter, which
+    # is not on PATH when the venv's python is called by its path (as make does).
+    if shutil.which("ninja") is None:
+        os.environ["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
     try:
         from torch.utils.cpp_extension import load
 
@@ -42,4 +48,23 @@ def _load():
     if not module.available():
         print("notice: this CPU lacks AVX2/FMA/F16C; quantised layers dequantise instead (slower)", file=sys.stderr)
         return None
-    return module.qmatmul
+    return _as_torch_op(module.qmatmul)
+
+
+def _as_torch_op(kernel):
+    """The kernel as a torch operator (fewshot::qmatmul), so torch.compile (`--compile`) keeps it
+    as one opaque node of its graph and fuses the small ops around it, instead of breaking the
+    graph at every quantised layer."""
+    import torch
+
+    schema = "(Tensor x, Tensor weight, Tensor scales, Tensor? mins, int fmt) -> Tensor"
+
+    @torch.library.custom_op("fewshot::qmatmul", mutates_args=(), schema=schema)
+    def op(x, weight, scales, mins, fmt):
+        return kernel(x, weight, scales, mins, fmt)
+
+    @op.register_fake
+    def _(x, weight, scales, mins, fmt):
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    return op
