@@ -62,7 +62,11 @@ def test_sigterm_ends_every_unfinished_request_with_server_shutting_down(long_ru
         threads += [threading.Thread(target=post, args=(i,)) for i in range(2)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # every request is in the engine
+        # Wait until every request is in the engine: a fixed half second was not enough on 2
+        # cores shared with other work (4 of 6 had arrived in a CI run of 2026-12-06).
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/health").json()["running"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert httpx.get(f"{url}/health").json()["running"] == 6
         process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
