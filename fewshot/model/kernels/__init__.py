@@ -54,8 +54,12 @@ def _load():
 def _as_torch_op(kernel):
     """The kernel as a torch operator (fewshot::qmatmul), so torch.compile (`--compile`) keeps it
     as one opaque node of its graph and fuses the small ops around it, instead of breaking the
-    graph at every quantised layer."""
+    graph at every quantised layer. Eager calls skip the operator's Python dispatch (~11 us a
+    call, 2 of SmolLM2's 25 ms per token) and call the kernel itself."""
     import torch
+
+    def call(x, weight, scales, mins, fmt):
+        return op(x, weight, scales, mins, fmt) if torch.compiler.is_compiling() else kernel(x, weight, scales, mins, fmt)
 
     schema = "(Tensor x, Tensor weight, Tensor scales, Tensor? mins, int fmt) -> Tensor"
 
@@ -67,4 +71,4 @@ def _as_torch_op(kernel):
     def _(x, weight, scales, mins, fmt):
         return x.new_empty(x.shape[0], weight.shape[0])
 
-    return op
+    return call
