@@ -45,7 +45,7 @@ class LookupBench:
 def bench_lookup(lm: LM, tasks: str, shots: int = 4, prompts: int = 4, tokens: int = 48, draft: int = 8,
                  repeats: int = 3, warmup: int = 1, seed: int = 0, progress: bool = False) -> list[LookupBench]:
     """One row per task: `prompts` K-shot prompts decoded `tokens` tokens each, with and without drafts."""
-    if min(shots, prompts, tokens, draft, repeats) < 1 or shots < 1:
+    if min(shots, prompts, tokens, draft, repeats) < 1:
         raise FewshotError(f"bench lookup: shots, prompts, tokens, draft and repeats must be >= 1, "
                            f"got {shots}, {prompts}, {tokens}, {draft}, {repeats}")
     budget = lm.model.config.context - tokens

@@ -177,6 +177,7 @@ def gguf_tokenizer(metadata: _Metadata) -> BPETokenizer:
 _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _NAMES = {"attn_norm": "norm_mix", "attn_output": "mixer.proj", "ffn_norm": "norm_mlp",
           "ffn_gate": "mlp.gate", "ffn_up": "mlp.up", "ffn_down": "mlp.down"}
+_NORMS = ("attn_norm", "ffn_norm")  # per-layer vectors: floats even when the matrices keep their blocks
 _GLOBAL = {"token_embd.weight": "token_embedding.weight", "output_norm.weight": "norm.weight", "output.weight": "head.weight"}
 
 
@@ -199,7 +200,7 @@ _KEPT = {"Q8_0": ("q8_0", 34, 2), "Q4_0": ("q4_0", 18, 2), "Q4_1": ("q4_1", 20, 
 def _kept_format(tensors: dict, config: ModelConfig, path: Path) -> str:
     """The one block format every block matrix of the file is in, or a refusal naming what it has."""
     names = [f"blk.{i}.{name}.weight" for i in range(config.n_layer) for name in ("attn_q", "attn_k", "attn_v", *_NAMES)
-             if name not in ("attn_norm", "ffn_norm")]
+             if name not in _NORMS]
     kinds = sorted({tensors[name].tensor_type.name for name in names})
     if len(kinds) != 1 or kinds[0] not in _KEPT:
         raise FewshotError(f"{path}: --keep-quant keeps block matrices that are all one of {', '.join(_KEPT)}; this file's "
@@ -250,7 +251,7 @@ def _weights(tensors: dict, config: ModelConfig, dtype: torch.dtype, progress: b
                 yield f"blocks.{layer}.mixer.qkv.weight", torch.cat((q, k, v))
             for gguf_name, name in _NAMES.items():
                 tensor = tensors[f"{prefix}{gguf_name}.weight"]
-                if config.quant and gguf_name not in ("attn_norm", "ffn_norm"):
+                if config.quant and gguf_name not in _NORMS:
                     yield from ((f"blocks.{layer}.{name}.{part}", value) for part, value in _kept_parts(tensor).items())
                 else:
                     yield f"blocks.{layer}.{name}.weight", _dequantise(tensor, dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fewshot.config import QUANT_FORMATS
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir
 from fewshot.inference.lm import load
@@ -18,8 +19,6 @@ from fewshot.runs import RunDir
 
 def quantize_run(run: str | Path, out: str | Path, fmt: str) -> Path:
     """Write `out`, `run` with its block matrices in `fmt` and its head in q8_0."""
-    from fewshot.config import QUANT_FORMATS
-
     if fmt not in QUANT_FORMATS:
         raise FewshotError(f"--to must be one of {', '.join(QUANT_FORMATS)}, got {fmt!r}")
     check_new_dir(Path(out))
