@@ -718,21 +718,37 @@ class AFTLocal(AFTSimple):
 
     def _attend(self, k: Tensor, v: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         num, den, peak, sums = self._sums(k, v, state)
-        # The keys and values before the chunk: window - 1 of them when decoding, none in `forward`
-        # (nothing precedes position 0, so the loop stops at the sequence's length).
-        history, length = state[3].shape[1], k.shape[1]
-        reach = min(self.window, history + length)
-        missing = (k.shape[0], max(0, reach - 1 - history), k.shape[2])
+        # The window - 1 keys and values before the chunk: the cache's when decoding, padding in
+        # `forward` (nothing precedes position 0, and a PAD key's weight is 0).
+        (batch, length, width), history = k.shape, state[3].shape[1]
+        missing = (batch, self.window - 1 - history, width)
         keys = torch.cat([k.new_full(missing, self.PAD), state[3], k], dim=1)
         values = torch.cat([v.new_zeros(missing), state[4], v], dim=1)
-        before = missing[1] + history
-        gain = torch.expm1(self.position_bias).repeat_interleave(self.head_size, dim=0)  # (D, window): e^w - 1
-        for distance in range(reach):  # the key `distance` positions back; peak >= it, so exp <= 1
-            start = before - distance
-            weight = torch.exp(keys[:, start:start + length] - peak) * gain[:, distance]
-            num = num + weight * values[:, start:start + length]
-            den = den + weight
         recent = (keys[:, keys.shape[1] - self.window + 1:], values[:, values.shape[1] - self.window + 1:])
+        # The correction is a causal convolution over time, one kernel e^w - 1 per head: a banded
+        # matrix, so one batched matmul rather than `window` elementwise passes over (B, T, D).
+        # Its exponentials need the same guard as `_sums`'s, so it goes in `_sums`'s chunks, whose
+        # peak is one value per chunk and channel, >= the chunk's keys and the window - 1 before
+        # them: each chunk's keys are weighted exp(k - that peak) <= 1, and its queries see only them.
+        size = min(self.CHUNK, length)
+        chunks, span = -(-length // size), size + self.window - 1
+        extra = chunks * size - length  # the last chunk's queries past the end: padding, dropped below
+
+        def windows(x: Tensor, fill: float) -> Tensor:  # (B, window - 1 + T, D) -> (D, B, chunks, span)
+            # Channels first: each head's windows are then one (rows, span) matrix, with no copy.
+            return F.pad(x, (0, 0, 0, extra), value=fill).permute(2, 0, 1).contiguous().unfold(2, span, size)
+
+        weight = torch.exp(windows(keys, self.PAD) - peak[:, ::size].permute(2, 0, 1)[..., None])
+        # band[h, j, i]: the gain of a chunk's key j for its query i, at distance window - 1 + i - j.
+        distance = torch.arange(size, device=k.device) + self.window - 1 - torch.arange(span, device=k.device)[:, None]
+        inside = (distance >= 0) & (distance < self.window)
+        band = torch.expm1(self.position_bias)[:, distance.clamp(0, self.window - 1)] * inside  # (H, span, size)
+
+        def convolve(terms: Tensor) -> Tensor:  # (D, B, chunks, span) -> (B, T, D)
+            out = terms.view(band.shape[0], -1, span) @ band  # (H, head_size * B * chunks, size)
+            return out.view(width, batch, chunks * size).permute(1, 2, 0)[:, :length]
+
+        num, den = num + convolve(weight * windows(values, 0.0)), den + convolve(weight)
         return num / den.clamp(min=1e-30), (*sums, *recent)
 
     def _empty(self, batch: int, device: torch.device, history: int | None = None) -> tuple[Tensor, ...]:

@@ -165,6 +165,29 @@ def test_aft_local_computes_the_papers_formula(length: int, window: int, batch: 
     torch.testing.assert_close(mixer(x), mixer.proj(expected), atol=1e-5, rtol=1e-4)
 
 
+def test_aft_local_prefills_across_its_chunks_as_forward_does_with_keys_past_exps_range() -> None:
+    """The window's correction goes in `_sums`'s chunks of queries, each weighting its keys by
+    that chunk's peak: prefill pieces that straddle those chunks, after a cached history longer
+    than the window, must give `forward`'s outputs, and keys whose bare exp overflows float32 too."""
+    from fewshot.model.mixers import AFTLocal
+
+    torch.manual_seed(0)
+    config = PRESETS["nano"].model.replace(window=40)
+    mixer = AFTLocal(config).eval()
+    inner = config.n_head * config.head_size
+    with torch.no_grad():
+        mixer.position_bias.normal_(0.0, 1.0)
+        mixer.qkv.bias[inner:2 * inner] += 200.0  # e^200 is inf in float32
+    x = torch.randn(2, 200, config.d_model)
+    cache, pieces, start = mixer.new_cache(2, 200, x.device, torch.float32), [], 0
+    for size in (1, 70, 13, 66, 50):
+        pieces.append(mixer.step(x[:, start:start + size], cache, start))
+        start += size
+    full = mixer(x)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
 @settings(max_examples=15, deadline=None)
 @given(length=st.integers(1, 100), chunk=st.integers(1, 40), batch=st.integers(1, 2))
 def test_gau_computes_mixed_chunk_attention(length: int, chunk: int, batch: int) -> None:
