@@ -60,5 +60,21 @@ def tiny_config(data_dir: Path, out: Path, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def tiny_lm(context: int, n_layer: int = 1):
+    """An untrained nano model (seed 0) with the byte tokenizer, as `fewshot.load` returns one."""
+    import torch
+
+    from fewshot.config import PRESETS
+    from fewshot.inference.lm import LM
+    from fewshot.model import GPT
+    from fewshot.runs import RunConfig
+    from fewshot.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    config = PRESETS["nano"].model.replace(n_layer=n_layer, context=context)
+    tokenizer = ByteTokenizer()
+    return LM(GPT(config).eval(), tokenizer, RunConfig(config, tokenizer.spec()))
+
+
 def fewshot_command() -> list[str]:
     return [sys.executable, "-m", "fewshot"]

@@ -133,7 +133,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _server(run_dir: Path, max_batch: int, threads: int | None) -> Iterator[str]:
+def _server(run_dir: Path, max_batch: int, threads: int | None, *options: str) -> Iterator[str]:
     import httpx2
 
     with socket.socket() as s:
@@ -143,7 +143,7 @@ def _server(run_dir: Path, max_batch: int, threads: int | None) -> Iterator[str]
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "fewshot.serve", str(run_dir), "--port", str(port), "--model-name", "bench",
-               "--max-batch", str(max_batch), "--max-queue", "1024", "--log-level", "warning"]
+               "--max-batch", str(max_batch), "--max-queue", "1024", "--log-level", "warning", *options]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

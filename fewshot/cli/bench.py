@@ -352,16 +352,44 @@ def bench_all_command(
 @bench_app.command("serve")
 def bench_serve_command(
     run: Annotated[Path, typer.Argument(help="Run directory to serve.")],
-    clients: Annotated[str, typer.Option(help="Concurrency levels, after the sequential baseline.")] = "1,4,16,32",
-    requests: Annotated[int, typer.Option(help="Requests per level.")] = 64,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per request.")] = 32,
+    clients: Annotated[str, typer.Option(help="Concurrency levels, after the sequential baseline (with --few-shot: "
+                                              "one level).")] = "1,4,16,32",
+    requests: Annotated[int, typer.Option(help="Requests per level (with --few-shot: per side and round).")] = 64,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Tokens per request (default 32; with --few-shot 4: "
+                                                            "an answer the length of a label).")] = None,
     max_batch: Annotated[int, typer.Option()] = 32,
+    few_shot: Annotated[bool, typer.Option("--few-shot", help="Few-shot traffic instead: one K-shot prompt with varying "
+                                                             "queries, prefix cache on vs off, and guided_choice's cost.")] = False,
+    shots: Annotated[int, typer.Option(help="--few-shot: demonstrations per prompt.")] = 16,
+    prompt_tokens: Annotated[int, typer.Option(help="--few-shot: tokens of the K-shot prompt (about).")] = 600,
+    rounds: Annotated[int, typer.Option(help="--few-shot: interleaved rounds per side.")] = 2,
+    threads: Annotated[Optional[int], typer.Option(help="Each server's torch threads (default: torch's).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="--few-shot: where serve-fewshot.json/.md/.png go.")] = None,
 ) -> None:
     """The same server driven by 1 sequential client and by concurrent ones: tok/s, p50/p99, ratio."""
     from fewshot.bench.serve import bench_serve
 
     levels = _parse_ints(clients, "--clients")
-    _check_positive(requests=requests, max_tokens=max_tokens, max_batch=max_batch)
+    max_tokens = max_tokens if max_tokens is not None else 4 if few_shot else 32
+    _check_positive(requests=requests, max_tokens=max_tokens, max_batch=max_batch, shots=shots,
+                    prompt_tokens=prompt_tokens, rounds=rounds)
+    if few_shot:
+        from fewshot.bench.report import machine_info
+        from fewshot.bench.serve_fewshot import bench_serve_few_shot, write_report
+        from fewshot.files import check_output_file
+
+        if len(levels) != 1:
+            raise FewshotError(f"--few-shot takes one --clients level, got {clients!r}")
+        if out_dir is not None:
+            for name in ("serve-fewshot.json", "serve-fewshot.md", "serve-fewshot.png"):
+                check_output_file(out_dir / name, overwrite=True)
+        result = bench_serve_few_shot(run, shots=shots, prompt_tokens=prompt_tokens, clients=levels[0],
+                                      requests=requests, rounds=rounds, max_tokens=max_tokens,
+                                      progress=err.is_terminal, threads=threads)
+        out.print(result.table(), markup=False, highlight=False)
+        if out_dir is not None:
+            out.print(f"wrote {', '.join(str(p) for p in write_report(result, out_dir, machine_info()))}")
+        return
     result = bench_serve(run, clients=levels, requests=requests, max_tokens=max_tokens, max_batch=max_batch,
-                         progress=err.is_terminal)
+                         progress=err.is_terminal, threads=threads)
     out.print(result.table(), markup=False, highlight=False)

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
@@ -43,6 +43,7 @@ from fewshot.serve.engine import (
     Scored,
 )
 from fewshot.serve.guard import Guard
+from fewshot.serve.metrics import CONTENT_TYPE, CountRequests, Metrics
 from fewshot.serve.options import ServeOptions
 from fewshot.serve.protocol import APIError, Plan, error_body
 from fewshot.serve.schemas import (
@@ -50,11 +51,18 @@ from fewshot.serve.schemas import (
     ChatResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
 )
+
+ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/health",
+                    "/metrics", "/openapi.json", "/docs", "/"})
 
 
 ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
@@ -87,10 +95,15 @@ class _Channel:
 def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters: dict | None = None) -> FastAPI:
     """`adapters`: model name -> LM of an adapter over `lm`'s weights (LM.with_adapter)."""
     adapters = adapters or {}
+    metrics = Metrics(lambda: engine.stats(), ROUTES)
     engine = engine or Engine(lm.model, lm.tokenizer, EngineConfig(
         max_batch=options.max_batch, max_queue=options.max_queue, step_tokens=options.step_tokens,
-        request_timeout=options.request_timeout), adapters={name: a.model for name, a in adapters.items()})
+        request_timeout=options.request_timeout, prefix_cache_bytes=int(options.prefix_cache_mb * 10**6)),
+        adapters={name: a.model for name, a in adapters.items()}, latency=metrics)
+    if engine.latency is None:
+        engine.latency = metrics
     served = [options.model_name, *adapters]
+    context = lm.model.config.context
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,6 +115,7 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
                   description="OpenAI-compatible completions and chat completions for a fewshot model.")
     app.state.engine = engine
     app.add_middleware(Guard, limit=options.max_body_bytes, api_key=options.api_key)
+    app.add_middleware(CountRequests, metrics=metrics)  # added last: the outermost, so it sees Guard's answers
     _install_error_handlers(app)
     _install_openapi(app)
 
@@ -181,7 +195,7 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
         raw = await request.body()  # within --max-body-mb: guard.py counted it
 
         def work():
-            body = protocol.parse_body(raw, request.headers.get("content-type"), schema, lm.model.config.context)
+            body = protocol.parse_body(raw, request.headers.get("content-type"), schema, context)
             name = check(request, body.model)
             plan = plan_of(body, lm)  # adapters share the base's tokenizer and template
             if name in adapters:
@@ -257,7 +271,8 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
     created = protocol.now()
     cards = {name: {"id": name, "object": "model", "created": created, "owned_by": "fewshot",
                     "root": adapters[name].adapter if name in adapters else str(lm.source),
-                    "parent": options.model_name if name in adapters else None} for name in served}
+                    "parent": options.model_name if name in adapters else None, "max_model_len": context}
+             for name in served}
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS, summary="The served models: base, then adapters")
     async def models(request: Request):
@@ -271,6 +286,33 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
     async def health():
         stats = engine.stats()
         return {"status": "ok", "running": stats["running"], "waiting": stats["waiting"]}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def prometheus():
+        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
+
+    async def body_of(request: Request, schema):
+        raw = await request.body()
+
+        def work():
+            body = protocol.parse_body(raw, request.headers.get("content-type"), schema, context)
+            check(request, body.model)
+            return body
+
+        return await run_in_threadpool(work)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, openapi_extra=_body_doc(TokenizeRequest),
+              summary="Token ids of a prompt, or of chat messages after the template (vLLM's)")
+    async def tokenize(request: Request):
+        body = await body_of(request, TokenizeRequest)
+        return JSONResponse(await run_in_threadpool(protocol.tokenize_response, body, lm))
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS,
+              openapi_extra=_body_doc(DetokenizeRequest), summary="The text of token ids (vLLM's)")
+    async def detokenize(request: Request):
+        body = await body_of(request, DetokenizeRequest)
+        return JSONResponse(await run_in_threadpool(protocol.detokenize_response, body, lm))
 
     return app
 
@@ -325,7 +367,8 @@ def _install_openapi(app: FastAPI) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            _, bodies = models_json_schema([(CompletionRequest, "validation"), (ChatRequest, "validation")],
+            requests = (CompletionRequest, ChatRequest, TokenizeRequest, DetokenizeRequest)
+            _, bodies = models_json_schema([(body, "validation") for body in requests],
                                            ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(bodies["$defs"])
             for path in schema["paths"].values():

@@ -19,6 +19,11 @@ copy, when a longer one arrives: a model with an 8192-token context never pays f
 32 x 8192 unless requests actually ask for it. A cache bigger than `idle_cache_bytes` is
 let go when the engine falls idle.
 
+Prefix caching (prefix_cache.py): a sequence admitted to a slot first gets the keys and
+values of the longest stored prefix of its prompt copied in, and prefill starts after it;
+a sequence whose prefill is done stores its prompt's blocks. Few-shot requests that share
+their demonstrations then prefill only their query.
+
 Adapters (LoRA, (IA)3) are further models over the same base weights, named like the API's
 `model`. Their sequences share the one KV cache; a step prefills each chunk with its own
 model and decodes once per adapter that has decoding rows (rows of the others get the same
@@ -39,14 +44,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from fewshot.errors import FewshotError
 from fewshot.inference.decode import SampleText
+from fewshot.inference.guide import Matcher, mask_logits
 from fewshot.inference.lookup import NgramDrafts
 from fewshot.inference.sampling import SamplingOptions, TokenLogprob, adjust_logits, new_generator, token_logprobs
+from fewshot.serve.prefix_cache import PrefixCache
 
 log = logging.getLogger("fewshot.serve")
 
@@ -61,12 +69,13 @@ class EngineConfig:
     step_tokens: int = 512  # token budget of one step: decoding rows + prefill chunk tokens
     request_timeout: float = 600.0  # seconds from submission; then the job fails
     idle_cache_bytes: int = 64 * 2**20  # a cache bigger than this is freed when idle
+    prefix_cache_bytes: int = 256 * 2**20  # keys and values of prompt prefixes kept for reuse; 0: off
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "step_tokens"):
+        for name, least in (("max_batch", 1), ("max_queue", 1), ("step_tokens", 1), ("prefix_cache_bytes", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FewshotError(f"serve: {name} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise FewshotError(f"serve: {name} must be an integer >= {least}, got {value!r}")
         if not self.request_timeout > 0:
             raise FewshotError(f"serve: request_timeout must be > 0 seconds, got {self.request_timeout!r}")
 
@@ -82,6 +91,15 @@ class Request:
     rank: bool = False  # track each sample's summed logprob, to pick the best of several
     stream: bool = False  # send text as it comes (Delta events); else only the Finished ones
     adapter: str | None = None  # which of the engine's adapters decodes it; None: the base model
+    guide: Matcher | None = None  # structured outputs: every sample decodes with a copy (Matcher.start)
+
+
+class LatencyObserver(Protocol):
+    """Told, on the engine's thread, how long tokens took (serve/metrics.py)."""
+
+    def first_token(self, seconds: float) -> None: ...  # from submission to a sequence's first token
+
+    def token_gap(self, seconds: float) -> None: ...  # between two tokens of one sequence
 
 
 class QueueFull(Exception):
@@ -139,6 +157,7 @@ class Job:
         self.request = request
         self.deliver = deliver
         self.deadline = deadline
+        self.submitted = time.monotonic()
         self.cancelled = False
         self.done = False
         self.unfinished = len(request.prompts) * request.options.n
@@ -175,6 +194,8 @@ class _Sequence:
     shown: list[str] = field(default_factory=list)  # text released during this step
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
     drafts: NgramDrafts | None = None  # prompt + generated tokens, with prompt_lookup
+    last_token_at: float | None = None  # time.monotonic() of the last accepted token
+    matcher: Matcher | None = None  # where the text is in its grammar, with a guide
 
     @property
     def prefilling(self) -> bool:
@@ -183,7 +204,8 @@ class _Sequence:
     @property
     def plain_greedy(self) -> bool:
         o = self.options
-        return o.temperature == 0 and not o.logit_bias and not o.presence_penalty and not o.frequency_penalty
+        return (o.temperature == 0 and not o.logit_bias and not o.presence_penalty and not o.frequency_penalty
+                and self.matcher is None)
 
 
 def _draw(probs: Tensor, generators: list[torch.Generator]) -> list[int]:
@@ -209,8 +231,10 @@ def _next_power_of_two(n: int) -> int:
 class Engine:
     """Owns the model and its thread. `submit` from any thread; events come back through the job."""
 
-    def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig(), adapters: dict | None = None) -> None:
+    def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig(), adapters: dict | None = None,
+                 latency: LatencyObserver | None = None) -> None:
         self.model = model.eval()
+        self.latency = latency
         self.models = {None: self.model, **{name: m.eval() for name, m in (adapters or {}).items()}}
         self.tokenizer = tokenizer
         self.config = config
@@ -229,7 +253,11 @@ class Engine:
         self._rows = 0
         self._capacity = 0
         self._cache = None
+        # Only a cache that keeps each position apart can be cut into blocks (prefix_cache.py).
+        self.prefix_cache = PrefixCache(config.prefix_cache_bytes) if config.prefix_cache_bytes and model.rewindable else None
         self.steps = 0
+        self.prompt_tokens = 0  # of admitted sequences
+        self.generated_tokens = 0
         self._thread = threading.Thread(target=self._run, name="fewshot-engine", daemon=True)
 
     # ------------------------------------------------------------------ public
@@ -281,8 +309,13 @@ class Engine:
             self._thread.join()
 
     def stats(self) -> dict[str, int]:
+        prefix = self.prefix_cache
         return {"running": len(self._running), "waiting": len(self._waiting), "queued_requests": self._queued_jobs,
-                "slots": self._rows, "capacity": self._capacity, "steps": self.steps}
+                "slots": self._rows, "capacity": self._capacity, "steps": self.steps,
+                "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "prefix_cache_queried_tokens": prefix.queried_tokens if prefix else 0,
+                "prefix_cache_hit_tokens": prefix.hit_tokens if prefix else 0,
+                "prefix_cache_bytes": prefix.nbytes if prefix else 0}
 
     # ------------------------------------------------------------------ the loop
 
@@ -325,7 +358,9 @@ class Engine:
                     if request.options.presence_penalty or request.options.frequency_penalty else None,
                 )
                 sequence.text.emit = sequence.shown.append
-                if request.options.prompt_lookup and self.model.rewindable:  # the API refuses it otherwise
+                if request.guide is not None:
+                    sequence.matcher = request.guide.copy()
+                elif request.options.prompt_lookup and self.model.rewindable:  # the API refuses it otherwise
                     sequence.drafts = NgramDrafts(prompt)
                 self._waiting.append(sequence)
 
@@ -359,6 +394,10 @@ class Engine:
             slot = heapq.heappop(self._free) if self._free else self._rows
             self._fit_cache(slot + 1, len(sequence.prompt) + max(1, job.request.max_tokens))
             sequence.slot = slot
+            self.prompt_tokens += len(sequence.prompt)
+            if self.prefix_cache is not None and not job.request.prompt_logprobs:  # echo scores every prompt token
+                row = self._cache.rows(slot, slot + 1)
+                sequence.position = self.prefix_cache.restore(sequence.prompt, job.request.adapter, row.layers)
             self._running.append(sequence)
             job.waiting -= 1
             if job.waiting == 0:
@@ -406,6 +445,8 @@ class Engine:
             sequence.position += len(chunk)
             sequence.last_logits = logits[-1:]
             if not sequence.prefilling:
+                if self.prefix_cache is not None:
+                    self.prefix_cache.store(sequence.prompt, sequence.job.request.adapter, view.layers)
                 if sequence.job.request.stream:
                     self._post(sequence.job, Scored(sequence.sample, tuple(sequence.prompt_logprobs)))
                 if sequence.job.request.max_tokens == 0:
@@ -513,7 +554,9 @@ class Engine:
             else:
                 logits = torch.cat([s.last_logits for s in group])
                 counts = torch.cat([s.counts for s in group]) if group[0].counts is not None else None
-                adjusted = adjust_logits(logits, counts, options)
+                # The grammar's mask comes first: top-k and top-p then choose among allowed tokens.
+                allowed = mask_logits(logits, [s.matcher for s in group])
+                adjusted = adjust_logits(allowed, counts, options)
                 if options.temperature == 0:
                     tokens = adjusted.argmax(dim=-1).tolist()
                 else:
@@ -537,6 +580,14 @@ class Engine:
             self._finish(sequence, "stop")
             return
         sequence.token_ids.append(token)
+        self.generated_tokens += 1
+        if self.latency is not None:
+            now = time.monotonic()
+            if sequence.last_token_at is None:
+                self.latency.first_token(now - sequence.job.submitted)
+            else:
+                self.latency.token_gap(now - sequence.last_token_at)
+            sequence.last_token_at = now
         if sequence.drafts is not None:
             sequence.drafts.append(token)
         if sequence.counts is not None:
@@ -544,7 +595,9 @@ class Engine:
         if entry is not None:
             sequence.logprobs.append(entry)
             sequence.new_logprobs.append(entry)
-        if sequence.text.feed(token):
+        if sequence.matcher is not None:
+            sequence.matcher.consume(token)
+        if sequence.text.feed(token) or (sequence.matcher is not None and sequence.matcher.done):
             self._finish(sequence, "stop")
         elif len(sequence.token_ids) >= sequence.job.request.max_tokens:
             self._finish(sequence, "length")

@@ -1,8 +1,10 @@
 """`Guard`: what every request passes before any route runs, as pure ASGI middleware.
 
 In this order, each as cheap as it can be:
-1. /v1/* needs the API key (when one is set), compared in constant time, before a byte of
-   the body is read: an unauthenticated client cannot make the server parse anything.
+1. /v1/*, /tokenize and /detokenize need the API key (when one is set), compared in constant
+   time, before a byte of the body is read: an unauthenticated client cannot make the server
+   parse anything. /health, /metrics and the Playground page are open, as a load balancer,
+   Prometheus and a browser reach them without a key (the page asks for it).
 2. The body may be at most `limit` bytes: a Content-Length over it gets 413 at once; a
    chunked body is counted as it arrives and cut off at the limit, never read past it.
 3. An exception that is not ours (a bug) becomes a 500 whose message says only "internal
@@ -22,6 +24,7 @@ import secrets
 from fewshot.serve.protocol import error_body
 
 log = logging.getLogger("fewshot.serve")
+KEYED = frozenset({"/tokenize", "/detokenize"})  # besides /v1/*
 
 
 class _TooLarge(Exception):
@@ -48,7 +51,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected is not None and scope["path"].startswith("/v1/"):
+        if self.expected is not None and (scope["path"].startswith("/v1/") or scope["path"] in KEYED):
             if not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
                 await _respond(send, 401, _error("Incorrect or missing API key; send it as 'Authorization: Bearer <key>'",
                                                  "invalid_request_error", "invalid_api_key"))

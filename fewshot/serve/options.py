@@ -37,6 +37,9 @@ class ServeOptions:
     max_batch: int = setting(32, "Sequences decoded together.")
     max_queue: int = setting(256, "Waiting requests beyond which the server answers 429.")
     step_tokens: int = setting(512, "Token budget per engine step (prefill chunks + decodes).")
+    prefix_cache_mb: float = setting(256.0, "Memory for the keys and values of prompt prefixes that requests share "
+                                            "(few-shot demonstrations), in MB; reused instead of recomputed, least "
+                                            "recently used first out. 0 turns prefix caching off.")
     request_timeout: float = setting(600.0, "Seconds before a request is abandoned.")
     drain_seconds: float = setting(30.0, "On SIGTERM, seconds running requests get to finish; then they end "
                                          "with a server_shutting_down error.")
@@ -56,7 +59,8 @@ class ServeOptions:
                 raise FewshotError(f"serve: --{_flag(name)} must be an integer >= 1, got {value!r}")
         for name, ok, rule in (("request_timeout", lambda v: v > 0, "> 0"),
                                ("drain_seconds", lambda v: v >= 0, ">= 0"),
-                               ("max_body_mb", lambda v: v > 0, "> 0")):
+                               ("max_body_mb", lambda v: v > 0, "> 0"),
+                               ("prefix_cache_mb", lambda v: v >= 0, ">= 0")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
                 raise FewshotError(f"serve: --{_flag(name)} must be a finite number {rule}, got {value!r}")

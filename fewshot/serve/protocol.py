@@ -32,9 +32,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from fewshot.errors import FewshotError
+from fewshot.inference.guide import Guide, Matcher
 from fewshot.inference.sampling import SamplingOptions, TokenLogprob, prompt_token_ids
 from fewshot.serve.engine import Finished, Request
-from fewshot.serve.schemas import ChatRequest, CompletionRequest
+from fewshot.serve.schemas import ChatMessage, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 MAX_SEQUENCES = 2048  # prompts x best_of in one request; more should be several requests
 MAX_MESSAGES = 2048  # chat messages in one request; checked before the template renders them
@@ -185,7 +186,8 @@ def completion_plan(body: CompletionRequest, lm) -> Plan:
         _check_fits(len(p), max_tokens, context, "prompt")
     options = _options(body, lm, n=best_of, max_tokens=max_tokens, stop=_stops(body.stop), logprobs=body.logprobs)
     request = Request(tuple(tuple(p) for p in ids), options, max_tokens,
-                      prompt_logprobs=echo and body.logprobs is not None, rank=best_of > n, stream=bool(body.stream))
+                      prompt_logprobs=echo and body.logprobs is not None, rank=best_of > n, stream=bool(body.stream),
+                      guide=_guide(body, lm))
     return Plan(request, texts, n, echo, body.logprobs, bool(body.stream), _include_usage(body),
                 sum(len(p) for p in ids))
 
@@ -197,8 +199,7 @@ def chat_plan(body: ChatRequest, lm) -> Plan:
     if len(body.messages) > MAX_MESSAGES:
         raise _too_many_messages(len(body.messages))
     try:
-        prompt = lm.chat_prompt([{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-                                 for m in body.messages])
+        prompt = _render(lm, body.messages)
     except FewshotError as error:
         raise bad_request(str(error), "messages") from None
     context = lm.model.config.context
@@ -215,8 +216,38 @@ def chat_plan(body: ChatRequest, lm) -> Plan:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     n = body.n or 1
     options = _options(body, lm, n=n, max_tokens=max_tokens, stop=stops, logprobs=logprobs)
-    request = Request((tuple(ids),), options, max_tokens, stream=bool(body.stream))
+    request = Request((tuple(ids),), options, max_tokens, stream=bool(body.stream), guide=_guide(body, lm))
     return Plan(request, (prompt.text,), n, False, logprobs, bool(body.stream), _include_usage(body), len(ids))
+
+
+def _render(lm, messages: list[ChatMessage]):
+    return lm.chat_prompt([{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages])
+
+
+def tokenize_response(body: TokenizeRequest, lm) -> dict:
+    """vLLM's /tokenize answer. Slow for a big text: run it off the event loop."""
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("Give exactly one of prompt and messages", "prompt" if body.prompt is None else "messages")
+    if body.messages is not None:
+        if len(body.messages) > MAX_MESSAGES:
+            raise _too_many_messages(len(body.messages))
+        try:
+            text = _render(lm, body.messages).text
+        except FewshotError as error:
+            raise bad_request(str(error), "messages") from None
+    else:
+        text = body.prompt
+    ids = list(lm.tokenizer.encode_batch([text])[0])  # encode_batch lets go of the GIL
+    strs = [lm.tokenizer.decode([i]) for i in ids] if body.return_token_strs else None
+    return {"count": len(ids), "max_model_len": lm.model.config.context, "tokens": ids, "token_strs": strs}
+
+
+def detokenize_response(body: DetokenizeRequest, lm) -> dict:
+    try:
+        ids = prompt_token_ids(lm.tokenizer, body.tokens, lm.model.config.vocab_size)
+    except FewshotError as error:
+        raise bad_request(str(error), "tokens") from None
+    return {"prompt": lm.tokenizer.decode(ids)}
 
 
 def _token_ids(lm, prompts: list, max_tokens: int, param: str) -> list[list[int]]:
@@ -307,6 +338,55 @@ def _options(body, lm, n: int, max_tokens: int, stop: tuple[str, ...], logprobs:
         return options
     except FewshotError as error:
         raise _from_fewshot(error, None) from None
+
+
+def _guide(body, lm) -> Matcher | None:
+    """The one structured-output constraint of a request (OpenAI's, vLLM's, or vLLM's older
+    names), built against the model's vocabulary; a 400 naming the parameter otherwise."""
+    given = []
+    if body.response_format is not None and body.response_format.type != "text":
+        fmt = body.response_format
+        if fmt.type == "json_object":
+            given.append(("response_format", Guide("json_object")))
+        elif fmt.json_schema is None:
+            raise bad_request("response_format of type json_schema needs a json_schema object", "response_format")
+        else:
+            given.append(("response_format", Guide("json_schema", json.dumps(fmt.json_schema.schema_))))
+    if body.structured_outputs is not None:
+        so = body.structured_outputs
+        named = [(key, value) for key, value in (("choice", so.choice), ("regex", so.regex), ("json", so.json_),
+                                                 ("grammar", so.grammar), ("json_object", so.json_object or None))
+                 if value is not None]
+        if len(named) != 1:
+            raise bad_request("structured_outputs takes exactly one of choice, regex, json, grammar and json_object, "
+                              f"got {len(named)}", "structured_outputs")
+        given.append(("structured_outputs", _guide_of(*named[0])))
+    for key in ("choice", "regex", "json", "grammar"):
+        value = getattr(body, f"guided_{key}")
+        if value is not None:
+            given.append((f"guided_{key}", _guide_of(key, value)))
+    if not given:
+        return None
+    if len(given) > 1:
+        raise bad_request(f"Give one structured-output constraint, got {', '.join(p for p, _ in given)}", given[1][0])
+    param, guide = given[0]
+    if body.prompt_lookup:
+        raise bad_request("prompt_lookup cannot be combined with structured outputs (its drafts skip the grammar)",
+                          "prompt_lookup")
+    try:
+        return Matcher.start(guide, lm.tokenizer, lm.model.config.vocab_size)
+    except FewshotError as error:
+        raise bad_request(f"Invalid {param}: {error}", param) from None
+
+
+def _guide_of(kind: str, value) -> Guide:
+    if kind == "choice":
+        return Guide.choice(list(value))
+    if kind == "json":
+        return Guide("json_schema", value if isinstance(value, str) else json.dumps(value))
+    if kind == "json_object":
+        return Guide("json_object")
+    return Guide(kind, value)
 
 
 # ---------------------------------------------------------------------------- responses

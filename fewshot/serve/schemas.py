@@ -23,7 +23,7 @@ MAX_TOP_LOGPROBS = 20  # the chat API
 MAX_BEST_OF = 20
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-INTEGER_FIELDS = {"max_tokens", "n", "seed", "top_k", "logprobs", "best_of", "max_completion_tokens", "top_logprobs",
+INTEGER_FIELDS = {"tokens", "max_tokens", "n", "seed", "top_k", "logprobs", "best_of", "max_completion_tokens", "top_logprobs",
                   "prompt_lookup"}
 
 
@@ -53,6 +53,30 @@ class StreamOptions(_Request):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(_Request):
+    name: str | None = Field(None, description="The schema's name (OpenAI requires one; it changes nothing here).")
+    schema_: dict | bool = Field(alias="schema", description="The JSON schema the answer must validate against.")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's: "text" (free), "json_object" (any JSON object), "json_schema" (this schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs` (since v0.12): exactly one of these."""
+
+    choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    regex: str | None = None
+    json_: dict | bool | str | None = Field(None, alias="json", description="A JSON schema (an object, or its JSON text).")
+    grammar: str | None = Field(None, description="A context-free grammar, in Lark or in llama.cpp's GBNF.")
+    json_object: bool | None = None
+
+
 class _Sampling(_Request):
     model: str | None = Field(None, description="The served model's name (GET /v1/models); omitted means that one.")
     max_tokens: int | None = Field(16, ge=0, description="Tokens to generate; 0 only scores the prompt (with echo and logprobs).")
@@ -76,6 +100,13 @@ class _Sampling(_Request):
     prompt_lookup: int | None = Field(None, ge=0, le=MAX_DRAFT, description=(
         "Extension: prompt-lookup decoding, up to this many draft tokens per step copied from earlier in the "
         "sequence and checked in one pass; the same text, sooner (0 = off). A 400 for a model with a recurrent mixer."))
+    response_format: ResponseFormat | None = Field(None, description="OpenAI's structured outputs: json_object or json_schema.")
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM's: choice, regex, json or grammar.")
+    guided_choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = Field(
+        None, description="vLLM's older name of structured_outputs.choice.")
+    guided_regex: str | None = Field(None, description="vLLM's older name of structured_outputs.regex.")
+    guided_json: dict | bool | str | None = Field(None, description="vLLM's older name of structured_outputs.json.")
+    guided_grammar: str | None = Field(None, description="vLLM's older name of structured_outputs.grammar.")
 
 
 class CompletionRequest(_Sampling):
@@ -90,10 +121,20 @@ class CompletionRequest(_Sampling):
     suffix: Annotated[str, Field(max_length=0)] | None = Field(None, description="Insert mode is not supported: null or \"\".")
 
 
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]  # developer: the newer name of system
-    content: str
+    content: str | Annotated[list[TextPart], Field(min_length=1)] = Field(
+        description="A string, or a list of text parts, joined with newlines as vLLM joins them.")
     name: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
 
 
 class ChatRequest(_Sampling):
@@ -101,6 +142,21 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens; wins when both are given.")
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class TokenizeRequest(_Request):
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template first
+    (exactly one of the two)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    return_token_strs: bool | None = Field(False, description="Also return each token's text.")
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
 
 
 # ---------------------------------------------------------------------------- responses (documentation)
@@ -188,6 +244,18 @@ class ModelCard(BaseModel):
     owned_by: str
     root: str  # the run directory (an adapter's own, for an adapter), as vLLM reports it
     parent: str | None = None  # for an adapter: the base model it runs on
+    max_model_len: int  # the context, in tokens: prompt + completion
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ModelList(BaseModel):

@@ -338,6 +338,9 @@ def cases() -> list[tuple[str, list[str]]]:
     add("bench-all-out-under-a-file", "bench", "all", "--out", "file.txt/bench.json")
     add("bench-all-out-exists", "bench", "all", "--out", "results.json")
     add("bench-serve-clients-malformed", "bench", "serve", "trained", "--clients", "x")
+    add("bench-serve-few-shot-two-levels", "bench", "serve", "trained", "--few-shot", "--clients", "1,2")
+    add("bench-serve-few-shot-prompt-past-context", "bench", "serve", "trained", "--few-shot", "--prompt-tokens", "5000")
+    add("bench-serve-few-shot-out-a-file", "bench", "serve", "trained", "--few-shot", "--out", "file.txt")
     add("unknown-command", "fly")
     add("unknown-option", "generate", "trained", "--wings", "2")
     return table

@@ -5,25 +5,18 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
-from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.inference.lm import LM
-from fewshot.model import GPT
-from fewshot.runs import RunConfig
 from fewshot.serve import ServeOptions, create_app
-from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import tiny_lm
 
 LIMIT_MB = 0.01  # 10,000 bytes
 
 
 @pytest.fixture(scope="module")
 def lm() -> LM:
-    torch.manual_seed(0)
-    config = PRESETS["nano"].model.replace(n_layer=1, context=64)
-    tokenizer = ByteTokenizer()
-    return LM(GPT(config).eval(), tokenizer, RunConfig(config, tokenizer.spec()))
+    return tiny_lm(64)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ def no_load(monkeypatch):
     ["--max-body-mb", "0"], ["--drain-seconds", "-1"], ["--max-batch", "0"], ["--max-queue", "0"],
     ["--step-tokens", "0"], ["--request-timeout", "0"], ["--port", "70000"], ["--port", "-1"],
     ["--api-key", "a", "--api-key-file", "{empty}"], ["--api-key-file", "{dir}"], ["--log-level", "loud"],
+    ["--prefix-cache-mb", "-1"], ["--prefix-cache-mb", "nan"],
 ])
 def test_bad_settings_are_one_error_line_and_exit_2(args, tmp_path, no_load, monkeypatch, capsys):
     from fewshot.cli import main

@@ -1,26 +1,19 @@
 """fewshot.serve.protocol: OpenAI request bodies -> engine requests, and results -> OpenAI responses."""
 
 import pytest
-import torch
 
-from fewshot.config import PRESETS
 from fewshot.inference.lm import LM
-from fewshot.model import GPT
-from fewshot.runs import RunConfig
 from fewshot.serve.engine import Finished
 from fewshot.serve.protocol import APIError, chat_plan, chat_response, completion_plan, completion_response
 from fewshot.serve.schemas import ChatRequest, CompletionRequest
-from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import tiny_lm
 
 CONTEXT = 64
 
 
 @pytest.fixture(scope="module")
 def lm() -> LM:
-    torch.manual_seed(0)
-    config = PRESETS["nano"].model.replace(n_layer=1, context=CONTEXT)
-    tokenizer = ByteTokenizer()
-    return LM(GPT(config).eval(), tokenizer, RunConfig(config, tokenizer.spec()))
+    return tiny_lm(CONTEXT)
 
 
 def finished(sample: int, text: str, logprob_sum: float = 0.0) -> Finished:
