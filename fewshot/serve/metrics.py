@@ -50,7 +50,9 @@ class Metrics:
         """A label with few values whatever clients send: unknown paths are one "other"."""
         if path in self.routes:
             return path
-        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+        if path.startswith("/v1/models/"):
+            return "/v1/models/{model}"
+        return "/static/{file}" if path.startswith("/static/") else "other"
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

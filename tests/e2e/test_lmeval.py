@@ -163,3 +163,35 @@ def test_generate_until_is_greedy_generation_cut_at_the_stops(run: Path) -> None
     until = ["\u2603", "\u2604", "\u2605", "\u2606", stop]
     (cut,) = backend.generate_until([Request(prompt, {"until": until, "max_gen_toks": 24})])
     assert cut == free.split(stop, 1)[0]
+
+
+@pytest.mark.slow  # ~40 s: a server, an export, and lm-eval's CLI twice
+def test_lm_eval_local_completions_against_the_server_equals_the_fewshot_backend(
+        run: Path, task: tuple[Path, Path], tmp_path: Path) -> None:
+    """lm-eval's own OpenAI-style client (local-completions, the api extra) against `fewshot
+    serve`, with the tokenizer of the exported run, scores as lm-eval's fewshot backend does."""
+    from tests.e2e.test_serve import served
+
+    data, tasks = task
+    exported = tmp_path / "hf"
+    done = subprocess.run([*fewshot_command(), "export-hf", str(run), str(exported)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    lm_eval_script = str(Path(sys.executable).with_name("lm_eval"))
+
+    def accuracy(*model: str) -> float:
+        out = tmp_path / f"out-{model[1].split('=')[0]}"
+        result = subprocess.run([lm_eval_script, *model, "--tasks", "fewshot_pick", "--include_path", str(tasks),
+                                 "--output_path", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                                check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (written,) = out.rglob("results_*.json")
+        return json.loads(written.read_text())["results"]["fewshot_pick"]["acc,none"]
+
+    local = accuracy("--model", "fewshot", "--model_args", f"path={run}")
+    with served(run) as (url, _):
+        remote = accuracy("--model", "local-completions", "--model_args",
+                          f"model=nano,base_url={url}/v1/completions,tokenizer={exported},"
+                          f"tokenizer_backend=huggingface,num_concurrent=2")
+    assert remote == pytest.approx(local, abs=1e-12) and 0 < local < 1
