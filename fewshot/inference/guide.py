@@ -7,7 +7,7 @@ turns it into a grammar and, at each step, into the set of tokens that keep the 
 inside the grammar; the sampler only picks among those. For few-shot classification a
 choice over the label words means every answer is a valid label.
 
-Why llguidance (docs/serve/structured-outputs.md has the numbers): on this project's two
+Why llguidance (docs/serve/README.md has the numbers): on this project's two
 tokenizer kinds it masked a token in 0.1-0.2 ms, compiled JSON schemas in about 1 ms
 (xgrammar took 173 ms on a 49k vocabulary), and it installs as one 8 MB wheel; xgrammar
 was faster per token on the byte vocabulary (0.02 ms) but pulls in Triton, 1 GB.

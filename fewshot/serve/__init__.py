@@ -13,10 +13,13 @@ Adapters of the base are served beside it, on its weights, under their own `mode
 Modules, one job each:
 - options.py   ServeOptions: every setting, its checks, where the API key comes from
 - engine.py    continuous batching over one model, on its own thread
+- prefix_cache.py  keys and values of shared prompt prefixes, reused across requests
 - schemas.py   the wire format (pydantic), which /openapi.json documents
 - protocol.py  API requests -> engine requests, engine events -> API responses
 - guard.py     before any route: API key, body size, and a 500 for bugs
+- metrics.py   /metrics: Prometheus counters, gauges and latency histograms
 - app.py       FastAPI routes, errors in OpenAI's shape, streaming
+- static/      the Playground page at / (HTML, JS, CSS; no CDN)
 - server.py    run_server: uvicorn, graceful shutdown
 """
 
