@@ -9,7 +9,7 @@ import typer
 
 from fewshot.cli.app import app, out, unescape
 from fewshot.cli.options import config_options
-from fewshot.eval.options import EvalOptions
+from fewshot.eval.options import QUERIES, EvalOptions
 
 
 @app.command("eval")
@@ -21,7 +21,7 @@ def eval_command(
     task_file: Annotated[list[Path], typer.Option(help="JSONL task file, repeatable.")] = [],  # noqa: B006
     template: Annotated[Optional[str], typer.Option(help="Task-file template with {input} and {target}; synthetic tasks keep GPT-3's formats.")] = None,
     shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "0,1,4",
-    n: Annotated[int, typer.Option(help="Queries per task (task files: the first n lines).")] = 100,
+    n: Annotated[int, typer.Option(help="Queries per task (task files: the first n lines).")] = QUERIES,
     seed: Annotated[int, typer.Option()] = 0,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="results.json; results.md goes beside it.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="ICL-curve PNG; <stem>_bars.png goes beside it.")] = None,

@@ -303,16 +303,19 @@ def prepare(
     overwrite: bool = False,
     block_tokens: int = SPLIT_BLOCK_TOKENS,
     chunk_bytes: int = READ_CHUNK_BYTES,
+    trained=None,
 ) -> PrepareSummary:
     """Tokenize text/JSONL files into train/val token shards in `out`.
 
     An end-of-text token follows every document. The dataset appears in `out` only once it
     is complete: it is built in a hidden temp directory beside `out` and renamed into place.
+    `trained`: a tokenizer already built (the curation pipeline trains BPE on what it keeps,
+    before it plans the mixture in that tokenizer's tokens); `tokenizer` then names its kind.
     """
     started = time.perf_counter()
     out = Path(out)
     _check_options(tokenizer, val_fraction, shard_tokens, block_tokens)
-    _check_out(out, overwrite)
+    check_out_dir(out, overwrite)
     files = find_input_files(inputs, exclude=[out])
     total_bytes = sum(f.stat().st_size for f in files)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +326,10 @@ def prepare(
                 task = bar.add_task(description, total=total_bytes)
                 return CorpusReader(files, chunk_bytes, on_bytes=lambda n: bar.advance(task, n))
 
-            tok = ByteTokenizer() if tokenizer == "byte" else _train_bpe(reader("training BPE"), vocab_size)
+            if trained is not None:
+                tok = trained
+            else:
+                tok = ByteTokenizer() if tokenizer == "byte" else _train_bpe(reader("training BPE"), vocab_size)
             corpus = reader("tokenizing")
             train, val, text_tokens = _write_shards(corpus, tok, tmp, val_fraction, shard_tokens, block_tokens)
         if text_tokens == 0:
@@ -351,7 +357,8 @@ def _check_options(tokenizer: str, val_fraction: float, shard_tokens: int, block
         raise FewshotError("shard and block sizes must be at least 1 token")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output directory that prepare may not fill (a file, a non-empty non-dataset, ...)."""
     if out.exists() and not out.is_dir():
         raise FewshotError(f"{out} is a file; pick a directory for the prepared data")
     check_creatable(out)

@@ -36,35 +36,19 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from fewshot.data.ngrams import NGRAM, ngram_hashes
 from fewshot.data.shards import TokenData
 
 if TYPE_CHECKING:
     from fewshot.eval.harness import EvalTask
     from fewshot.tasks.base import Example
 
-NGRAM = 13  # GPT-3 Appendix C
 CHUNK_TOKENS = 1 << 22  # ~32 MB of uint64 hashes per pass over a chunk
-_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication mod 2^64 loses no bits
 
 
 def example_text(item: Example) -> str:
     """The text of an example that the check looks for: input, a space, the answer."""
     return f"{item.input} {item.target}"
-
-
-def ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
-    """Hash of every n-gram of `tokens` (len(tokens) - n + 1 of them), as uint64.
-
-    Horner's rule over shifted views: h = ((t0 * M + t1) * M + t2) ..., wrapping mod 2^64."""
-    count = len(tokens) - n + 1
-    if count <= 0 or n <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    tokens = np.asarray(tokens).astype(np.uint64, copy=False)
-    hashes = tokens[:count].copy()
-    for j in range(1, n):
-        hashes *= _MULTIPLIER
-        hashes += tokens[j: j + count]
-    return hashes
 
 
 @dataclass

@@ -11,6 +11,7 @@ from fewshot.config import setting
 from fewshot.errors import FewshotError
 from fewshot.inference.lookup import MAX_DRAFT
 
+QUERIES = 100  # per task, `fewshot eval --n`'s default (and what `prepare --decontaminate` removes)
 MC_NORMS = ("sum", "token", "unconditional")  # GPT-3 §2.4's normalisations of a choice's log-likelihood
 
 
