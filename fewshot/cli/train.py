@@ -41,6 +41,10 @@ def prepare(
                                                               "with their examples are dropped.")] = None,
     mix_tokens: Annotated[Optional[int], typer.Option(help="With --source: the mixture's tokens (default: every kept "
                                                            "token once, reweighted).")] = None,
+    workers: Annotated[int, typer.Option(help="With --source: local processes for the per-document work.")] = 1,
+    dask_scheduler: Annotated[Optional[str], typer.Option(help="With --source: a Dask distributed scheduler "
+                                                               "(tcp://HOST:8786) to run the per-document work on, "
+                                                               "instead of local processes.")] = None,
 ) -> None:
     """Tokenise a corpus into train/val shards; with --source, curate and mix several sources first."""
     from fewshot.data.prepare import prepare as prepare_data
@@ -51,12 +55,14 @@ def prepare(
         if inputs:
             raise FewshotError("give INPUTS or --source, not both")
         _prepare_mixture(source, out_dir, tokenizer, vocab_size, val_fraction, overwrite, dedup, dedup_threshold,
-                         dedup_ngram, quality_ref, quality_keep, quality_on, decontaminate, mix_tokens)
+                         dedup_ngram, quality_ref, quality_keep, quality_on, decontaminate, mix_tokens, workers,
+                         dask_scheduler)
         return
     if not inputs:
         raise FewshotError("give the files to prepare (INPUTS), or --source PATH:WEIGHT")
     curation = {"--dedup": dedup, "--quality-ref": quality_ref, "--quality-on": quality_on,
-                "--decontaminate": decontaminate, "--mix-tokens": mix_tokens}
+                "--decontaminate": decontaminate, "--mix-tokens": mix_tokens, "--dask-scheduler": dask_scheduler,
+                "--workers": workers if workers != 1 else None}
     if given := [name for name, value in curation.items() if value is not None]:
         raise FewshotError(f"{', '.join(given)} curate --source inputs; give the inputs as --source PATH:WEIGHT")
     summary = prepare_data(inputs, out_dir, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, overwrite=overwrite)
@@ -70,7 +76,7 @@ def prepare(
 
 
 def _prepare_mixture(sources, out_dir, tokenizer, vocab_size, val_fraction, overwrite, dedup, threshold, ngram,
-                     quality_ref, quality_keep, quality_on, decontaminate, mix_tokens) -> None:
+                     quality_ref, quality_keep, quality_on, decontaminate, mix_tokens, workers, scheduler) -> None:
     from fewshot.data.curate.documents import Source
     from fewshot.data.curate.pipeline import CurateOptions, prepare_mixture
     from fewshot.data.curate.quality import KeepRule
@@ -86,12 +92,17 @@ def _prepare_mixture(sources, out_dir, tokenizer, vocab_size, val_fraction, over
         raise FewshotError(f"--quality-ref {quality_ref}: no such file or directory")
     if mix_tokens is not None and mix_tokens < 1:
         raise FewshotError(f"--mix-tokens must be >= 1, got {mix_tokens}")
+    if workers < 1:
+        raise FewshotError(f"--workers must be >= 1, got {workers}")
+    if scheduler is not None and "://" not in scheduler:
+        raise FewshotError(f"--dask-scheduler takes an address like tcp://HOST:8786, got {scheduler!r}")
     options = CurateOptions(
         dedup=DedupConfig(threshold, ngram) if dedup else None, quality_ref=quality_ref,
         quality_keep=KeepRule.parse(quality_keep),
         quality_on=None if quality_on is None else tuple(n.strip() for n in quality_on.split(",") if n.strip()),
         decontaminate=_evaluation_texts(decontaminate),
-        tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, mix_tokens=mix_tokens)
+        tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction, mix_tokens=mix_tokens, workers=workers,
+        scheduler=scheduler)
     result = prepare_mixture(parsed, out_dir, options, progress=err.is_terminal, overwrite=overwrite,
                              announce=lambda text: out.print(text, markup=False, highlight=False))
     worst = max(abs(r.realised_tokens - r.selected_tokens) / max(1, r.selected_tokens) for r in result.rows)

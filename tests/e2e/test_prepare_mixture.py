@@ -78,3 +78,27 @@ def test_prepare_curates_mixes_by_weight_and_the_result_trains(sources, tmp_path
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (run / "model.safetensors").exists()
+
+
+def test_local_processes_and_a_dask_cluster_give_the_same_dataset(sources, tmp_path):
+    """--workers 2 and --dask-scheduler (a LocalCluster of 2 processes, as a real cluster's
+    scheduler would be given) decide every document as one process does: identical shards."""
+    from distributed import LocalCluster
+
+    def run(name: str, *extra: str) -> Path:
+        out = tmp_path / name
+        command = [*fewshot_command(), "prepare", "--source", f"{sources['web']}:0.7", "--source",
+                   f"{sources['books']}:0.3", "--dedup", "minhash", "--quality-ref", str(sources["ref"]),
+                   "--quality-on", "web", "--decontaminate", "arithmetic", "--out", str(out), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out
+
+    alone, local = run("one"), run("two", "--workers", "2")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = run("dask", "--dask-scheduler", cluster.scheduler_address)
+    for other in (local, remote):
+        for shard in sorted(alone.glob("*.bin")):
+            assert (other / shard.name).read_bytes() == shard.read_bytes()
+        assert json.loads((other / "curation" / "mixture.json").read_text()) == \
+            json.loads((alone / "curation" / "mixture.json").read_text())

@@ -36,7 +36,14 @@ class Decontaminator:
         self.removed: list[tuple[str, str]] = []  # (the document's start, the shared n-gram)
 
     def check(self, text: str) -> str | None:
-        """The n-gram this document shares with an evaluation example, or None."""
+        """The n-gram this document shares with an evaluation example, or None; remembered."""
+        shared = self.shared(text)
+        if shared is not None:
+            self.removed.append((text[:80], shared))
+        return shared
+
+    def shared(self, text: str) -> str | None:
+        """The same, without remembering it (a worker process's half)."""
         if not self._grams:
             return None
         tokens = words(text)
@@ -47,7 +54,5 @@ class Decontaminator:
             for i in hits.tolist():
                 gram = tuple(tokens[i:i + size])
                 if self._grams[size].get(int(hashes[i])) == gram:
-                    shared = " ".join(gram)
-                    self.removed.append((text[:80], shared))
-                    return shared
+                    return " ".join(gram)
         return None

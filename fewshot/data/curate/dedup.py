@@ -40,22 +40,30 @@ class Deduplicator:
         self._next = 0
         self.clusters: dict[str, int] = {}  # kept document -> near-duplicates removed against it
 
-    def exact(self, text: str) -> bool:
-        """Whether this text (whitespace aside) came before; remembers it if not."""
-        digest = hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if digest in self._exact:
-            return True
-        self._exact.add(digest)
-        return False
+    # Pure: a worker process can compute these for a batch, the order-dependent checks stay here.
+    @staticmethod
+    def digest(text: str) -> bytes:
+        return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    def fuzzy(self, text: str) -> bool:
-        """Whether a kept document is a near-duplicate of this one; indexes it if not."""
-        from datasketch import MinHash
+    def signature(self, text: str):
+        """The MinHash of the text's word-shingle set (a LeanMinHash: small to send between processes)."""
+        from datasketch import LeanMinHash, MinHash
 
         tokens, n = words(text), self.config.ngram
         shingles = {" ".join(tokens[i:i + n]).encode() for i in range(max(1, len(tokens) - n + 1))}
         signature = MinHash(num_perm=self.config.num_perm, seed=self.config.seed)
         signature.update_batch(list(shingles))
+        return LeanMinHash(signature)
+
+    def seen(self, digest: bytes) -> bool:
+        """Whether this text (whitespace aside) came before; remembers it if not."""
+        if digest in self._exact:
+            return True
+        self._exact.add(digest)
+        return False
+
+    def near(self, signature) -> bool:
+        """Whether a kept document is a near-duplicate of this one; indexes it if not."""
         similar = self._lsh.query(signature)
         if similar:
             first = min(similar)
@@ -64,3 +72,9 @@ class Deduplicator:
         self._lsh.insert(f"{self._next:012d}", signature)
         self._next += 1
         return False
+
+    def exact(self, text: str) -> bool:
+        return self.seen(self.digest(text))
+
+    def fuzzy(self, text: str) -> bool:
+        return self.near(self.signature(text))

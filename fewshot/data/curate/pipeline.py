@@ -3,11 +3,12 @@
     fewshot prepare --source web/:0.6 --source books/:0.3 --source wiki.jsonl:0.1 --out data/mix \
         --dedup minhash --quality-ref curated/ --decontaminate arithmetic,my_task.jsonl
 
-In order, streaming one document at a time, so memory holds the stages' indexes (about
-1 KB of MinHash bands per kept document, the evaluation n-grams), never the corpus:
+In order, streaming batches of documents, so memory holds the stages' indexes (about 1 KB of
+MinHash bands per kept document, the evaluation n-grams) and a few batches, never the corpus:
 1. the quality classifier is trained on samples of the reference and of the sources;
-2. per document: exact duplicates, the quality rule, near-duplicates, decontamination;
-   the kept documents go to a scratch JSONL per source (with their byte offsets);
+2. per document: exact duplicates, the quality rule, near-duplicates, decontamination (the
+   per-document work in `workers` processes or on a Dask cluster: parallel.py); the kept
+   documents go to a scratch JSONL per source (with their byte offsets);
 3. the tokenizer (bytes, or BPE trained on what was kept) counts each kept document's tokens;
 4. the mixture is planned in those tokens and its table printed, then written, shuffled,
    as one JSONL file that `fewshot.data.prepare` tokenises into shards as usual;
@@ -31,6 +32,7 @@ from fewshot.data.curate import mixture
 from fewshot.data.curate.decontaminate import Decontaminator
 from fewshot.data.curate.dedup import DedupConfig, Deduplicator
 from fewshot.data.curate.documents import Source, read_documents
+from fewshot.data.curate.parallel import Looked, Pool, Stages
 from fewshot.data.curate.quality import TRAIN_DOCS, KeepRule, QualityFilter
 from fewshot.data.prepare import ENCODE_BATCH_CHARS, PrepareSummary, check_out_dir, find_input_files, prepare
 from fewshot.errors import FewshotError
@@ -54,6 +56,8 @@ class CurateOptions:
     val_fraction: float = 0.05
     mix_tokens: int | None = None  # the mixture's size; default: every kept token once
     seed: int = 0
+    workers: int = 1  # local processes for the per-document work
+    scheduler: str | None = None  # a Dask distributed scheduler's address, instead of local processes
 
 
 @dataclass
@@ -103,28 +107,28 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     dedup = Deduplicator(options.dedup) if options.dedup is not None else None
     decontaminator = Decontaminator(options.decontaminate) if options.decontaminate else None
     stats, kept_files = [], {}
-    with _bar(progress) as bar:
+    stages = Stages(dedup, quality, decontaminator)
+    with _bar(progress) as bar, Pool(stages, options.workers, options.scheduler) as pool:
         for source in sources:
             total = sum(f.stat().st_size for f in find_input_files([source.path]))
             task = bar.add_task(f"curating {source.name}", total=total)
             stat, path = SourceStats(source.name), work / f"{len(kept_files)}.jsonl"
             with path.open("w", encoding="utf-8") as kept:
-                for text in read_documents(source.path):
-                    size = len(text.encode("utf-8", "surrogatepass"))
+                for text, looked in pool.map(read_documents(source.path), source.name in judged):
                     stat.documents += 1
-                    stat.bytes += size
-                    verdict = _verdict(text, dedup, quality if source.name in judged else None, decontaminator)
+                    stat.bytes += looked.size
+                    verdict = _verdict(text, looked, dedup, quality if source.name in judged else None, decontaminator)
                     if verdict is None:
                         kept.write(json.dumps({"text": text}) + "\n")
                         stat.kept_documents += 1
-                        stat.kept_bytes += size
+                        stat.kept_bytes += looked.size
                     else:
                         stat.removed[verdict] += 1
-                        stat.removed_bytes[verdict] += size
+                        stat.removed_bytes[verdict] += looked.size
                     shown = examples["kept" if verdict is None else verdict]
                     if len(shown) < EXAMPLES:
                         shown.append(text[:300])
-                    bar.advance(task, size)
+                    bar.advance(task, looked.size)
             stats.append(stat)
             kept_files[source.name] = path
         tok = _tokenizer(kept_files, options)
@@ -141,15 +145,16 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     return result
 
 
-def _verdict(text: str, dedup, quality, decontaminator) -> str | None:
+def _verdict(text: str, looked: Looked, dedup, quality, decontaminator) -> str | None:
     """Why the document goes, or None: cheap stages first (GPT-3 filtered, then deduplicated)."""
-    if dedup is not None and dedup.exact(text):
+    if dedup is not None and dedup.seen(looked.digest):
         return "exact"
-    if quality is not None and not quality.keep(text)[0]:
+    if quality is not None and not quality.decide(looked.score):
         return "quality"
-    if dedup is not None and dedup.fuzzy(text):
+    if dedup is not None and dedup.near(looked.signature):
         return "fuzzy"
-    if decontaminator is not None and decontaminator.check(text) is not None:
+    if looked.shared is not None:
+        decontaminator.removed.append((text[:80], looked.shared))
         return "contaminated"
     return None
 

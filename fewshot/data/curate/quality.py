@@ -105,6 +105,10 @@ class QualityFilter:
 
     def keep(self, text: str) -> tuple[bool, float]:
         score = float(self.scores([text])[0])
+        return self.decide(score), score
+
+    def decide(self, score: float) -> bool:
+        """The keep rule on a score; draws in document order, so the choice never depends on workers."""
         if self.rule.kind == "pareto":
             kept = bool(self._rng.pareto(self.rule.value) > 1 - score)
         else:
@@ -113,7 +117,7 @@ class QualityFilter:
             self.kept += 1
         else:
             self.dropped += 1
-        return kept, score
+        return kept
 
     def save(self, path) -> None:
         np.savez(path, coefs=self.coefs, intercepts=self.intercepts)
