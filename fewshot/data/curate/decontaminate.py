@@ -7,18 +7,12 @@ word for word, so a collision can never drop a document.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from fewshot.data.curate.documents import words
+from fewshot.data.curate.documents import word_ids, words
 from fewshot.data.ngrams import NGRAM, ngram_hashes
-
-
-def _ids(tokens: Sequence[str]) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in tokens],
-                    dtype=np.uint64)
 
 
 class Decontaminator:
@@ -30,7 +24,7 @@ class Decontaminator:
             size = min(n, len(tokens))
             if size == 0:
                 continue
-            for i, h in enumerate(ngram_hashes(_ids(tokens), size).tolist()):
+            for i, h in enumerate(ngram_hashes(word_ids(tokens), size).tolist()):
                 self._grams.setdefault(size, {})[h] = tuple(tokens[i:i + size])
         self._sorted = {size: np.array(sorted(grams), dtype=np.uint64) for size, grams in self._grams.items()}
         self.removed: list[tuple[str, str]] = []  # (the document's start, the shared n-gram)
@@ -47,10 +41,11 @@ class Decontaminator:
         if not self._grams:
             return None
         tokens = words(text)
-        ids = _ids(tokens)
+        ids = word_ids(tokens)
         for size, table in self._sorted.items():
             hashes = ngram_hashes(ids, size)
-            hits = np.flatnonzero(np.isin(hashes, table))
+            at = np.searchsorted(table, hashes).clip(max=len(table) - 1)
+            hits = np.flatnonzero(table[at] == hashes)
             for i in hits.tolist():
                 gram = tuple(tokens[i:i + size])
                 if self._grams[size].get(int(hashes[i])) == gram:

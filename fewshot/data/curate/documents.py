@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fewshot.data.prepare import find_input_files
 from fewshot.errors import FewshotError
@@ -56,3 +60,14 @@ def read_documents(path: Path) -> Iterator[str]:
 def words(text: str) -> list[str]:
     """Lowercased words without their punctuation: what dedup and decontamination compare."""
     return [w for w in (token.strip(".,;:!?\"'()[]{}<>*_`~-").lower() for token in text.split()) if w]
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _word_id(word: str) -> int:
+    # A stable hash (Python's own hash() differs between processes); cached, since words repeat.
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def word_ids(tokens: Sequence[str]) -> np.ndarray:
+    """A 64-bit id per word, the same in every process: n-gram hashes are built on them."""
+    return np.fromiter((_word_id(t) for t in tokens), dtype=np.uint64, count=len(tokens))
