@@ -10,19 +10,12 @@ from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
 from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import varied_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].model.replace(context=64))  # fp32
-    # Larger than GPT-2's init so greedy text varies (a random model at std 0.02 repeats one
-    # token, and two paths that both repeat it would agree for the wrong reason).
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    return model
+    return varied_model(context=64)  # fp32
 
 
 def test_cached_and_recomputed_greedy_agree(model):

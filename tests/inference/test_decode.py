@@ -9,12 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.inference.decode import generate
 from fewshot.inference.sampling import SamplingOptions, adjust_logits, sample_next
-from fewshot.model import GPT
 from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import varied_model
 
 CONTEXT = 64
 
@@ -172,15 +171,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
-    # GPT-2's init (std 0.02) makes a random model nearly uniform, and greedily it repeats one
-    # token. Larger weights give varied text, so a wrong cache or window changes the output.
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    return model
+    return varied_model(context=CONTEXT)  # a wrong cache or window changes its output
 
 
 def naive_decode(model, prompt_ids: list[int], options: SamplingOptions) -> list[int]:

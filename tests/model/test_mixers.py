@@ -33,6 +33,7 @@ from fewshot.tasks.base import Example
 from fewshot.tasks.taskfile import Template
 from fewshot.tokenizer import ByteTokenizer
 from fewshot.train.loop import resume_config, train
+from tests.conftest import varied_model
 from tests.serve.test_engine import submit
 
 
@@ -73,12 +74,7 @@ def test_the_cli_trains_a_mixer_that_resumes_bit_for_bit_generates_and_evaluates
 def test_the_serving_engine_decodes_a_mixer_as_generate_does(attention: str) -> None:
     """Rows join and leave, prompts prefill in chunks between decoding steps (which give a
     prefilling slot a dummy token) and the cache grows: none of it may change a row."""
-    torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].model.replace(context=96, attention=attention)).eval()
-    with torch.no_grad():  # larger weights than the init: varied text, so mistakes show
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
+    model = varied_model(context=96, attention=attention)
     tokenizer = ByteTokenizer()
     engine = Engine(model, tokenizer, EngineConfig(max_batch=3, step_tokens=8)).start()
     try:

@@ -17,6 +17,7 @@ from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
 from fewshot.serve.engine import Delta, Engine, EngineConfig, Failed, Finished, QueueFull, Request, Scored
 from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import varied_model
 
 CONTEXT = 96
 
@@ -28,13 +29,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
-    with torch.no_grad():  # larger weights than GPT-2's init: varied text, so mistakes show
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    return model
+    return varied_model(context=CONTEXT)
 
 
 class Collector:

@@ -14,21 +14,12 @@ from fewshot.model import GPT
 from fewshot.serve.engine import Engine, EngineConfig
 from fewshot.serve.prefix_cache import BLOCK_SIZE, PrefixCache
 from fewshot.tokenizer import ByteTokenizer
+from tests.conftest import varied_model
 from tests.serve.test_engine import submit
 
 CONTEXT = 160
 DEMOS = "".join(f"Input: {w}\nOutput: {w[::-1]}\n\n" for w in ("cat", "house", "tree", "bridge"))
 QUERIES = ["dog", "window", "river", "stone", "mountain", "apple"]
-
-
-def _model(seed: int) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(PRESETS["nano"].model.replace(context=CONTEXT)).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    return _model(0)
+    return varied_model(context=CONTEXT)
 
 
 def _serve(model, tokenizer, cache_bytes: int, sampling: dict, concurrent: bool, adapters=None):
@@ -80,7 +71,7 @@ def test_tokens_are_identical_with_the_prefix_cache_on_and_off(model, tokenizer,
 
 def test_the_cache_key_holds_the_adapter(model, tokenizer):
     """Another model under an adapter's name must never read the base's keys and values."""
-    other = _model(1)
+    other = varied_model(1, context=CONTEXT)
     engine = Engine(model, tokenizer, EngineConfig(max_batch=2, step_tokens=48), adapters={"other": other}).start()
     try:
         prompt = DEMOS + "Input: dog\nOutput:"
