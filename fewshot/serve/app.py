@@ -192,22 +192,29 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def prepare(request: Request, schema, plan_of) -> tuple:
-        """Body -> (model name, plan) on a worker thread: parsing, validating, tokenising and
-        rendering a chat template all take time, and /health must still answer meanwhile."""
+    async def in_worker(request: Request, schema, then: Callable):
+        """`then(body, model name)` of the request's body, on a worker thread: parsing,
+        validating, tokenising and rendering a chat template all take time, and /health must
+        still answer meanwhile."""
         raw = await request.body()  # within --max-body-mb: guard.py counted it
 
         def work():
             body = protocol.parse_body(raw, request.headers.get("content-type"), schema, context)
-            name = check(request, body.model)
+            return then(body, check(request, body.model))
+
+        return await run_in_threadpool(work)
+
+    async def prepare(request: Request, schema, plan_of) -> tuple:
+        """Body -> (model name, plan)."""
+        def planned(body, name: str) -> tuple:
             plan = plan_of(body, lm)  # adapters share the base's tokenizer and template
             if name in adapters:
                 plan = dataclasses.replace(plan, request=dataclasses.replace(plan.request, adapter=name))
             return name, plan
 
-        return await run_in_threadpool(work)
+        return await in_worker(request, schema, planned)
 
-    # The routes read the body themselves (see prepare), so its schema is documented by hand.
+    # The routes read the body themselves (see in_worker), so its schema is documented by hand.
     @app.post("/v1/completions", responses={**ERRORS, 200: {"model": CompletionResponse, "content": STREAMED}},
               summary="Legacy completions", openapi_extra=_body_doc(CompletionRequest))
     async def completions(request: Request):
@@ -301,27 +308,16 @@ def create_app(lm, options: ServeOptions, engine: Engine | None = None, adapters
     async def prometheus():
         return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
 
-    async def body_of(request: Request, schema):
-        raw = await request.body()
-
-        def work():
-            body = protocol.parse_body(raw, request.headers.get("content-type"), schema, context)
-            check(request, body.model)
-            return body
-
-        return await run_in_threadpool(work)
-
     @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, openapi_extra=_body_doc(TokenizeRequest),
               summary="Token ids of a prompt, or of chat messages after the template (vLLM's)")
     async def tokenize(request: Request):
-        body = await body_of(request, TokenizeRequest)
-        return JSONResponse(await run_in_threadpool(protocol.tokenize_response, body, lm))
+        return JSONResponse(await in_worker(request, TokenizeRequest, lambda body, _: protocol.tokenize_response(body, lm)))
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS,
               openapi_extra=_body_doc(DetokenizeRequest), summary="The text of token ids (vLLM's)")
     async def detokenize(request: Request):
-        body = await body_of(request, DetokenizeRequest)
-        return JSONResponse(await run_in_threadpool(protocol.detokenize_response, body, lm))
+        return JSONResponse(await in_worker(request, DetokenizeRequest,
+                                            lambda body, _: protocol.detokenize_response(body, lm)))
 
     return app
 

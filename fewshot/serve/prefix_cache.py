@@ -79,12 +79,9 @@ class PrefixCache:
         if not found:
             return 0
         for i, layer in enumerate(layers):
-            parts = [torch.cat([block.layers[i][j] for _, block in found], dim=-2) for j in range(2)]
-            length = parts[0].shape[-2]
-            layer.keys[0, :, :length] = parts[0]
-            layer.values[0, :, :length] = parts[1]
-            if layer.raw is not None:
-                layer.raw[0, :length] = torch.cat([block.layers[i][2] for _, block in found])
+            for j, target in enumerate(_by_position(layer)):
+                part = torch.cat([block.layers[i][j] for _, block in found], dim=-2)
+                target[..., : part.shape[-2], :] = part
         filled = len(found) * self.block_size
         self.hit_tokens += filled
         return filled
@@ -97,10 +94,7 @@ class PrefixCache:
                 self._blocks.move_to_end(keys[b])
                 continue
             start, stop = b * self.block_size, (b + 1) * self.block_size
-            parts = tuple(
-                (layer.keys[0, :, start:stop].clone(), layer.values[0, :, start:stop].clone())
-                + (() if layer.raw is None else (layer.raw[0, start:stop].clone(),))
-                for layer in layers)
+            parts = tuple(tuple(t[..., start:stop, :].clone() for t in _by_position(layer)) for layer in layers)
             nbytes = sum(t.nbytes for part in parts for t in part)
             if nbytes > self.budget_bytes:
                 return
@@ -109,3 +103,10 @@ class PrefixCache:
                 self.nbytes -= evicted.nbytes
             self._blocks[keys[b]] = _Block(parts, nbytes)
             self.nbytes += nbytes
+
+
+def _by_position(layer) -> tuple[Tensor, ...]:
+    """One row's tensors that hold a slice per position, the position axis second to last:
+    keys and values (heads, capacity, head_size), and the raw projections (capacity, width)
+    of a convolved attention."""
+    return (layer.keys[0], layer.values[0]) + (() if layer.raw is None else (layer.raw[0],))
