@@ -103,34 +103,18 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     if unknown := judged - {s.name for s in sources}:
         raise FewshotError(f"--quality-on names no source: {', '.join(sorted(unknown))} (sources: "
                            f"{', '.join(s.name for s in sources)})")
-    quality = _train_quality([s for s in sources if s.name in judged], options) if options.quality_ref else None
     dedup = Deduplicator(options.dedup) if options.dedup is not None else None
     decontaminator = Decontaminator(options.decontaminate) if options.decontaminate else None
     stats, kept_files = [], {}
-    stages = Stages(dedup, quality, decontaminator)
-    with _bar(progress) as bar, Pool(stages, options.workers, options.scheduler) as pool:
-        for source in sources:
-            total = sum(f.stat().st_size for f in find_input_files([source.path]))
-            task = bar.add_task(f"curating {source.name}", total=total)
-            stat, path = SourceStats(source.name), work / f"{len(kept_files)}.jsonl"
-            with path.open("w", encoding="utf-8") as kept:
-                for text, looked in pool.map(read_documents(source.path), source.name in judged):
-                    stat.documents += 1
-                    stat.bytes += looked.size
-                    verdict = _verdict(text, looked, dedup, quality if source.name in judged else None, decontaminator)
-                    if verdict is None:
-                        kept.write(json.dumps({"text": text}) + "\n")
-                        stat.kept_documents += 1
-                        stat.kept_bytes += looked.size
-                    else:
-                        stat.removed[verdict] += 1
-                        stat.removed_bytes[verdict] += looked.size
-                    shown = examples["kept" if verdict is None else verdict]
-                    if len(shown) < EXAMPLES:
-                        shown.append(text[:300])
-                    bar.advance(task, looked.size)
-            stats.append(stat)
-            kept_files[source.name] = path
+    with _bar(progress) as bar:
+        quality = None
+        if options.quality_ref is not None:
+            quality = _train_quality([s for s in sources if s.name in judged], options, bar)
+        with Pool(Stages(dedup, quality, decontaminator), options.workers, options.scheduler) as pool:
+            for source in sources:
+                kept_files[source.name] = work / f"{len(kept_files)}.jsonl"
+                judge = quality if source.name in judged else None
+                stats.append(_curate(source, kept_files[source.name], pool, dedup, judge, decontaminator, examples, bar))
         tok = _tokenizer(kept_files, options)
         sizes, offsets = _count_tokens(kept_files, tok, bar)
     rows, chosen = mixture.plan(sizes, {s.name: s.weight for s in sources}, options.mix_tokens, options.seed)
@@ -139,10 +123,35 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     _write_mixture(mix, kept_files, offsets, chosen, options.seed)
     summary = prepare([mix], out, tokenizer=options.tokenizer, vocab_size=options.vocab_size,
                       val_fraction=options.val_fraction, progress=progress, overwrite=overwrite, trained=tok)
-    rows = _realised(rows, mix, tok, summary)
+    with _bar(progress) as bar:
+        rows = _realised(rows, mix, tok, summary, bar)
     result = MixtureResult(summary, rows, stats, quality.auc if quality else None)
     _write_reports(out / "curation", result, options, dedup, quality, decontaminator, examples)
     return result
+
+
+def _curate(source: Source, path: Path, pool: Pool, dedup, quality, decontaminator, examples: dict[str, list[str]],
+            bar: Progress) -> SourceStats:
+    """One source through the stages; its kept documents into `path` (JSONL)."""
+    task = bar.add_task(f"curating {source.name}", total=sum(f.stat().st_size for f in find_input_files([source.path])))
+    stat = SourceStats(source.name)
+    with path.open("w", encoding="utf-8") as kept:
+        for text, looked in pool.map(read_documents(source.path), quality is not None):
+            stat.documents += 1
+            stat.bytes += looked.size
+            verdict = _verdict(text, looked, dedup, quality, decontaminator)
+            if verdict is None:
+                kept.write(json.dumps({"text": text}) + "\n")
+                stat.kept_documents += 1
+                stat.kept_bytes += looked.size
+            else:
+                stat.removed[verdict] += 1
+                stat.removed_bytes[verdict] += looked.size
+            shown = examples["kept" if verdict is None else verdict]
+            if len(shown) < EXAMPLES:
+                shown.append(text[:300])
+            bar.advance(task, looked.size)
+    return stat
 
 
 def _verdict(text: str, looked: Looked, dedup, quality, decontaminator) -> str | None:
@@ -170,10 +179,18 @@ def _sample(texts: Iterator[str], k: int, seed: int) -> list[str]:
     return sample
 
 
-def _train_quality(sources: Sequence[Source], options: CurateOptions) -> QualityFilter:
-    reference = _sample(read_documents(options.quality_ref), TRAIN_DOCS, options.seed)
-    raw = _sample((t for s in sources for t in read_documents(s.path)), TRAIN_DOCS, options.seed + 1)
+def _train_quality(sources: Sequence[Source], options: CurateOptions, bar: Progress) -> QualityFilter:
+    reference = _sample(_counted(options.quality_ref, bar, "sampling the reference"), TRAIN_DOCS, options.seed)
+    raw = _sample((t for s in sources for t in _counted(s.path, bar, f"sampling {s.name}")), TRAIN_DOCS, options.seed + 1)
     return QualityFilter.train(reference, raw, options.quality_keep, options.seed)
+
+
+def _counted(path: Path, bar: Progress, description: str) -> Iterator[str]:
+    """The documents under `path`, advancing a bar by their bytes."""
+    task = bar.add_task(description, total=sum(f.stat().st_size for f in find_input_files([path])))
+    for text in read_documents(path):
+        bar.advance(task, len(text.encode("utf-8", "surrogatepass")))
+        yield text
 
 
 def _tokenizer(kept_files: dict[str, Path], options: CurateOptions):
@@ -222,13 +239,16 @@ def _write_mixture(mix: Path, kept_files: dict[str, Path], offsets: dict[str, li
             handle.close()
 
 
-def _realised(rows: list[mixture.MixtureRow], mix: Path, tok, summary: PrepareSummary) -> list[mixture.MixtureRow]:
+def _realised(rows: list[mixture.MixtureRow], mix: Path, tok, summary: PrepareSummary,
+              bar: Progress) -> list[mixture.MixtureRow]:
     """Each source's tokens, counted again in the mixture as written; they must add up to the shards'."""
     counted = {row.source: 0 for row in rows}
+    task = bar.add_task("counting the mixture's tokens again", total=mix.stat().st_size)
     with mix.open(encoding="utf-8") as lines:
         for line in lines:
             record = json.loads(line)
             counted[record["source"]] += len(tok.encode(record["text"])) + 1
+            bar.advance(task, len(line.encode()))
     if sum(counted.values()) != summary.tokens:
         raise FewshotError(f"prepare: the mixture's documents count {sum(counted.values()):,} tokens, but "
                            f"{summary.tokens:,} were written (a bug; please report it)")

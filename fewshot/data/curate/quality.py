@@ -91,17 +91,21 @@ class QualityFilter:
             intercepts.append(float(model.intercept_[0]))
         folds = {_digest(text): int(k) for text, k in zip(texts, fold)}
         made = cls(np.stack(coefs), np.array(intercepts), rule, folds, seed)
-        out_of_fold = made.scores(texts)
+        out_of_fold = made._probs(features)[np.arange(len(texts)), fold]  # the features once, not again
         if len(set(labels)) == 2:
             made.auc = float(roc_auc_score(labels, out_of_fold))
         return made
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """P(reference | text) of each text: out of fold for the sampled ones, else the mean of both."""
-        logits = self._vectorize(texts) @ self._weights + self.intercepts  # (texts, 2)
-        probs = 1 / (1 + np.exp(-np.clip(logits, -60, 60)))
+        probs = self._probs(self._vectorize(texts))
         picked = [self.folds.get(_digest(text)) for text in texts]
         return np.array([p.mean() if k is None else p[k] for p, k in zip(probs, picked)])
+
+    def _probs(self, features) -> np.ndarray:
+        """(texts, 2): each fold's model's P(reference)."""
+        logits = features @ self._weights + self.intercepts
+        return 1 / (1 + np.exp(-np.clip(logits, -60, 60)))
 
     def keep(self, text: str) -> tuple[bool, float]:
         score = float(self.scores([text])[0])
