@@ -116,6 +116,36 @@ CASES: dict[str, tuple[dict, int, str | None, str | None]] = {
     "chat-template-too-slow": (chat(messages=user("slow")), 400, None, "messages"),
     "chat-logit-bias-outside-vocab": (chat(messages=user("x"), logit_bias={"5000": 1}), 400, None, "logit_bias"),
     "chat-context-overflow": (chat(messages=user("the cat " * 40), max_tokens=60), 400, "context_length_exceeded", None),
+    "chat-image-part": (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 400,
+                        None, "messages"),
+    "chat-empty-parts": (chat(messages=[{"role": "user", "content": []}]), 400, None, "messages"),
+    # Structured outputs: a bad schema, regex or grammar, or two constraints at once.
+    "json-schema-invalid": (completion(prompt="a", response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "nonsense"}}}), 400, None, "response_format"),
+    "json-schema-missing": (completion(prompt="a", response_format={"type": "json_schema"}), 400, None, "response_format"),
+    "response-format-unknown-type": (completion(prompt="a", response_format={"type": "yaml"}), 400, None, "response_format"),
+    "regex-unclosed": (completion(prompt="a", structured_outputs={"regex": "(a"}), 400, None, "structured_outputs"),
+    "structured-two-at-once": (completion(prompt="a", structured_outputs={"regex": "a", "choice": ["b"]}), 400, None,
+                               "structured_outputs"),
+    "guided-json-not-json": (completion(prompt="a", guided_json="{no"), 400, None, "guided_json"),
+    "guided-grammar-empty": (completion(prompt="a", guided_grammar=""), 400, None, "guided_grammar"),
+    "guided-choice-empty": (completion(prompt="a", guided_choice=[]), 400, None, "guided_choice"),
+    "guided-and-response-format": (completion(prompt="a", guided_choice=["a"], response_format={"type": "json_object"}),
+                                   400, None, "guided_choice"),
+    "chat-guided-regex-bad": (chat(messages=user("x"), guided_regex="[z-a]"), 400, None, "guided_regex"),
+    # /tokenize and /detokenize (vLLM's), keyed like /v1.
+    "tokenize-nothing": ({"path": "/tokenize", "json": {}}, 400, None, "prompt"),
+    "tokenize-both": ({"path": "/tokenize", "json": {"prompt": "a", "messages": user("a")}}, 400, None, "messages"),
+    "tokenize-prompt-not-string": ({"path": "/tokenize", "json": {"prompt": 5}}, 400, None, "prompt"),
+    "tokenize-template-divides-by-zero": ({"path": "/tokenize", "json": {"messages": user("boom")}}, 400, None, "messages"),
+    "tokenize-unknown-model": ({"path": "/tokenize", "json": {"model": "gpt-17", "prompt": "a"}}, 404, "model_not_found",
+                               "model"),
+    "tokenize-no-key": ({"path": "/tokenize", "json": {"prompt": "a"}, "headers": {}}, 401, "invalid_api_key", None),
+    "tokenize-10mb-body": (raw(lambda: json.dumps({"prompt": "x" * 10_000_000}).encode(), "/tokenize"), 413,
+                           "request_too_large", None),
+    "detokenize-outside-vocab": ({"path": "/detokenize", "json": {"tokens": [99999]}}, 400, None, "tokens"),
+    "detokenize-negative": ({"path": "/detokenize", "json": {"tokens": [-1]}}, 400, None, "tokens"),
+    "detokenize-not-a-list": ({"path": "/detokenize", "json": {"tokens": "abc"}}, 400, None, "tokens"),
 }
 
 
