@@ -74,10 +74,10 @@ def icl_train(
     minutes: Annotated[float, typer.Option(help="Training time budget; the step count is fitted to it.")] = FULL.minutes,
     attention: Annotated[Optional[str], typer.Option(help="dense (default) or lstm: the recurrent baseline.")] = None,
     data: Annotated[str, typer.Option(help="icl, icl-nonbursty, with options as in `fewshot train --data`.")] = "icl",
-    n: Annotated[int, typer.Option(help="Held-out queries per family for the evaluation that follows; 0 skips it.")] = 200,
+    n: Annotated[int, typer.Option(help="Queries per family (the frozen set has 200) for the evaluations that follow; 0 skips them.")] = 200,
 ) -> None:
     """The ICL recipe (FULL: icl-deep, Muon at 6e-3, compiled): train on the mixture for a time budget, then
-    evaluate on held-out families. The other options are the Recipe's fields; unset, they are FULL's."""
+    evaluate on both held-out sets (frozen, then dev). The other options are the Recipe's fields; unset, they are FULL's."""
     import fewshot
     from fewshot.experiments.icl import held_out_report, train_icl
     from fewshot.tasks.meta.mixture import parse_data_spec
@@ -94,8 +94,13 @@ def icl_train(
     result = train_icl(out_dir, recipe, console=err, **options)
     sections = {}
     if n > 0:
-        report = held_out_report([(out_dir.name, fewshot.load(out_dir))], out_dir / "heldout", n=n, console=out)
-        sections["In-context learning on held-out task families"] = f"{report.markdown}\n\n![held-out ICL](heldout/icl.png)"
+        from fewshot.eval.heldout import DEV, FROZEN
+
+        lm = fewshot.load(out_dir)
+        for held_out, where in ((FROZEN, "frozen"), (DEV, "heldout")):
+            report = held_out_report([(out_dir.name, lm)], out_dir / where, held_out=held_out, n=min(n, held_out.max_queries or n),
+                                     console=out)
+            sections[f"In-context learning: {held_out.title}"] = f"{report.markdown}\n\n![{held_out.name}]({where}/icl.png)"
     write_report(out_dir, sections)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/byte"
     out.print(f"step {result.step}: val loss {val}; run directory: {out_dir}")
@@ -145,26 +150,30 @@ def icl_mixers(
 def icl_eval(
     runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for task files, results, summary.json and icl.png.")],
-    n: Annotated[int, typer.Option(help="Queries per held-out family.")] = 200,
+    held_out: Annotated[str, typer.Option("--set", help="dev: the development held-out families; frozen: the frozen "
+                                          "set (fewshot.tasks.frozen), of which only the mean is reported.")] = "dev",
+    n: Annotated[int, typer.Option(help="Queries per held-out family (the frozen set has 200).")] = 200,
     shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "0,1,2,4,8,16,32",
-    templates: Annotated[str, typer.Option(help="Comma-separated formats: input-output, q-a, arrow, equals.")] = "input-output,q-a,arrow,equals",
+    templates: Annotated[Optional[str], typer.Option(help="Comma-separated formats (default: all of the set's; "
+                                                     "dev: input-output, q-a, arrow, equals).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 32,
     device: Annotated[str, typer.Option()] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Write into an --out directory that already holds results.")] = False,
 ) -> None:
-    """K-shot exact match on the held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
+    """K-shot exact match on held-out task families, per format (the same harness as `fewshot eval --task-file`)."""
     import fewshot
     from fewshot.eval.harness import parse_shots
+    from fewshot.eval.heldout import SETS, check_request
     from fewshot.experiments.icl import held_out_report
-    from fewshot.tasks.meta.mixture import EVAL_TEMPLATES
 
-    chosen = [t.strip() for t in templates.split(",") if t.strip()]
-    unknown = [t for t in chosen if t not in EVAL_TEMPLATES]
-    if unknown or not chosen:
-        raise FewshotError(f"--templates: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EVAL_TEMPLATES)}")
+    if held_out not in SETS:
+        raise FewshotError(f"--set takes {' or '.join(SETS)}, got {held_out!r}")
+    chosen = None if templates is None else [t.strip() for t in templates.split(",") if t.strip()]
     if n < 2 or batch_size < 1:
         raise FewshotError("--n must be >= 2 and --batch-size >= 1")
+    k = parse_shots(shots)
+    check_request(SETS[held_out], n, k, list(SETS[held_out].templates) if chosen is None else chosen)
     if out_dir.is_file():
         raise FewshotError(f"{out_dir} is a file; --out takes a directory")
     if not overwrite:
@@ -172,6 +181,6 @@ def icl_eval(
     check_creatable(out_dir)
     models = [(run.name if len(runs) == 1 or len({r.name for r in runs}) == len(runs) else str(run), fewshot.load(run, device=device))
               for run in runs]
-    report = held_out_report(models, out_dir, shots=parse_shots(shots), n=n, templates=chosen, seed=seed,
+    report = held_out_report(models, out_dir, held_out=SETS[held_out], shots=k, n=n, templates=chosen, seed=seed,
                              batch_size=batch_size, console=out)
     out.print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'results.md'} and {report.plot}")

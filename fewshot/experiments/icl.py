@@ -25,10 +25,10 @@ from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import write_json
 from fewshot.eval.context_loss import loss_by_position
-from fewshot.eval.heldout import SHOTS, MeanCurve, evaluate_held_out, mean_curve, summary_table
+from fewshot.eval.heldout import DEV, SHOTS, HeldOutSet, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.inference.lm import LM, load
 from fewshot.eval.plots import plot_loss_by_position, plot_mean_curves
-from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, ensure_mixture
+from fewshot.tasks.meta.mixture import ensure_mixture
 from fewshot.train.loop import TrainResult, seconds_per_step, train
 
 # Where the commands keep generated mixtures (relative to the working directory, like runs/);
@@ -79,31 +79,33 @@ def _finished(result: TrainResult) -> TrainResult:
     return result
 
 
-def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, shots: Sequence[int] = SHOTS, n: int = 200,
-                    templates: Sequence[str] = tuple(EVAL_TEMPLATES), seed: int = 0, batch_size: int = 32,
+def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, held_out: HeldOutSet = DEV, shots: Sequence[int] = SHOTS,
+                    n: int = 200, templates: Sequence[str] | None = None, seed: int = 0, batch_size: int = 32,
                     console: Console | None = None) -> HeldOutReport:
-    """Score each (label, model) on the held-out families under each template; write
-    results-<label>-<template>.json (the eval results schema, Evaluation.to_json), summary.json, results.md and icl.png."""
+    """Score each (label, model) on a held-out set under each template; write summary.json,
+    results.md and icl.png, and, where the set allows per-family results, results-<label>-<template>.json
+    (the eval results schema, Evaluation.to_json)."""
     from fewshot.eval.harness import results_table, write_results
 
     console = console or Console()
     out.mkdir(parents=True, exist_ok=True)
     curves = []
     for label, lm in runs:
-        evaluations = evaluate_held_out(lm, out / "tasks", shots=shots, n=n, seed=seed, templates=templates,
-                                        batch_size=batch_size, model=label)
+        evaluations = evaluate_held_out(lm, out / "tasks", held_out=held_out, shots=shots, n=n, seed=seed,
+                                        templates=templates, batch_size=batch_size, model=label)
         for template, evaluation in evaluations.items():
-            stem = f"results-{label}-{template}" if len(runs) > 1 else f"results-{template}"
-            write_results([evaluation], out / f"{stem}.json")
-            console.print(results_table(evaluation, list(shots), f"{label}, format {template}: held-out families, n={n} each"))
-            console.print(f"{evaluation.examples} examples in {evaluation.seconds:.1f} s: "
+            if held_out.per_family:
+                stem = f"results-{label}-{template}" if len(runs) > 1 else f"results-{template}"
+                write_results([evaluation], out / f"{stem}.json")
+                console.print(results_table(evaluation, list(shots), f"{label}, format {template}: {held_out.title}, n={n} each"))
+            console.print(f"{label}, format {template}: {evaluation.examples} examples in {evaluation.seconds:.1f} s: "
                           f"{evaluation.examples_per_second:.1f} examples/s")
             curves.append(mean_curve(evaluation, f"{label} · {template}" if len(runs) > 1 else template))
     markdown = summary_table(curves)
-    console.print(markdown)
-    write_json(out / "summary.json", {"n": n, "seed": seed, "curves": [c.to_json() for c in curves]})
+    console.print(f"{held_out.title}: mean exact match over families (n={n} each)\n{markdown}")
+    write_json(out / "summary.json", {"set": held_out.name, "n": n, "seed": seed, "curves": [c.to_json() for c in curves]})
     (out / "results.md").write_text(markdown + "\n")
-    plot = plot_mean_curves(curves, out / "icl.png", f"held-out task families: mean exact match (n={n} per family)")
+    plot = plot_mean_curves(curves, out / "icl.png", f"{held_out.title}: mean exact match (n={n} per family)")
     return HeldOutReport(tuple(curves), markdown, plot)
 
 

@@ -14,13 +14,16 @@ def test_demo_leaves_a_normal_run_directory_with_a_report(tmp_path: Path) -> Non
     command = [*fewshot_command(), "demo", "--minutes", "0.1", "--preset", "nano", "--n-eval", "4", "--no-smollm2", "--no-compile"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "held-out ICL curve" in result.stdout and "ROMEO:" in result.stdout and "K=16" in result.stdout
+    assert "development held-out families, ICL curve" in result.stdout and "ROMEO:" in result.stdout and "K=16" in result.stdout
+    assert "frozen held-out families, ICL curve" in result.stdout
     assert "a task family the model never trained on" in result.stdout
     run = tmp_path / "runs" / "demo"
     report = (run / "report.md").read_text()
-    assert "## Samples" in report and "## In-context learning on held-out task families" in report
+    assert "## Samples" in report and "## In-context learning: development held-out families" in report
+    assert "## In-context learning: frozen held-out families" in report and "| io |" in report
     assert "![loss curve](loss.png)" in report and "| input-output |" in report
     assert (run / "loss.png").stat().st_size > 1000 and (run / "heldout" / "icl.png").stat().st_size > 1000
+    assert (run / "frozen" / "icl.png").stat().st_size > 1000 and not list((run / "frozen").glob("results-*"))
     assert len(list((run / "heldout" / "tasks").glob("*.jsonl"))) >= 8
     (mixture,) = (tmp_path / "data" / "icl").iterdir()
     assert (mixture / "mixture.json").is_file() and (mixture / "meta.json").is_file()

@@ -57,6 +57,21 @@ def test_icl_eval_scores_held_out_families_per_format(icl_run: Path) -> None:
     assert ours == 6
 
 
+def test_the_frozen_set_reports_its_mean_alone(icl_run: Path) -> None:
+    from fewshot.tasks import frozen
+
+    result = fewshot("icl", "eval", "runs/tiny", "--set", "frozen", "--out", "frozen", "--n", "4", "--shots", "0,1", cwd=icl_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((icl_run / "frozen" / "summary.json").read_text())
+    assert summary["set"] == "frozen" and [c["label"] for c in summary["curves"]] == list(frozen.TEMPLATES)
+    assert (icl_run / "frozen" / "icl.png").stat().st_size > 1000
+    # No per-family result on screen or on disk: the rule lets the mean alone out.
+    assert not list((icl_run / "frozen").glob("results-*.json")) and not (icl_run / "frozen" / "tasks").exists()
+    assert not any(f.name in result.stdout for f in frozen.kept())
+    too_many = fewshot("icl", "eval", "runs/tiny", "--set", "frozen", "--out", "f2", "--n", "201", cwd=icl_run)
+    assert too_many.returncode != 0 and "error: the frozen set has 200 queries per family" in too_many.stderr
+
+
 def test_icl_tasks_and_data_commands(tmp_path: Path) -> None:
     result = fewshot("icl", "tasks", "tasks", "--n", "30", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -73,6 +88,7 @@ def test_icl_tasks_and_data_commands(tmp_path: Path) -> None:
     (("train", "--data", "icl:mb=x", "--out", "r"), "mb must be a number"),
     (("train", "--data", "icl:colour=red", "--out", "r"), "unknown option"),
     (("icl", "eval", "nowhere", "--out", "e", "--templates", "fancy"), "unknown fancy"),
+    (("icl", "eval", "nowhere", "--out", "e", "--set", "secret"), "--set takes dev or frozen"),
     (("icl", "train", "--data", "data/mine", "--minutes", "1"), "takes icl or icl-nonbursty"),
     (("icl", "tasks", "t", "--n", "1"), "--n must be >= 2"),
     (("icl", "train", "--batch-size", "0"), "--batch-size >= 1"),
