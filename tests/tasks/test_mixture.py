@@ -23,6 +23,7 @@ from fewshot.tasks.meta.mixture import (
     ensure_mixture,
     episode,
     held_out_examples,
+    novel_format,
     parse_data_spec,
     repeats,
     write_held_out_tasks,
@@ -244,6 +245,35 @@ def test_formats_are_templates_and_cover_the_evaluation_formats() -> None:
     from fewshot.tasks.taskfile import Template as TaskTemplate
 
     assert Template(EVAL_TEMPLATES["input-output"]).solved("x", "y") == TaskTemplate().solved("x", "y")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_novel_formats_are_templates_that_rarely_repeat(seed: int) -> None:
+    rng = random.Random(seed)
+    drawn = [novel_format(rng) for _ in range(200)]
+    for template, separator in drawn:
+        Template(template)  # {input} once, then {target} once
+        assert separator in ("\n", "\n\n") and template.count("\n") <= 1
+        assert template.split("{input}")[1].split("{target}")[0].strip()  # something marks where the answer starts
+    assert len({t for t, _ in drawn}) > 150
+    assert sum(t in EVAL_TEMPLATES.values() for t, _ in drawn) < 10  # "{input} = {target}" can come up, rarely
+
+
+def test_novel_formats_only_change_the_episodes_asked_for() -> None:
+    plain, novel = MixtureConfig(megabytes=0.05), MixtureConfig(megabytes=0.05, novel_formats=1.0)
+    formats = {t for t, _ in FORMATS}
+
+    def templates(config: MixtureConfig) -> set[bool]:
+        known = set()
+        for text in documents(config):
+            known.add(any(template.split("{input}")[1].split("{target}")[0] in text for template in formats))
+        return known
+    assert list(documents(plain)) == list(documents(MixtureConfig(megabytes=0.05, novel_formats=0.0)))
+    assert plain.name != novel.name and parse_data_spec("icl:mb=0.05,formats=1") == novel
+    assert list(documents(plain)) != list(documents(novel))
+    with pytest.raises(FewshotError, match="novel formats"):
+        MixtureConfig(novel_formats=1.5)
 
 
 def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -> None:

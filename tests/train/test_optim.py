@@ -8,7 +8,9 @@ import torch
 from fewshot.config import PRESETS, TrainConfig
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
-from fewshot.train.optim import Combined, make_optimizer
+import torch.optim._muon as torch_muon
+
+from fewshot.train.optim import Combined, Fp32Muon, make_optimizer, newton_schulz_fp32
 from fewshot.train.loop import resume_config, train
 from tests.conftest import tiny_config
 
@@ -33,6 +35,34 @@ def test_muon_takes_the_blocks_matrices_and_adamw_everything_else() -> None:
     for group in optimizer.param_groups:
         group["lr"] = 0.5
     assert all(group["lr"] == 0.5 for o in (adamw, muon) for group in o.param_groups)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])
+def test_fp32_newton_schulz_is_torchs_to_bf16_precision(shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    grad = torch.randn(*shape)
+    coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
+    ours = newton_schulz_fp32(grad, coefficients, steps, eps)
+    theirs = torch_muon._zeropower_via_newtonschulz(grad, coefficients, steps, eps).float()
+    assert ours.dtype == torch.float32 and ours.shape == grad.shape
+    assert torch.allclose(ours, theirs, atol=0.05), (ours - theirs).abs().max()
+    assert not torch.equal(ours, theirs)  # a different precision, not the same function by accident
+
+
+def test_fp32_muon_steps_like_muon_and_leaves_torch_as_it_was() -> None:
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(24, 8)) for _ in range(2)]
+    before = torch_muon._zeropower_via_newtonschulz
+    for cls in (torch.optim.Muon, Fp32Muon):
+        params = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+        optimizer = cls(params, lr=0.02, adjust_lr_fn="match_rms_adamw")
+        for p in params:
+            p.grad = torch.ones_like(p) + p.detach()
+        optimizer.step()
+        if cls is torch.optim.Muon:
+            reference = [p.detach().clone() for p in params]
+    assert all(torch.allclose(p, r, atol=1e-3) and not torch.equal(p, w) for p, r, w in zip(params, reference, weights))
+    assert torch_muon._zeropower_via_newtonschulz is before
 
 
 def test_the_combined_state_round_trips_into_a_fresh_optimizer() -> None:

@@ -68,6 +68,10 @@ EVAL_TEMPLATES: dict[str, str] = {
     "equals": "{input} = {target}",
 }
 INSTRUCTION_P = 0.3
+# Novel formats: pieces that episodes' own templates are assembled from, so that no format of a
+# test prompt has to have been seen in training (the delimiters and the label words vary per episode).
+DELIMITER_CHARS = "-=>|:~#*+/<;!.^"
+LABEL_ENDS = (":", ":", " :", " -", ">", "=", ")", "]", " |", "")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class MixtureConfig:
     zipf_fraction: float = 0.1
     text_fraction: float = 0.05
     repeat_fraction: float = 0.1  # random strings shown again: the plainest lesson in copying from context
+    novel_formats: float = 0.0   # share of episodes in a template assembled for them alone (`novel_format`)
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -87,13 +92,18 @@ class MixtureConfig:
         fractions = (self.ginc_fraction, self.zipf_fraction, self.text_fraction, self.repeat_fraction)
         if any(f < 0 for f in fractions) or sum(fractions) >= 1:
             raise FewshotError("ICL mixture fractions must be >= 0 and leave room for few-shot episodes")
+        if not 0 <= self.novel_formats <= 1:
+            raise FewshotError(f"the share of episodes in novel formats must be in [0, 1], got {self.novel_formats}")
 
     @property
     def name(self) -> str:
         """Directory name: readable, plus a digest of every field and of what the generators
         write, so two mixtures never share one, and a mixture written before a family was added
         *or changed* is not reused (a digest of names alone missed edited parameters)."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        fields = asdict(self)
+        if not self.novel_formats:
+            del fields["novel_formats"]  # added later: mixtures without it keep the names they were written under
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for text in generator_fingerprint(self):
             digest.update(text.encode())
         kind = "icl" if self.bursty else "icl-nonbursty"
@@ -112,9 +122,33 @@ def generator_fingerprint(config: MixtureConfig, documents_shown: int = 300, tas
             yield json.dumps([family.name, task.instruction, task.examples(4, rng)])
 
 
-def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True) -> str:
+def novel_format(rng: random.Random) -> tuple[str, str]:
+    """A (template, separator) assembled at random: label words or letters with an end mark on two
+    lines ("Stone> {input}\nBlue= {target}"), or a one-line delimiter of 1-3 marks or a word
+    ("{input} ~| {target}", "{input} then {target}"). Thousands of formats, so what a model can
+    learn from them is to read the format off the examples, not to know it."""
+    def label() -> str:
+        text = rng.choice(procedural.words()) if rng.random() < 0.7 else procedural.letters(rng, 1, 3)
+        text = rng.choice((str.lower, str.capitalize, str.upper))(text)
+        return text + rng.choice(LABEL_ENDS)
+    if rng.random() < 0.5:
+        first, second = label(), label()
+        while second == first:
+            second = label()
+        return f"{first} {{input}}\n{second} {{target}}", rng.choice(("\n", "\n\n"))
+    if rng.random() < 0.8:
+        mark = "".join(rng.choice(DELIMITER_CHARS) for _ in range(rng.randint(1, 3)))
+        space = rng.choice((" ", " ", ""))
+    else:
+        mark, space = rng.choice(procedural.words()), " "
+    return f"{{input}}{space}{mark}{space}{{target}}", rng.choice(("\n", "\n\n"))
+
+
+def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True,
+            novel_formats: float = 0.0) -> str:
     """One task, many solved examples, one format: what a K-shot prompt looks like."""
-    template, separator = rng.choice(FORMATS)
+    # The draw only when asked for: mixtures without novel formats keep their bytes.
+    template, separator = novel_format(rng) if novel_formats and rng.random() < novel_formats else rng.choice(FORMATS)
     template = Template(template)
     task = pick_family(rng, families).build(rng)
     shown = []
@@ -175,7 +209,7 @@ def documents(config: MixtureConfig) -> Iterator[str]:
         elif kind < repeat_cut:
             text = repeats(rng, config.episode_chars, bursty=config.bursty)
         else:
-            text = episode(rng, families, config.episode_chars, bursty=config.bursty)
+            text = episode(rng, families, config.episode_chars, bursty=config.bursty, novel_formats=config.novel_formats)
         written += len(text) + 1
         yield text
 
@@ -242,7 +276,8 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
         return None
     fields = {"bursty": name == "icl"}
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
-            "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int)}
+            "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int),
+            "formats": ("novel_formats", float)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:
