@@ -22,6 +22,7 @@ from fewshot.tasks.meta.mixture import (
     documents,
     ensure_mixture,
     episode,
+    episode_families,
     held_out_examples,
     novel_format,
     parse_data_spec,
@@ -344,10 +345,14 @@ def test_data_specs() -> None:
     assert parse_data_spec("icl") == MixtureConfig()
     assert parse_data_spec("icl:repeat=0.2").repeat_fraction == 0.2
     assert MixtureConfig().name != MixtureConfig(repeat_fraction=0.2).name  # every field names the directory
+    programs = parse_data_spec("icl:programs=20")
+    assert programs.programs == 20.0 and programs.name != MixtureConfig().name
+    assert [f.name for f in episode_families(programs)][-1] == "program"
+    assert "program" not in [f.name for f in episode_families(MixtureConfig())]
     assert parse_data_spec("icl-nonbursty:mb=2,text=0.2,seed=5") == MixtureConfig(megabytes=2, text_fraction=0.2, seed=5, bursty=False)
     for bad, message in (("icl:mb=x", "mb must be a number"), ("icl:size=3", "unknown option"),
                          ("icl:mb=-1", "positive size"), ("icl:text=0.5,ginc=0.5", "fractions"),
-                         ("icl:repeat=-0.1", "fractions")):
+                         ("icl:repeat=-0.1", "fractions"), ("icl:programs=-1", "programs' weight")):
         with pytest.raises(FewshotError, match=message):
             parse_data_spec(bad)
 

@@ -39,6 +39,7 @@ from fewshot.tasks.taskfile import Template
 from fewshot.tasks import families as procedural
 from fewshot.tasks.meta import bursty, ginc
 from fewshot.tasks.families import Family, held_out_families, pick_family, training_families
+from fewshot.tasks.families.programs import program_family
 
 MIXTURE_FILE = "mixture.json"
 DOCUMENT_FILE_BYTES = 8 << 20
@@ -85,6 +86,7 @@ class MixtureConfig:
     text_fraction: float = 0.05
     repeat_fraction: float = 0.1  # random strings shown again: the plainest lesson in copying from context
     novel_formats: float = 0.0   # share of episodes in a template assembled for them alone (`novel_format`)
+    programs: float = 0.0        # weight of the `program` family (fewshot.tasks.families.programs); 0: absent
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -94,6 +96,8 @@ class MixtureConfig:
             raise FewshotError("ICL mixture fractions must be >= 0 and leave room for few-shot episodes")
         if not 0 <= self.novel_formats <= 1:
             raise FewshotError(f"the share of episodes in novel formats must be in [0, 1], got {self.novel_formats}")
+        if self.programs < 0:
+            raise FewshotError(f"the programs' weight must be >= 0, got {self.programs}")
 
     @property
     def name(self) -> str:
@@ -101,8 +105,9 @@ class MixtureConfig:
         write, so two mixtures never share one, and a mixture written before a family was added
         *or changed* is not reused (a digest of names alone missed edited parameters)."""
         fields = asdict(self)
-        if not self.novel_formats:
-            del fields["novel_formats"]  # added later: mixtures without it keep the names they were written under
+        for added_later in ("novel_formats", "programs"):  # mixtures without them keep the names they were written under
+            if not fields[added_later]:
+                del fields[added_later]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for text in generator_fingerprint(self):
             digest.update(text.encode())
@@ -110,12 +115,17 @@ class MixtureConfig:
         return f"{kind}-{self.megabytes:g}mb-seed{self.seed}-{digest.hexdigest()[:8]}"
 
 
+def episode_families(config: MixtureConfig) -> tuple[Family, ...]:
+    """The families a mixture's episodes draw from: every training family, and programs if asked for."""
+    return training_families() + ((program_family(config.programs),) if config.programs else ())
+
+
 def generator_fingerprint(config: MixtureConfig, documents_shown: int = 300, tasks_per_family: int = 3) -> Iterator[str]:
     """The mixture's first documents and a few tasks of every training family, with their
     examples: a cheap sample (~0.3 s; ~0.5 s with the first load of the word list) that changes
     when any generator does."""
     yield from itertools.islice(documents(config), documents_shown)
-    for family in training_families():
+    for family in episode_families(config):
         rng = random.Random(f"fingerprint/{family.name}")
         for _ in range(tasks_per_family):
             task = family.build(rng)
@@ -185,7 +195,7 @@ def documents(config: MixtureConfig) -> Iterator[str]:
 
 
     rng = random.Random(f"icl-mixture/{config.seed}")
-    families = training_families()
+    families = episode_families(config)
     concepts = ginc.make_mixture(config.seed)
     world = bursty.make_world(config.seed)
     plays = [text for _, text in shakespeare_documents()] if config.text_fraction > 0 else []
@@ -277,7 +287,7 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
     fields = {"bursty": name == "icl"}
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
             "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int),
-            "formats": ("novel_formats", float)}
+            "formats": ("novel_formats", float), "programs": ("programs", float)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:
