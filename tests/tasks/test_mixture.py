@@ -365,6 +365,10 @@ def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
     stamp = (path / "mixture.json").stat().st_mtime_ns
     assert ensure_mixture(tmp_path, config, progress=False) == path
     assert (path / "mixture.json").stat().st_mtime_ns == stamp
+    # A marker from before `novel_formats` and `programs` existed still names this mixture.
+    older = {k: v for k, v in json.loads((path / "mixture.json").read_text()).items() if k not in ("novel_formats", "programs")}
+    (path / "mixture.json").write_text(json.dumps(older))
+    assert ensure_mixture(tmp_path, config, progress=False) == path
     (path / "mixture.json").write_text(json.dumps({"seed": 99}))
     with pytest.raises(FewshotError, match="different ICL mixture"):
         ensure_mixture(tmp_path, config, progress=False)

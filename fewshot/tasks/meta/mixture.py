@@ -258,7 +258,9 @@ def ensure_mixture(root: Path, config: MixtureConfig, progress: bool = True) -> 
     path = Path(root) / config.name
     marker = path / MIXTURE_FILE
     if marker.exists():
-        if json.loads(marker.read_text()) != asdict(config):
+        # A marker written before a field was added lacks it, and means that field's default.
+        stored = json.loads(marker.read_text())
+        if {**asdict(MixtureConfig()), **stored} != asdict(config):
             raise FewshotError(f"{path} holds a different ICL mixture; remove it or pass another directory")
         return path
     if path.exists():
