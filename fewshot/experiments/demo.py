@@ -101,7 +101,8 @@ def run_demo(out: Path, minutes: float = 8.0, preset: str = "icl", console: Cons
     sections = {"Samples (temperature 0.8, top-p 0.95; the last greedy)": "\n\n".join(samples)}
     # The frozen set first: the honest estimate; the dev set's families shaped the training mixture.
     for held_out, where in ((FROZEN, "frozen"), (DEV, "heldout")):
-        report = held_out_report([("demo", lm)], out / where, held_out=held_out, shots=DEMO_SHOTS, n=min(n_eval, held_out.max_queries or n_eval),
+        n = min(n_eval, held_out.max_queries or n_eval)
+        report = held_out_report([("demo", lm)], out / where, held_out=held_out, shots=DEMO_SHOTS, n=n,
                                  templates=(next(iter(held_out.templates)),), console=console)
         curve = report.curves[0]
         console.print(f"{held_out.title}, ICL curve (mean exact match, format {curve.label}): "
