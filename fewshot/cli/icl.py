@@ -79,7 +79,7 @@ def icl_train(
     """The ICL recipe (FULL: icl-deep, Muon at 6e-3, compiled): train on the mixture for a time budget, then
     evaluate on both held-out sets (frozen, then dev). The other options are the Recipe's fields; unset, they are FULL's."""
     import fewshot
-    from fewshot.experiments.icl import held_out_report, train_icl
+    from fewshot.experiments.icl import score_both_sets, train_icl
     from fewshot.tasks.meta.mixture import parse_data_spec
     from fewshot.train.report import write_report
 
@@ -92,15 +92,7 @@ def icl_train(
         given["lr"] = None
     recipe = FULL.replace(minutes=minutes, mixture=mixture, **given)
     result = train_icl(out_dir, recipe, console=err, **options)
-    sections = {}
-    if n > 0:
-        from fewshot.eval.heldout import DEV, FROZEN
-
-        lm = fewshot.load(out_dir)
-        for held_out, where in ((FROZEN, "frozen"), (DEV, "heldout")):
-            report = held_out_report([(out_dir.name, lm)], out_dir / where, held_out=held_out, n=min(n, held_out.max_queries or n),
-                                     console=out)
-            sections[f"In-context learning: {held_out.title}"] = f"{report.markdown}\n\n![{held_out.name}]({where}/icl.png)"
+    sections = score_both_sets(out_dir.name, fewshot.load(out_dir), out_dir, n=n, console=out) if n > 0 else {}
     write_report(out_dir, sections)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/byte"
     out.print(f"step {result.step}: val loss {val}; run directory: {out_dir}")

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from fewshot.runs import RunDir
 from fewshot.convert.gguf import import_gguf, smollm2_gguf
-from fewshot.eval.heldout import DEV, FROZEN
 from fewshot.eval.harness import (
     build_prompt,
     evaluate,
@@ -26,7 +25,7 @@ from fewshot.eval.harness import (
     results_table,
     synthetic_tasks,
 )
-from fewshot.experiments.icl import SHORT, held_out_report, train_icl
+from fewshot.experiments.icl import SHORT, score_both_sets, train_icl
 from fewshot.inference.lm import LM, load
 from fewshot.train.report import write_report
 from fewshot.tasks.meta.mixture import EVAL_TEMPLATES, held_out_examples
@@ -99,16 +98,7 @@ def run_demo(out: Path, minutes: float = 8.0, preset: str = "icl", console: Cons
 
     console.rule("4. in-context learning on held-out task families")
     sections = {"Samples (temperature 0.8, top-p 0.95; the last greedy)": "\n\n".join(samples)}
-    # The frozen set first: the honest estimate; the dev set's families shaped the training mixture.
-    for held_out, where in ((FROZEN, "frozen"), (DEV, "heldout")):
-        n = min(n_eval, held_out.max_queries or n_eval)
-        report = held_out_report([("demo", lm)], out / where, held_out=held_out, shots=DEMO_SHOTS, n=n,
-                                 templates=(next(iter(held_out.templates)),), console=console)
-        curve = report.curves[0]
-        console.print(f"{held_out.title}, ICL curve (mean exact match, format {curve.label}): "
-                      + "  ".join(f"K={k}: {m:.0%}" for k, m in zip(curve.shots, curve.means)))
-        console.print(f"plot: {report.plot}")
-        sections[f"In-context learning: {held_out.title}"] = f"{report.markdown}\n\n![{held_out.name}]({where}/icl.png)"
+    sections.update(score_both_sets("demo", lm, out, n=n_eval, shots=DEMO_SHOTS, first_template_only=True, console=console))
 
     if smollm2:
         console.rule("5. a pretrained model, prompted few-shot: SmolLM2-135M")

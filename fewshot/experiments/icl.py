@@ -25,7 +25,7 @@ from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.files import write_json
 from fewshot.eval.context_loss import loss_by_position
-from fewshot.eval.heldout import DEV, SHOTS, HeldOutSet, MeanCurve, evaluate_held_out, mean_curve, summary_table
+from fewshot.eval.heldout import DEV, FROZEN, SHOTS, HeldOutSet, MeanCurve, evaluate_held_out, mean_curve, summary_table
 from fewshot.inference.lm import LM, load
 from fewshot.eval.plots import plot_loss_by_position, plot_mean_curves
 from fewshot.tasks.meta.mixture import ensure_mixture
@@ -107,6 +107,25 @@ def held_out_report(runs: Sequence[tuple[str, LM]], out: Path, *, held_out: Held
     (out / "results.md").write_text(markdown + "\n")
     plot = plot_mean_curves(curves, out / "icl.png", f"{held_out.title}: mean exact match (n={n} per family)")
     return HeldOutReport(tuple(curves), markdown, plot)
+
+
+def score_both_sets(label: str, lm: LM, run_dir: Path, *, n: int, shots: Sequence[int] = SHOTS,
+                    first_template_only: bool = False, console: Console | None = None) -> dict[str, str]:
+    """Score one model on both held-out sets into run_dir/frozen and run_dir/heldout: the frozen set first,
+    because it is the honest estimate (the dev set's families shaped the training mixture).
+    Returns report.md sections, one per set."""
+    console = console or Console()
+    sections = {}
+    for held_out, where in ((FROZEN, "frozen"), (DEV, "heldout")):
+        templates = (next(iter(held_out.templates)),) if first_template_only else None
+        report = held_out_report([(label, lm)], run_dir / where, held_out=held_out, shots=shots,
+                                 n=min(n, held_out.max_queries or n), templates=templates, console=console)
+        for curve in report.curves:
+            console.print(f"{held_out.title}, ICL curve (mean exact match, format {curve.label}): "
+                          + "  ".join(f"K={k}: {m:.0%}" for k, m in zip(curve.shots, curve.means)))
+        console.print(f"plot: {report.plot}")
+        sections[f"In-context learning: {held_out.title}"] = f"{report.markdown}\n\n![{held_out.name}]({where}/icl.png)"
+    return sections
 
 
 # Chan et al. (2022)'s two questions, at one time budget: does the context have to predict the

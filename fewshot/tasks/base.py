@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from fewshot.errors import FewshotError
 
 
 @dataclass(frozen=True)
@@ -19,3 +22,15 @@ class Example:
     def solved(self) -> str:
         """How a demonstration of a synthetic task shows it (its format is inside `input`)."""
         return f"{self.input} {self.target}"
+
+
+def distinct_examples(sample: Callable[[], tuple[str, str]], n: int, what: str) -> list[tuple[str, str]]:
+    """n (input, target) pairs from `sample` with n distinct inputs, the first target kept for each;
+    gives up after 100 n draws, for a task with fewer inputs than that."""
+    seen: dict[str, str] = {}
+    for _ in range(100 * n):
+        x, y = sample()
+        seen.setdefault(x, y)
+        if len(seen) == n:
+            return list(seen.items())
+    raise FewshotError(f"{what} has fewer than {n} distinct inputs")

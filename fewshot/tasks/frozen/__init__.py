@@ -30,6 +30,7 @@ import random
 from pathlib import Path
 
 from fewshot.errors import FewshotError
+from fewshot.tasks.base import distinct_examples
 from fewshot.tasks.frozen.families import CANDIDATES, TEMPLATES, Family
 
 DATA = Path(__file__).parent / "data"
@@ -59,14 +60,12 @@ def examples(family: Family, n: int = QUERIES) -> list[tuple[str, str]]:
     """n examples of the family's one frozen task, with n distinct inputs."""
     rng = random.Random(f"frozen/{family.name}")
     answer, draw = family.build(rng)
-    seen: dict[str, str] = {}
-    for _ in range(100 * n):
+
+    def sample() -> tuple[str, str]:
         x = draw(rng)
-        if x not in seen:
-            seen[x] = answer(x)
-            if len(seen) == n:
-                return list(seen.items())
-    raise FewshotError(f"frozen family {family.name} has fewer than {n} distinct inputs")
+        return x, answer(x)
+
+    return distinct_examples(sample, n, f"frozen family {family.name}")
 
 
 def render(family: Family) -> str:

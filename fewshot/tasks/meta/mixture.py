@@ -34,7 +34,7 @@ from pathlib import Path
 from fewshot.data.corpus import shakespeare_documents
 from fewshot.data.prepare import prepare
 from fewshot.errors import FewshotError
-from fewshot.tasks.base import Example
+from fewshot.tasks.base import Example, distinct_examples
 from fewshot.tasks.taskfile import Template
 from fewshot.tasks import families as procedural
 from fewshot.tasks.meta import bursty, ginc
@@ -306,16 +306,8 @@ def held_out_examples(family: Family, n: int, seed: int) -> list[Example]:
     """n examples of one task of a held-out family, with n distinct inputs where it has them."""
     rng = random.Random(f"held-out/{family.name}/{seed}")
     task = family.build(rng)
-    seen: dict[str, str] = {}
-    for _ in range(100 * n):
-        x, y = task.sample(rng)
-        seen.setdefault(x, y)
-        if len(seen) == n:
-            break
-    if len(seen) < n:
-        raise FewshotError(f"held-out family {family.name} has fewer than {n} distinct inputs")
-    return [Example(x, y) for x, y in seen.items()]
-
+    pairs = distinct_examples(lambda: task.sample(rng), n, f"held-out family {family.name}")
+    return [Example(x, y) for x, y in pairs]
 
 def write_held_out_tasks(out: Path, n: int = 200, seed: int = 0) -> list[Path]:
     """One JSONL task file per held-out family (`{"input", "target"}` lines), n queries each."""
