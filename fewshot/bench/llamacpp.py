@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fewshot.bench.timing import interleave, median, pair_ratios
+from fewshot.bench.timing import interleave, median, pair_ratios, progress_bar
 from fewshot.errors import FewshotError
 from fewshot.inference.decode import generate
 from fewshot.inference.sampling import SamplingOptions
@@ -238,10 +239,10 @@ def quality_vs_llamacpp(gguf: Path, positions: int = QUALITY_POSITIONS) -> list[
             theirs = peer.logits(ids)
         finally:
             peer.close()
-        reference = _stepped_logits(float_lm.model, ids)
+        reference = _stepped_logits(float_lm.model, ids, "fp32, token by token")
         types = "/".join((float_lm.config.source or {}).get("quantization", []))
         rows = [(f"llama.cpp ({types})", theirs), ("fewshot fp32 (dequantised)", reference),
-                (f"fewshot {kept_lm.model.config.quant} (kept, int8 activations)", _stepped_logits(kept_lm.model, ids))]
+                (f"fewshot {kept_lm.model.config.quant} (kept, int8 activations)", _stepped_logits(kept_lm.model, ids, "kept blocks, token by token"))]
     targets = torch.tensor(ids[1:])
     best = reference[:-1].argmax(-1)
     return [Quality(name, len(ids) - 1, math.exp(F.cross_entropy(logits[:-1], targets).item()),
@@ -249,6 +250,12 @@ def quality_vs_llamacpp(gguf: Path, positions: int = QUALITY_POSITIONS) -> list[
 
 
 @torch.inference_mode()
-def _stepped_logits(model, ids: list[int]) -> torch.Tensor:
+def _stepped_logits(model, ids: list[int], label: str) -> torch.Tensor:
     cache = model.new_cache(1, capacity=len(ids))
-    return torch.cat([model.step(torch.tensor([[token]]), cache)[0] for token in ids]).float()
+    rows = []
+    with progress_bar(sys.stderr.isatty()) as bar:
+        task = bar.add_task(label, total=len(ids))
+        for token in ids:
+            rows.append(model.step(torch.tensor([[token]]), cache)[0])
+            bar.advance(task)
+    return torch.cat(rows).float()

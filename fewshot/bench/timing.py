@@ -14,7 +14,9 @@ from collections.abc import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 
 def synchronize(device: torch.device) -> None:
@@ -30,10 +32,16 @@ def timed(run: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - start, result
 
 
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f}/s")
+
+
 def progress_bar(enabled: bool) -> Progress:
-    """A transient bar on stderr; disabled when stderr is not a terminal (callers pass that)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled)
+    """A transient bar on stderr with its rate and ETA; disabled when stderr is not a terminal (callers pass that)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
 
 
 def interleave(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,

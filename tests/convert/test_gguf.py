@@ -311,4 +311,10 @@ def test_keep_quant_refuses_files_it_cannot_keep_by_name(tmp_path: Path) -> None
     with pytest.raises(FewshotError, match="--keep-quant keeps .* this file's are Q4_K, Q8_0"):
         import_gguf(path, tmp_path / "out", keep_quant=True)
     assert not (tmp_path / "out").exists()
+    # Through the CLI: one error line naming the way out, exit 2, nothing written.
+    failed = subprocess.run([*fewshot_command(), "import-gguf", str(path), str(tmp_path / "out"), "--keep-quant"],
+                            capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.startswith("error:"), failed.stderr
+    assert failed.stderr.strip().count("\n") == 0 and "without --keep-quant" in failed.stderr
+    assert not (tmp_path / "out").exists()
     import_gguf(path, tmp_path / "out")  # dequantised, it imports

@@ -10,6 +10,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <immintrin.h>
@@ -68,48 +69,108 @@ inline __m256i unpack_nibbles(const uint8_t* packed) {
 }
 
 constexpr int64_t kMaxRows = 16;  // rows of x per call; more go through a dequantised matmul (model/quant.py)
+constexpr int64_t kTileRows = 8;  // rows of x per pass over W: their accumulators fit the 16 AVX2 registers
 
-// Weight rows n0..n1 against every row of x. Each weight block is loaded (and unpacked) once
-// and used for all rows of x: batch-8 decoding reads W once, as batch 1 does.
+// One weight block against row block `xv` of x: 8 int32 partial sums, as floats.
+template <Format F>
+__attribute__((target("avx2,fma"), always_inline))
+inline __m256 block_dot(__m256i wv, __m256i magnitude, __m256i xv) {
+  // maddubs multiplies unsigned by signed bytes: give it |w| and x carrying w's sign.
+  if (F != Q4_1) xv = _mm256_sign_epi8(xv, wv);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, xv), _mm256_set1_epi16(1)));
+}
+
+template <Format F>
+__attribute__((target("avx2,fma"), always_inline))
+inline __m256i load_block(const uint8_t* w, int64_t b) {
+  if (F == Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
+  if (F == Q4_0) return _mm256_sub_epi8(unpack_nibbles(w + b * 16), _mm256_set1_epi8(8));
+  return unpack_nibbles(w + b * 16);  // Q4_1: unsigned nibbles go straight into maddubs
+}
+
+// Weight rows n0..n1 against R rows of x. The format and R are template parameters, so the
+// accumulators live in registers and the per-format branches vanish from the block loop (with
+// them in the loop and acc[] sized at run time, batch-1 decoding spent its time on stack
+// round trips). Each weight block is loaded (and unpacked) once and used for all R rows: batch-8
+// decoding reads W once, as batch 1 does. With one or two rows there are too few independent
+// accumulators to hide the FMA latency, so two blocks go in flight, each to its own accumulator.
+template <Format F, int R>
 __attribute__((target("avx2,fma,f16c")))
-void matmul_avx2(Format format, const int8_t* xq, const float* xd, const float* xs, int64_t rows, int64_t k,
-                 const uint8_t* weight, const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1,
-                 float* y, int64_t n) {
+void matmul_tile(const int8_t* xq, const float* xd, const float* xs, int64_t k, const uint8_t* weight,
+                 const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1, float* y, int64_t n) {
+  constexpr int U = R <= 2 ? 2 : 1;
   const int64_t blocks = k / kBlock;
-  const int64_t row_bytes = format == Q8_0 ? k : k / 2;
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[kMaxRows];
-  float offset[kMaxRows];
+  const int64_t row_bytes = F == Q8_0 ? k : k / 2;
   for (int64_t j = n0; j < n1; ++j) {
     const uint8_t* w = weight + j * row_bytes;
     const uint16_t* d16 = reinterpret_cast<const uint16_t*>(scales + j * blocks);
-    const uint16_t* m16 = mins ? reinterpret_cast<const uint16_t*>(mins + j * blocks) : nullptr;
-    for (int64_t r = 0; r < rows; ++r) {
-      acc[r] = _mm256_setzero_ps();
-      offset[r] = 0.0f;
+    const uint16_t* m16 = F == Q4_1 ? reinterpret_cast<const uint16_t*>(mins + j * blocks) : nullptr;
+    __m256 acc[U][R];
+    float offset[R];
+    for (int u = 0; u < U; ++u)
+      for (int r = 0; r < R; ++r) acc[u][r] = _mm256_setzero_ps();
+    for (int r = 0; r < R; ++r) offset[r] = 0.0f;
+    int64_t b = 0;
+    for (; b + U <= blocks; b += U) {
+      for (int u = 0; u < U; ++u) {
+        const float dw = _cvtsh_ss(d16[b + u]);
+        const __m256i wv = load_block<F>(w, b + u);
+        const __m256i magnitude = F == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
+        for (int r = 0; r < R; ++r) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + (b + u) * kBlock));
+          acc[u][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b + u]), block_dot<F>(wv, magnitude, xv), acc[u][r]);
+          if (F == Q4_1) offset[r] += _cvtsh_ss(m16[b + u]) * xs[r * blocks + b + u];
+        }
+      }
     }
-    for (int64_t b = 0; b < blocks; ++b) {
+    for (; b < blocks; ++b) {  // an odd block count's last block
       const float dw = _cvtsh_ss(d16[b]);
-      __m256i wv;
-      if (format == Q8_0) {
-        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * kBlock));
-      } else if (format == Q4_0) {
-        wv = _mm256_sub_epi8(unpack_nibbles(w + b * 16), _mm256_set1_epi8(8));
-      } else {
-        wv = unpack_nibbles(w + b * 16);  // Q4_1: unsigned nibbles go straight into maddubs
-      }
-      // maddubs multiplies unsigned by signed bytes: give it |w| and x carrying w's sign.
-      const __m256i magnitude = format == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
-      const float mw = format == Q4_1 ? _cvtsh_ss(m16[b]) : 0.0f;
-      for (int64_t r = 0; r < rows; ++r) {
-        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + b * kBlock));
-        if (format != Q4_1) xv = _mm256_sign_epi8(xv, wv);
-        const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, xv), ones));
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b]), dot, acc[r]);
-        offset[r] += mw * xs[r * blocks + b];
+      const __m256i wv = load_block<F>(w, b);
+      const __m256i magnitude = F == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
+      for (int r = 0; r < R; ++r) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + b * kBlock));
+        acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b]), block_dot<F>(wv, magnitude, xv), acc[0][r]);
+        if (F == Q4_1) offset[r] += _cvtsh_ss(m16[b]) * xs[r * blocks + b];
       }
     }
-    for (int64_t r = 0; r < rows; ++r) y[r * n + j] = horizontal_sum(acc[r]) + offset[r];
+    for (int r = 0; r < R; ++r) {
+      __m256 total = acc[0][r];
+      for (int u = 1; u < U; ++u) total = _mm256_add_ps(total, acc[u][r]);
+      y[r * n + j] = horizontal_sum(total) + offset[r];
+    }
+  }
+}
+
+template <Format F>
+void matmul_rows(int64_t rows, const int8_t* xq, const float* xd, const float* xs, int64_t k, const uint8_t* weight,
+                 const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1, float* y, int64_t n) {
+  switch (rows) {
+    case 1: return matmul_tile<F, 1>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 2: return matmul_tile<F, 2>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 3: return matmul_tile<F, 3>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 4: return matmul_tile<F, 4>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 5: return matmul_tile<F, 5>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 6: return matmul_tile<F, 6>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    case 7: return matmul_tile<F, 7>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+    default: return matmul_tile<F, 8>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
+  }
+}
+
+// Every row of x, kTileRows at a time (a batch over 8 reads the thread's share of W once per tile;
+// that share is a few hundred KB, so the second pass mostly finds it in cache).
+void matmul(Format format, const int8_t* xq, const float* xd, const float* xs, int64_t rows, int64_t k,
+            const uint8_t* weight, const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1,
+            float* y, int64_t n) {
+  const int64_t blocks = k / kBlock;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int64_t tile = std::min(kTileRows, rows - r0);
+    const int8_t* q = xq + r0 * k;
+    const float* d = xd + r0 * blocks;
+    const float* s = xs + r0 * blocks;
+    float* out = y + r0 * n;
+    if (format == Q8_0) matmul_rows<Q8_0>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
+    else if (format == Q4_0) matmul_rows<Q4_0>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
+    else matmul_rows<Q4_1>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
   }
 }
 
@@ -148,7 +209,7 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor weight, torch::Tensor scale
   const at::Half* m = with_mins ? mins->data_ptr<at::Half>() : nullptr;
   // Threads split the weight's rows: each reads its share of W once for all M rows of x.
   at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
-    matmul_avx2(static_cast<Format>(format), xq.data_ptr<int8_t>(), xd.data_ptr<float>(), xs.data_ptr<float>(), rows, k,
+    matmul(static_cast<Format>(format), xq.data_ptr<int8_t>(), xd.data_ptr<float>(), xs.data_ptr<float>(), rows, k,
                 w, scales.data_ptr<at::Half>(), m, n0, n1, y.data_ptr<float>(), n);
   });
   return y;
