@@ -69,7 +69,7 @@ inline __m256i unpack_nibbles(const uint8_t* packed) {
 }
 
 constexpr int64_t kMaxRows = 16;  // rows of x per call; more go through a dequantised matmul (model/quant.py)
-constexpr int64_t kTileRows = 8;  // rows of x per pass over W: their accumulators fit the 16 AVX2 registers
+constexpr int64_t kTileRows = 8;  // rows of x per weight row pass: their accumulators and the operands fit 16 registers
 
 // One weight block against row block `xv` of x: 8 int32 partial sums, as floats.
 template <Format F>
@@ -88,90 +88,81 @@ inline __m256i load_block(const uint8_t* w, int64_t b) {
   return unpack_nibbles(w + b * 16);  // Q4_1: unsigned nibbles go straight into maddubs
 }
 
-// Weight rows n0..n1 against R rows of x. The format and R are template parameters, so the
-// accumulators live in registers and the per-format branches vanish from the block loop (with
-// them in the loop and acc[] sized at run time, batch-1 decoding spent its time on stack
-// round trips). Each weight block is loaded (and unpacked) once and used for all R rows: batch-8
-// decoding reads W once, as batch 1 does. With one or two rows there are too few independent
-// accumulators to hide the FMA latency, so two blocks go in flight, each to its own accumulator.
+// Weight block b against R rows of x, into acc; Q4_1's minimum times x's block sum into offset.
 template <Format F, int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void block_step(const uint8_t* w, const uint16_t* d16, const uint16_t* m16, const int8_t* xq, const float* xd,
+                       const float* xs, int64_t k, int64_t blocks, int64_t b, __m256* acc, float* offset) {
+  const float dw = _cvtsh_ss(d16[b]);
+  const __m256i wv = load_block<F>(w, b);
+  const __m256i magnitude = F == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
+  for (int r = 0; r < R; ++r) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + b * kBlock));
+    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b]), block_dot<F>(wv, magnitude, xv), acc[r]);
+    if (F == Q4_1) offset[r] += _cvtsh_ss(m16[b]) * xs[r * blocks + b];
+  }
+}
+
+// One weight row (its blocks w, scales d16, Q4_1 minimums m16) against R rows of x; y[r * n]
+// receives row r's product. The format and R are template parameters, so the accumulators live
+// in registers and the per-format branches vanish from the block loop (with them in the loop and
+// the accumulators in a run-time-sized array, batch-1 decoding spent its time on stack round
+// trips). Each row's sum runs block by block in one accumulator, whatever R is: a row's result
+// does not depend on the batch it came in. (Two accumulators for even and odd blocks were
+// measured too; they change every product's rounding, and the server test that compares
+// batched greedy text with generate's, whose prefill chunks differ, then diverged at a near tie.)
+template <Format F, int R>
+__attribute__((target("avx2,fma,f16c"), always_inline))
+inline void row_tile(const uint8_t* w, const uint16_t* d16, const uint16_t* m16, const int8_t* xq, const float* xd,
+                     const float* xs, int64_t k, int64_t blocks, float* y, int64_t n) {
+  __m256 acc[R];
+  float offset[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    offset[r] = 0.0f;
+  }
+  for (int64_t b = 0; b < blocks; ++b) block_step<F, R>(w, d16, m16, xq, xd, xs, k, blocks, b, acc, offset);
+  for (int r = 0; r < R; ++r) y[r * n] = horizontal_sum(acc[r]) + offset[r];
+}
+
+// Weight rows n0..n1 against every row of x, kTileRows rows at a time inside each weight row, so
+// each weight row is read from memory once (a second tile finds it in L1): batch-8 decoding
+// reads W once, as batch 1 does.
+template <Format F>
 __attribute__((target("avx2,fma,f16c")))
-void matmul_tile(const int8_t* xq, const float* xd, const float* xs, int64_t k, const uint8_t* weight,
+void matmul_rows(const int8_t* xq, const float* xd, const float* xs, int64_t rows, int64_t k, const uint8_t* weight,
                  const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1, float* y, int64_t n) {
-  constexpr int U = R <= 2 ? 2 : 1;
   const int64_t blocks = k / kBlock;
   const int64_t row_bytes = F == Q8_0 ? k : k / 2;
   for (int64_t j = n0; j < n1; ++j) {
     const uint8_t* w = weight + j * row_bytes;
     const uint16_t* d16 = reinterpret_cast<const uint16_t*>(scales + j * blocks);
     const uint16_t* m16 = F == Q4_1 ? reinterpret_cast<const uint16_t*>(mins + j * blocks) : nullptr;
-    __m256 acc[U][R];
-    float offset[R];
-    for (int u = 0; u < U; ++u)
-      for (int r = 0; r < R; ++r) acc[u][r] = _mm256_setzero_ps();
-    for (int r = 0; r < R; ++r) offset[r] = 0.0f;
-    int64_t b = 0;
-    for (; b + U <= blocks; b += U) {
-      for (int u = 0; u < U; ++u) {
-        const float dw = _cvtsh_ss(d16[b + u]);
-        const __m256i wv = load_block<F>(w, b + u);
-        const __m256i magnitude = F == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
-        for (int r = 0; r < R; ++r) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + (b + u) * kBlock));
-          acc[u][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b + u]), block_dot<F>(wv, magnitude, xv), acc[u][r]);
-          if (F == Q4_1) offset[r] += _cvtsh_ss(m16[b + u]) * xs[r * blocks + b + u];
-        }
+    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int8_t* q = xq + r0 * k;
+      const float* d = xd + r0 * blocks;
+      const float* s = xs + r0 * blocks;
+      float* out = y + r0 * n + j;
+      switch (std::min(kTileRows, rows - r0)) {
+        case 1: row_tile<F, 1>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 2: row_tile<F, 2>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 3: row_tile<F, 3>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 4: row_tile<F, 4>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 5: row_tile<F, 5>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 6: row_tile<F, 6>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        case 7: row_tile<F, 7>(w, d16, m16, q, d, s, k, blocks, out, n); break;
+        default: row_tile<F, 8>(w, d16, m16, q, d, s, k, blocks, out, n); break;
       }
-    }
-    for (; b < blocks; ++b) {  // an odd block count's last block
-      const float dw = _cvtsh_ss(d16[b]);
-      const __m256i wv = load_block<F>(w, b);
-      const __m256i magnitude = F == Q4_1 ? wv : _mm256_sign_epi8(wv, wv);
-      for (int r = 0; r < R; ++r) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + r * k + b * kBlock));
-        acc[0][r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[r * blocks + b]), block_dot<F>(wv, magnitude, xv), acc[0][r]);
-        if (F == Q4_1) offset[r] += _cvtsh_ss(m16[b]) * xs[r * blocks + b];
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      __m256 total = acc[0][r];
-      for (int u = 1; u < U; ++u) total = _mm256_add_ps(total, acc[u][r]);
-      y[r * n + j] = horizontal_sum(total) + offset[r];
     }
   }
 }
 
-template <Format F>
-void matmul_rows(int64_t rows, const int8_t* xq, const float* xd, const float* xs, int64_t k, const uint8_t* weight,
-                 const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1, float* y, int64_t n) {
-  switch (rows) {
-    case 1: return matmul_tile<F, 1>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 2: return matmul_tile<F, 2>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 3: return matmul_tile<F, 3>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 4: return matmul_tile<F, 4>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 5: return matmul_tile<F, 5>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 6: return matmul_tile<F, 6>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    case 7: return matmul_tile<F, 7>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-    default: return matmul_tile<F, 8>(xq, xd, xs, k, weight, scales, mins, n0, n1, y, n);
-  }
-}
-
-// Every row of x, kTileRows at a time (a batch over 8 reads the thread's share of W once per tile;
-// that share is a few hundred KB, so the second pass mostly finds it in cache).
 void matmul(Format format, const int8_t* xq, const float* xd, const float* xs, int64_t rows, int64_t k,
             const uint8_t* weight, const at::Half* scales, const at::Half* mins, int64_t n0, int64_t n1,
             float* y, int64_t n) {
-  const int64_t blocks = k / kBlock;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
-    const int64_t tile = std::min(kTileRows, rows - r0);
-    const int8_t* q = xq + r0 * k;
-    const float* d = xd + r0 * blocks;
-    const float* s = xs + r0 * blocks;
-    float* out = y + r0 * n;
-    if (format == Q8_0) matmul_rows<Q8_0>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
-    else if (format == Q4_0) matmul_rows<Q4_0>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
-    else matmul_rows<Q4_1>(tile, q, d, s, k, weight, scales, mins, n0, n1, out, n);
-  }
+  if (format == Q8_0) matmul_rows<Q8_0>(xq, xd, xs, rows, k, weight, scales, mins, n0, n1, y, n);
+  else if (format == Q4_0) matmul_rows<Q4_0>(xq, xd, xs, rows, k, weight, scales, mins, n0, n1, y, n);
+  else matmul_rows<Q4_1>(xq, xd, xs, rows, k, weight, scales, mins, n0, n1, y, n);
 }
 
 bool cpu_has_avx2() {
