@@ -11,7 +11,7 @@ import fewshot
 
 # Bottom to top. A module may import its own stage and any stage listed before it.
 STAGES = [
-    ("errors", "files", "figures"),
+    ("errors", "files", "figures", "progress"),
     ("config", "tokenizer", "chat", "template_worker"),
     ("runs", "device"),
     ("model",),

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
-from rich.text import Text
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fewshot.progress import RateColumn
 
 
 def synchronize(device: torch.device) -> None:
@@ -32,15 +32,9 @@ def timed(run: Callable[[], object], device: torch.device) -> tuple[float, objec
     return time.perf_counter() - start, result
 
 
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.1f}/s")
-
-
 def progress_bar(enabled: bool) -> Progress:
     """A transient bar on stderr with its rate and ETA; disabled when stderr is not a terminal (callers pass that)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
 
 

@@ -224,8 +224,10 @@ def _kept_parts(tensor) -> dict[str, torch.Tensor]:
 def _weights(tensors: dict, config: ModelConfig, dtype: torch.dtype, progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from fewshot.progress import RateColumn
+
     columns = (TextColumn("dequantising" if config.quant is None else "reading"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
+               RateColumn("tensors"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("tensors", total=len(tensors))
         for gguf_name, name in _GLOBAL.items():

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from fewshot.data.shards import FORMAT, FORMAT_VERSION, META
 from fewshot.errors import FewshotError
 from fewshot.files import check_creatable, fsync_dir, staging_dir
+from fewshot.progress import byte_progress
 from fewshot.tokenizer import ByteTokenizer, train_bpe
 
 READ_CHUNK_BYTES = 1 << 18        # big enough for fast reads, small enough to never hold a corpus in RAM
@@ -321,7 +321,7 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
     try:
-        with _progress_bar(progress) as bar:
+        with byte_progress(progress) as bar:
             def reader(description: str) -> CorpusReader:
                 task = bar.add_task(description, total=total_bytes)
                 return CorpusReader(files, chunk_bytes, on_bytes=lambda n: bar.advance(task, n))
@@ -369,13 +369,6 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     if not (out / META).is_file():
         # --overwrite replaces an older dataset, never an arbitrary directory.
         raise FewshotError(f"{out} is not a prepared dataset (no {META}); refusing to replace it even with --overwrite")
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def _train_bpe(corpus: CorpusReader, vocab_size: int):

@@ -26,18 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fewshot.data.ngrams import NGRAM, ngram_hashes
 from fewshot.data.shards import TokenData
+from fewshot.progress import RateColumn
 
 if TYPE_CHECKING:
     from fewshot.eval.harness import EvalTask
@@ -76,12 +69,6 @@ class ContaminationReport:
         return sum(self.flags)
 
 
-class _TokensPerSecond(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed / 1e6:.1f}M tokens/s")
-
-
 def check_contamination(texts: Sequence[str], data_dir: Path, n: int = NGRAM, *, chunk_tokens: int = CHUNK_TOKENS,
                         progress: bool = False) -> ContaminationReport:
     """Flag each text that shares an n-gram (or, if shorter, all of itself) with the train split of `data_dir`."""
@@ -106,7 +93,7 @@ def check_contamination(texts: Sequence[str], data_dir: Path, n: int = NGRAM, *,
     total = len(train)
     overlap = max(grams, default=1) - 1
     columns = (TextColumn("contamination check"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} tokens"),
-               _TokensPerSecond(), TimeRemainingColumn())
+               RateColumn("M tokens", scale=1e6), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("scan", total=total)
         for start in range(0, total if grams else 0, chunk_tokens):

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import Progress
 
 from fewshot.data.curate import mixture
 from fewshot.data.curate.decontaminate import Decontaminator
@@ -37,6 +37,7 @@ from fewshot.data.curate.quality import TRAIN_DOCS, KeepRule, QualityFilter
 from fewshot.data.prepare import ENCODE_BATCH_CHARS, PrepareSummary, check_out_dir, find_input_files, prepare
 from fewshot.errors import FewshotError
 from fewshot.files import atomic_write_text, write_json
+from fewshot.progress import byte_progress
 from fewshot.tokenizer import ByteTokenizer, train_bpe
 
 EXAMPLES = 3  # kept and dropped documents shown per stage in report.md
@@ -106,7 +107,7 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     dedup = Deduplicator(options.dedup) if options.dedup is not None else None
     decontaminator = Decontaminator(options.decontaminate) if options.decontaminate else None
     stats, kept_files = [], {}
-    with _bar(progress) as bar:
+    with byte_progress(progress) as bar:
         quality = None
         if options.quality_ref is not None:
             quality = _train_quality([s for s in sources if s.name in judged], options, bar)
@@ -123,7 +124,7 @@ def _run(sources, out, options, progress, overwrite, announce, work) -> MixtureR
     _write_mixture(mix, kept_files, offsets, chosen, options.seed)
     summary = prepare([mix], out, tokenizer=options.tokenizer, vocab_size=options.vocab_size,
                       val_fraction=options.val_fraction, progress=progress, overwrite=overwrite, trained=tok)
-    with _bar(progress) as bar:
+    with byte_progress(progress) as bar:
         rows = _realised(rows, mix, tok, summary, bar)
     result = MixtureResult(summary, rows, stats, quality.auc if quality else None)
     _write_reports(out / "curation", result, options, dedup, quality, decontaminator, examples)
@@ -253,11 +254,6 @@ def _realised(rows: list[mixture.MixtureRow], mix: Path, tok, summary: PrepareSu
         raise FewshotError(f"prepare: the mixture's documents count {sum(counted.values()):,} tokens, but "
                            f"{summary.tokens:,} were written (a bug; please report it)")
     return [mixture.MixtureRow(**{**asdict(r), "realised_tokens": counted[r.source]}) for r in rows]
-
-
-def _bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), disable=not enabled)
 
 
 def _write_reports(folder: Path, result: MixtureResult, options: CurateOptions, dedup, quality, decontaminator,
