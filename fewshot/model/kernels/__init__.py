@@ -52,23 +52,19 @@ def _load():
 
 
 def _as_torch_op(kernel):
-    """The kernel as a torch operator (fewshot::qmatmul), so torch.compile (`--compile`) keeps it
-    as one opaque node of its graph and fuses the small ops around it, instead of breaking the
-    graph at every quantised layer. Eager calls skip the operator's Python dispatch (~11 us a
-    call, 2 of SmolLM2's 25 ms per token) and call the kernel itself."""
+    """The kernel, and inside torch.compile the operator fewshot::qmatmul that the library
+    registers in C++ (qmatmul.cpp), so the compiled graph keeps it as one opaque node and fuses
+    the small ops around it, instead of breaking at every quantised layer. Eager calls go to the
+    kernel itself, which skips even the C++ dispatcher."""
     import torch
+
+    op = torch.ops.fewshot.qmatmul.default
+
+    @torch.library.register_fake("fewshot::qmatmul")
+    def _(x, weight, scales, mins, fmt):
+        return x.new_empty(x.shape[0], weight.shape[0])
 
     def call(x, weight, scales, mins, fmt):
         return op(x, weight, scales, mins, fmt) if torch.compiler.is_compiling() else kernel(x, weight, scales, mins, fmt)
-
-    schema = "(Tensor x, Tensor weight, Tensor scales, Tensor? mins, int fmt) -> Tensor"
-
-    @torch.library.custom_op("fewshot::qmatmul", mutates_args=(), schema=schema)
-    def op(x, weight, scales, mins, fmt):
-        return kernel(x, weight, scales, mins, fmt)
-
-    @op.register_fake
-    def _(x, weight, scales, mins, fmt):
-        return x.new_empty(x.shape[0], weight.shape[0])
 
     return call

@@ -331,6 +331,7 @@ def held_out_examples(family: Family, n: int, seed: int) -> list[Example]:
     pairs = distinct_examples(lambda: task.sample(rng), n, f"held-out family {family.name}")
     return [Example(x, y) for x, y in pairs]
 
+
 def write_held_out_tasks(out: Path, n: int = 200, seed: int = 0) -> list[Path]:
     """One JSONL task file per held-out family (`{"input", "target"}` lines), n queries each."""
     out = Path(out)
