@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.config import SSM_STATE, ModelConfig
+from fewshot.model.kernels import attend_one
 from fewshot.model.linear import Linear
 from fewshot.model.rope import Rotary, apply_rotary
 
@@ -229,6 +230,13 @@ class CausalSelfAttention(Mixer):
         grouped = self.n_kv_head != self.n_head
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped, **options)
 
+    @staticmethod
+    def _kernel_takes(q: Tensor, cache: AttentionCache) -> bool:
+        """Whether a decoding step's attention can go to the C++ kernel (kernels/attention.cpp): one
+        query per row against its run of cached keys, with no mask to build and nothing that depends
+        on the other rows. It is built for float32 on the CPU; elsewhere torch's attention runs."""
+        return q.device.type == "cpu" and q.dtype == cache.keys.dtype == torch.float32 and attend_one() is not None
+
     def _merge(self, y: Tensor) -> Tensor:
         batch, _, length, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(batch, length, self.n_head * self.head_size))
@@ -253,6 +261,9 @@ class CausalSelfAttention(Mixer):
         cache.values[:, :, position:end] = v.to(cache.values.dtype)
         # A local layer only ever looks `window` back, so its cost per token stays flat.
         start = 0 if self.window is None else max(0, position - self.window + 1)
+        if x.shape[1] == 1 and self._kernel_takes(q, cache):  # a row's keys: from its first real one to the newest
+            first = torch.full((x.shape[0],), start, device=x.device) if padding is None else padding.clamp(min=start)
+            return self._merge(attend_one()(q, cache.keys, cache.values, first, torch.full_like(first, end)))
         keys, values = cache.keys[:, :, start:end].to(q.dtype), cache.values[:, :, start:end].to(q.dtype)
         if x.shape[1] == 1 and padding is None:
             y = self._attend(q, keys, values)  # one query sees every cached key
@@ -275,6 +286,9 @@ class CausalSelfAttention(Mixer):
         q, k, v = self._heads(mixed, rotary)
         cache.keys[rows, :, positions] = k[:, :, 0].to(cache.keys.dtype)
         cache.values[rows, :, positions] = v[:, :, 0].to(cache.values.dtype)
+        if self._kernel_takes(q, cache):
+            first = torch.zeros_like(positions) if self.window is None else (positions - self.window + 1).clamp(min=0)
+            return self._merge(attend_one()(q, cache.keys, cache.values, first, positions + 1))
         end = int(positions.max()) + 1
         key_pos = torch.arange(end, device=x.device)[None, :]
         allowed = key_pos <= positions[:, None]

@@ -1,10 +1,12 @@
-"""The quantised-weight matmul kernel (qmatmul.cpp), a small C++ extension.
+"""Two CPU kernels for decoding, one small C++ extension: the quantised-weight matmul
+(qmatmul.cpp) and one query's attention over a run of cached keys (attention.cpp).
 
 `make` builds it once into the virtual environment (`python -m fewshot.model.kernels`, well
 under a minute); later processes load the built library. Where it cannot be built (no C++
-compiler) or run (a CPU without AVX2/FMA/F16C), `qmatmul()` is None and a one-line notice
-says why: quantised layers then dequantise their weights and use torch's matmul, which gives
-the same numbers up to the activations' int8 rounding, more slowly.
+compiler) or run (a CPU without AVX2/FMA/F16C), `qmatmul()` and `attend_one()` are None and a
+one-line notice says why: quantised layers then dequantise their weights and use torch's
+matmul, which gives the same numbers up to the activations' int8 rounding, and attention uses
+torch's scaled_dot_product_attention, more slowly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from fewshot.config import QUANT_FORMATS
 
-SOURCE = Path(__file__).with_name("qmatmul.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("qmatmul.cpp", "attention.cpp")]
 BUILD_DIR = Path(sys.prefix) / "fewshot-kernels"
 FORMAT_IDS = {fmt: i for i, fmt in enumerate(QUANT_FORMATS)}  # qmatmul.cpp's Format enum, in this order
 
@@ -30,6 +32,15 @@ def qmatmul():
     return _loaded[0]
 
 
+def attend_one():
+    """`attend_one(q, keys, values, first, stop)` (attention.cpp) as a torch operator, or None."""
+    if qmatmul() is None:
+        return None
+    import torch
+
+    return torch.ops.fewshot.attend_one.default
+
+
 def _load():
     # torch runs `ninja` from PATH; the pinned ninja wheel puts it beside this interpreter, which
     # is not on PATH when the venv's python is called by its path (as make does).
@@ -39,14 +50,15 @@ def _load():
         from torch.utils.cpp_extension import load
 
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        module = load("fewshot_qmatmul", [str(SOURCE)], build_directory=str(BUILD_DIR),
+        module = load("fewshot_kernels", [str(source) for source in SOURCES], build_directory=str(BUILD_DIR),
                       extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the dequantised path works anyway
-        print(f"notice: the quantised-matmul kernel is unavailable ({str(error).splitlines()[0][:120]}); "
-              "quantised layers dequantise instead (slower)", file=sys.stderr)
+        print(f"notice: fewshot's CPU kernels are unavailable ({str(error).splitlines()[0][:120]}); quantised "
+              "layers dequantise instead, and decoding attends with torch's attention (slower)", file=sys.stderr)
         return None
     if not module.available():
-        print("notice: this CPU lacks AVX2/FMA/F16C; quantised layers dequantise instead (slower)", file=sys.stderr)
+        print("notice: this CPU lacks AVX2/FMA/F16C; quantised layers dequantise instead, and decoding attends with "
+              "torch's attention (slower)", file=sys.stderr)
         return None
     return _as_torch_op(module.qmatmul)
 
@@ -63,6 +75,10 @@ def _as_torch_op(kernel):
     @torch.library.register_fake("fewshot::qmatmul")
     def _(x, weight, scales, mins, fmt):
         return x.new_empty(x.shape[0], weight.shape[0])
+
+    @torch.library.register_fake("fewshot::attend_one")
+    def _(q, keys, values, first, stop):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
 
     def call(x, weight, scales, mins, fmt):
         return op(x, weight, scales, mins, fmt) if torch.compiler.is_compiling() else kernel(x, weight, scales, mins, fmt)

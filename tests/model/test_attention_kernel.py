@@ -1,0 +1,64 @@
+"""The decoding step's attention kernel (fewshot/model/kernels/attention.cpp) against torch's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fewshot.config import PRESETS
+from fewshot.model import GPT
+from fewshot.model.kernels import attend_one
+
+needs_kernel = pytest.mark.skipif(attend_one() is None, reason="the CPU kernels cannot run on this machine")
+
+
+@needs_kernel
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 5), kv_heads=st.integers(1, 3), group=st.integers(1, 3), size=st.sampled_from([8, 12, 64]),
+       capacity=st.integers(1, 40), seed=st.integers(0, 2**16), data=st.data())
+def test_one_query_against_a_run_of_keys_is_torchs_attention(batch, kv_heads, group, size, capacity, seed, data):
+    generator = torch.Generator().manual_seed(seed)
+    heads = kv_heads * group
+    q = torch.randn(batch, heads, 1, size, generator=generator)
+    keys, values = (torch.randn(batch, kv_heads, capacity, size, generator=generator) for _ in range(2))
+    stop = torch.tensor([data.draw(st.integers(1, capacity)) for _ in range(batch)])
+    first = torch.tensor([data.draw(st.integers(0, int(s) - 1)) for s in stop])
+    allowed = (torch.arange(capacity) >= first[:, None]) & (torch.arange(capacity) < stop[:, None])
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=group > 1)
+    torch.testing.assert_close(attend_one()(q, keys, values, first, stop), expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_a_rows_attention_does_not_depend_on_the_rows_beside_it():
+    torch.manual_seed(0)
+    q, keys, values = torch.randn(4, 6, 1, 16), torch.randn(4, 2, 30, 16), torch.randn(4, 2, 30, 16)
+    first, stop = torch.tensor([0, 3, 7, 0]), torch.tensor([30, 12, 8, 1])
+    together = attend_one()(q, keys, values, first, stop)
+    for b in range(4):
+        alone = attend_one()(q[b:b + 1], keys[b:b + 1], values[b:b + 1], first[b:b + 1], stop[b:b + 1])
+        assert torch.equal(alone, together[b:b + 1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("window", [None, 5])
+def test_decoding_through_the_kernel_matches_the_whole_sequence(window):
+    """Left-padded rows of different lengths, then one token at a time, against `forward` on each row alone."""
+    torch.manual_seed(0)
+    config = PRESETS["llama-nano"].model.replace(context=64, window=window or 64, attention="local" if window else "dense")
+    model = GPT(config).eval()
+    rows = [torch.randint(0, config.vocab_size, (n,)) for n in (9, 4, 7)]
+    longest = max(len(r) for r in rows)
+    padding = torch.tensor([longest - len(r) for r in rows])
+    ids = torch.stack([torch.cat([torch.zeros(longest - len(r), dtype=torch.long), r]) for r in rows])
+    more = torch.randint(0, config.vocab_size, (3, 6))
+    with torch.no_grad():
+        cache = model.new_cache(3, capacity=32, padding=padding)
+        steps = [model.step(ids, cache, last_only=True)]
+        steps += [model.step(more[:, t:t + 1], cache) for t in range(more.shape[1])]
+        for b, row in enumerate(rows):
+            whole = model(torch.cat([row, more[b]])[None])[0][0]
+            got = torch.stack([s[b, -1] for s in steps])
+            torch.testing.assert_close(got, whole[len(row) - 1:], atol=1e-4, rtol=1e-4)
