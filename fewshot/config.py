@@ -265,8 +265,9 @@ PRESETS: dict[str, Preset] = {
     # (docs/icl/sweep.md compares the two).
     "icl-deep": Preset(_ICL.replace(n_layer=6), lr=3e-3),  # ~1.23M
     # Wider, not deeper (issue 34's width arm): Kirsch et al. (2022) find general in-context
-    # learning bottlenecked by state size. Four blocks of d_model 192 cost a step about what
-    # icl-deep's six of 128 do, so a 30-minute budget buys a similar number of steps.
+    # learning bottlenecked by state size. Four blocks of d_model 192 keep the cost of a step
+    # near icl-deep's six of 128, so a time budget buys a comparable number of steps
+    # (docs/icl/generalisation.md has both).
     "icl-wide": Preset(_ICL.replace(d_model=192, n_head=6, d_ff=512), lr=3e-3),  # ~1.8M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.

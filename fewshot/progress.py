@@ -10,15 +10,15 @@ from rich.text import Text
 class RateColumn(ProgressColumn):
     """Items per second, divided by `scale` and followed by `unit` ("M tokens/s" is scale 1e6, unit "M tokens")."""
 
-    def __init__(self, unit: str = "", scale: float = 1.0, digits: int = 1) -> None:
+    def __init__(self, unit: str = "", scale: float = 1.0) -> None:
         super().__init__()
-        self.unit, self.scale, self.digits = unit, scale, digits
+        self.unit, self.scale = unit, scale
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         if speed is None:
             return Text("")
-        return Text(f"{speed / self.scale:,.{self.digits}f}{' ' + self.unit if self.unit else ''}/s")
+        return Text(f"{speed / self.scale:,.1f}{' ' + self.unit if self.unit else ''}/s")
 
 
 def byte_progress(enabled: bool) -> Progress:

@@ -1,3 +1,5 @@
+"""The progress bars' shared rate column (fewshot.progress)."""
+
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.progress import Progress

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
+from fewshot.model.kernels import attend_one
 from fewshot.model.mixers import MixerCache, build_mixer
 from fewshot.model.linear import Linear
 from fewshot.model.quant import quantize_layers
@@ -241,6 +242,7 @@ class GPT(nn.Module):
         matmul-bound: it stays eager.
         """
         if enabled and self.compiled_step is None:
+            attend_one()  # load (or build) the CPU kernels now, not in the middle of tracing the step
             self.compiled_step = torch.compile(self.step, dynamic=True)
         self.decoding_compiled = enabled
 

@@ -231,11 +231,11 @@ class CausalSelfAttention(Mixer):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped, **options)
 
     @staticmethod
-    def _kernel_takes(q: Tensor, cache: AttentionCache) -> bool:
-        """Whether a decoding step's attention can go to the C++ kernel (kernels/attention.cpp): one
-        query per row against its run of cached keys, with no mask to build and nothing that depends
-        on the other rows. It is built for float32 on the CPU; elsewhere torch's attention runs."""
-        return q.device.type == "cpu" and q.dtype == cache.keys.dtype == torch.float32 and attend_one() is not None
+    def _decoding_kernel(q: Tensor, cache: AttentionCache):
+        """The C++ kernel for a decoding step's attention (kernels/attention.cpp): one query per row
+        against its run of cached keys, with no mask to build and nothing that depends on the other
+        rows. It is built for float32 on the CPU; elsewhere (None) torch's attention runs."""
+        return attend_one() if q.device.type == "cpu" and q.dtype == cache.keys.dtype == torch.float32 else None
 
     def _merge(self, y: Tensor) -> Tensor:
         batch, _, length, _ = y.shape
@@ -261,9 +261,13 @@ class CausalSelfAttention(Mixer):
         cache.values[:, :, position:end] = v.to(cache.values.dtype)
         # A local layer only ever looks `window` back, so its cost per token stays flat.
         start = 0 if self.window is None else max(0, position - self.window + 1)
-        if x.shape[1] == 1 and self._kernel_takes(q, cache):  # a row's keys: from its first real one to the newest
-            first = torch.full((x.shape[0],), start, device=x.device) if padding is None else padding.clamp(min=start)
-            return self._merge(attend_one()(q, cache.keys, cache.values, first, torch.full_like(first, end)))
+        kernel = self._decoding_kernel(q, cache) if x.shape[1] == 1 else None
+        if kernel is not None:  # a row's keys: from its first real one to the newest
+            if padding is None:
+                first = torch.full((x.shape[0],), start, device=x.device)
+            else:  # a row that is all padding so far attends to its past, as `padding_mask` lets it
+                first = padding.clamp(min=start, max=position)
+            return self._merge(kernel(q, cache.keys, cache.values, first, torch.full_like(first, end)))
         keys, values = cache.keys[:, :, start:end].to(q.dtype), cache.values[:, :, start:end].to(q.dtype)
         if x.shape[1] == 1 and padding is None:
             y = self._attend(q, keys, values)  # one query sees every cached key
@@ -286,9 +290,10 @@ class CausalSelfAttention(Mixer):
         q, k, v = self._heads(mixed, rotary)
         cache.keys[rows, :, positions] = k[:, :, 0].to(cache.keys.dtype)
         cache.values[rows, :, positions] = v[:, :, 0].to(cache.values.dtype)
-        if self._kernel_takes(q, cache):
+        kernel = self._decoding_kernel(q, cache)
+        if kernel is not None:
             first = torch.zeros_like(positions) if self.window is None else (positions - self.window + 1).clamp(min=0)
-            return self._merge(attend_one()(q, cache.keys, cache.values, first, positions + 1))
+            return self._merge(kernel(q, cache.keys, cache.values, first, positions + 1))
         end = int(positions.max()) + 1
         key_pos = torch.arange(end, device=x.device)[None, :]
         allowed = key_pos <= positions[:, None]

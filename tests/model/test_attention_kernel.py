@@ -32,6 +32,16 @@ def test_one_query_against_a_run_of_keys_is_torchs_attention(batch, kv_heads, gr
 
 
 @needs_kernel
+def test_long_runs_split_over_threads_give_torchs_attention_too():
+    torch.manual_seed(0)  # past the kernel's threshold for waking a second thread
+    q, keys, values = torch.randn(4, 8, 1, 64), torch.randn(4, 2, 1024, 64), torch.randn(4, 2, 1024, 64)
+    first, stop = torch.tensor([0, 100, 0, 1000]), torch.tensor([1024, 900, 1, 1024])
+    allowed = (torch.arange(1024) >= first[:, None]) & (torch.arange(1024) < stop[:, None])
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :], enable_gqa=True)
+    torch.testing.assert_close(attend_one()(q, keys, values, first, stop), expected, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 def test_a_rows_attention_does_not_depend_on_the_rows_beside_it():
     torch.manual_seed(0)
     q, keys, values = torch.randn(4, 6, 1, 16), torch.randn(4, 2, 30, 16), torch.randn(4, 2, 30, 16)
@@ -42,10 +52,25 @@ def test_a_rows_attention_does_not_depend_on_the_rows_beside_it():
         assert torch.equal(alone, together[b:b + 1])
 
 
+def _counted(monkeypatch) -> list:
+    """Count the decoding steps whose attention goes to the kernel."""
+    import fewshot.model.mixers as mixers
+
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return attend_one()(*args)
+
+    monkeypatch.setattr(mixers, "attend_one", lambda: counting)
+    return calls
+
+
 @needs_kernel
 @pytest.mark.parametrize("window", [None, 5])
-def test_decoding_through_the_kernel_matches_the_whole_sequence(window):
+def test_decoding_through_the_kernel_matches_the_whole_sequence(window, monkeypatch):
     """Left-padded rows of different lengths, then one token at a time, against `forward` on each row alone."""
+    calls = _counted(monkeypatch)
     torch.manual_seed(0)
     config = PRESETS["llama-nano"].model.replace(context=64, window=window or 64, attention="local" if window else "dense")
     model = GPT(config).eval()
@@ -62,3 +87,33 @@ def test_decoding_through_the_kernel_matches_the_whole_sequence(window):
             whole = model(torch.cat([row, more[b]])[None])[0][0]
             got = torch.stack([s[b, -1] for s in steps])
             torch.testing.assert_close(got, whole[len(row) - 1:], atol=1e-4, rtol=1e-4)
+    assert len(calls) == more.shape[1] * config.n_layer  # every one-token step, every layer
+
+
+@needs_kernel
+def test_a_row_that_is_all_padding_so_far_decodes_beside_a_real_one(monkeypatch):
+    """A one-token prefill beside an empty row: that row's query is padding, and sees its past (as
+    torch's path lets it) rather than an empty run; the real row is unaffected."""
+    calls = _counted(monkeypatch)
+    torch.manual_seed(0)
+    model = GPT(PRESETS["llama-nano"].model.replace(context=32)).eval()
+    with torch.no_grad():
+        cache = model.new_cache(2, capacity=8, padding=torch.tensor([0, 1]))
+        logits = model.step(torch.tensor([[5], [0]]), cache)
+        torch.testing.assert_close(logits[0], model(torch.tensor([[5]]))[0][0], atol=1e-5, rtol=1e-5)
+    assert calls and logits.isfinite().all()
+
+
+@needs_kernel
+@pytest.mark.slow  # compiling takes ~30 s
+def test_compiled_decoding_of_a_float_model_gives_eagers_tokens():
+    from fewshot.inference.decode import generate
+    from fewshot.inference.sampling import SamplingOptions
+    from fewshot.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    model = GPT(PRESETS["llama-nano"].model.replace(context=128)).eval()
+    options = SamplingOptions(max_tokens=40, temperature=0)
+    eager = generate(model, ByteTokenizer(), "hello world", options)[0].token_ids
+    model.compile_decoding(True)
+    assert generate(model, ByteTokenizer(), "hello world", options)[0].token_ids == eager

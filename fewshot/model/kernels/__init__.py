@@ -22,23 +22,24 @@ SOURCES = [Path(__file__).with_name(name) for name in ("qmatmul.cpp", "attention
 BUILD_DIR = Path(sys.prefix) / "fewshot-kernels"
 FORMAT_IDS = {fmt: i for i, fmt in enumerate(QUANT_FORMATS)}  # qmatmul.cpp's Format enum, in this order
 
-_loaded: list = []  # [module or None], once per process
+_loaded: list = []  # [{name: operator} or None], once per process
 
 
 def qmatmul():
-    """The extension's `qmatmul(x, weight, scales, mins, format_id)` as a torch operator, or None with a notice."""
-    if not _loaded:
-        _loaded.append(_load())
-    return _loaded[0]
+    """`qmatmul(x, weight, scales, mins, format_id)` (qmatmul.cpp) as a torch operator, or None with a notice."""
+    return _operators()["qmatmul"] if _operators() else None
 
 
 def attend_one():
-    """`attend_one(q, keys, values, first, stop)` (attention.cpp) as a torch operator, or None."""
-    if qmatmul() is None:
-        return None
-    import torch
+    """`attend_one(q, keys, values, first, stop)` (attention.cpp) as a torch operator, or None with a notice."""
+    return _operators()["attend_one"] if _operators() else None
 
-    return torch.ops.fewshot.attend_one.default
+
+def _operators() -> dict | None:
+    if not _loaded:
+        module = _load()
+        _loaded.append(None if module is None else _as_operators(module))
+    return _loaded[0]
 
 
 def _load():
@@ -60,17 +61,15 @@ def _load():
         print("notice: this CPU lacks AVX2/FMA/F16C; quantised layers dequantise instead, and decoding attends with "
               "torch's attention (slower)", file=sys.stderr)
         return None
-    return _as_torch_op(module.qmatmul)
+    return module
 
 
-def _as_torch_op(kernel):
-    """The kernel, and inside torch.compile the operator fewshot::qmatmul that the library
-    registers in C++ (qmatmul.cpp), so the compiled graph keeps it as one opaque node and fuses
-    the small ops around it, instead of breaking at every quantised layer. Eager calls go to the
-    kernel itself, which skips even the C++ dispatcher."""
+def _as_operators(module) -> dict:
+    """Each kernel as a torch operator: inside torch.compile the one the library registers in C++
+    (fewshot::qmatmul, fewshot::attend_one), so the compiled graph keeps it as one opaque node and
+    fuses the small ops around it, instead of breaking at every call; in eager mode the kernel
+    itself, which skips even the C++ dispatcher."""
     import torch
-
-    op = torch.ops.fewshot.qmatmul.default
 
     @torch.library.register_fake("fewshot::qmatmul")
     def _(x, weight, scales, mins, fmt):
@@ -80,7 +79,12 @@ def _as_torch_op(kernel):
     def _(q, keys, values, first, stop):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
-    def call(x, weight, scales, mins, fmt):
-        return op(x, weight, scales, mins, fmt) if torch.compiler.is_compiling() else kernel(x, weight, scales, mins, fmt)
+    def operator(name: str):
+        kernel, op = getattr(module, name), getattr(torch.ops.fewshot, name).default
 
-    return call
+        def call(*args):
+            return op(*args) if torch.compiler.is_compiling() else kernel(*args)
+
+        return call
+
+    return {name: operator(name) for name in ("qmatmul", "attend_one")}

@@ -1,10 +1,10 @@
 // One query per row against a contiguous run of cached keys: the attention of a decoding step.
 //
 // torch's scaled_dot_product_attention on the CPU is built for blocks of queries; for one query
-// against a few hundred keys it costs ~45 us a call at batch 1 and ~160 us at batch 8 with a
-// padding mask, more than the arithmetic. Each row here sees keys first[b] <= j < stop[b] of its
-// cache (left padding, a local band and rows at different positions are all such a run), so no
-// mask is built, and a row's result depends on that row alone, never on the batch beside it.
+// against a few hundred keys its fixed cost per call exceeds the arithmetic, more so with a
+// padding mask (docs/code-notes.md, "Decoding"). Each row here sees keys first[b] <= j < stop[b]
+// of its cache (left padding, a local band and rows at different positions are all such a run),
+// so no mask is built, and a row's result depends on that row alone, never on the batch beside it.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -15,6 +15,8 @@
 #include <immintrin.h>
 #include <vector>
 
+#include "avx2.h"
+
 namespace {
 
 __attribute__((target("avx2,fma")))
@@ -22,10 +24,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  float sum = _mm_cvtss_f32(s);
+  float sum = horizontal_sum(acc);
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
@@ -67,13 +66,19 @@ torch::Tensor attend_one(torch::Tensor q, torch::Tensor keys, torch::Tensor valu
   TORCH_CHECK(keys.stride(3) == 1, "attend_one: keys and values need their last dimension contiguous");
   q = q.contiguous();  // one vector per head; rotary positions can leave it in any layout
   const int64_t batch = q.size(0), heads = q.size(1), size = q.size(3), kv_heads = keys.size(1), capacity = keys.size(2);
-  TORCH_CHECK(keys.size(0) == batch && keys.size(3) == size && heads % kv_heads == 0, "attend_one: shapes do not match");
+  TORCH_CHECK(keys.size(0) == batch && keys.size(3) == size && kv_heads > 0 && heads % kv_heads == 0,
+              "attend_one: shapes do not match");
+  TORCH_CHECK(first.device().is_cpu() && stop.device().is_cpu(), "attend_one: first and stop must be CPU tensors");
   auto first_c = first.to(torch::kInt64).contiguous(), stop_c = stop.to(torch::kInt64).contiguous();
   TORCH_CHECK(first_c.numel() == batch && stop_c.numel() == batch, "attend_one: first and stop need one entry per row");
   const int64_t* lo = first_c.data_ptr<int64_t>();
   const int64_t* hi = stop_c.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b)
+  int64_t keys_read = 0, run = 0;  // keys over all rows; the longest run
+  for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(0 <= lo[b] && lo[b] < hi[b] && hi[b] <= capacity, "attend_one: row ", b, " has no keys in range");
+    keys_read += hi[b] - lo[b];
+    run = std::max(run, hi[b] - lo[b]);
+  }
   auto out = torch::empty({batch, heads, 1, size}, q.options());
   const float scale = 1.0f / std::sqrt(static_cast<float>(size));
   const int64_t group = heads / kv_heads;
@@ -81,10 +86,12 @@ torch::Tensor attend_one(torch::Tensor q, torch::Tensor keys, torch::Tensor valu
   const float* kp = keys.data_ptr<float>();
   const float* vp = values.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  // Rows and heads are independent: split them over threads only when there is enough work.
-  const int64_t work = batch * heads * capacity * size;
+  // Rows and heads are independent. Waking a second thread costs microseconds, as much as a
+  // decoding step's whole attention at short contexts, so they split only past ~a million
+  // multiply-adds of scores.
+  const int64_t work = keys_read * heads * size;
   at::parallel_for(0, batch * heads, work < (1 << 20) ? batch * heads : 1, [&](int64_t start, int64_t end) {
-    std::vector<float> scores(capacity);
+    std::vector<float> scores(run);
     for (int64_t i = start; i < end; ++i) {
       const int64_t b = i / heads, h = i % heads, g = h / group;
       const int64_t offset = b * keys.stride(0) + g * keys.stride(1);

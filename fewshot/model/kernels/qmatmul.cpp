@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <immintrin.h>
 
+#include "avx2.h"
+
 namespace {
 
 constexpr int64_t kBlock = 32;
@@ -48,14 +50,6 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* q, float* sc
       scaled_sum[r * blocks + b] = d * static_cast<float>(sum);
     }
   }
-}
-
-__attribute__((target("avx2,fma")))
-inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // 16 bytes of nibbles -> 32 bytes: byte j's low nibble is value j, its high nibble value j+16.
@@ -207,15 +201,19 @@ torch::Tensor qmatmul(torch::Tensor x, torch::Tensor weight, torch::Tensor scale
 }
 
 // The same function as the operator fewshot::qmatmul, registered with torch's C++ dispatcher, so
-// a torch.compile'd decoding step calls it without a trip through Python (a Python custom op cost
-// ~16 us of dispatch per call, ~2 ms of each SmolLM2 token).
+// a torch.compile'd decoding step calls it without a trip through Python, whose dispatch cost
+// more than a small product (docs/code-notes.md, "Decoding").
 TORCH_LIBRARY(fewshot, m) {
   m.def("qmatmul(Tensor x, Tensor weight, Tensor scales, Tensor? mins, int fmt) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fewshot, CPU, m) { m.impl("qmatmul", &qmatmul); }
 
+torch::Tensor attend_one(torch::Tensor q, torch::Tensor keys, torch::Tensor values, torch::Tensor first,
+                         torch::Tensor stop);  // attention.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available", &available, "Whether this CPU runs the AVX2 kernels");
   m.def("qmatmul", &qmatmul, "y = x @ dequantize(weight)^T with x quantised to int8 blocks");
+  m.def("attend_one", &attend_one, "one query per row against a run of cached keys");
 }
