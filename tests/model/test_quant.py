@@ -77,7 +77,6 @@ def test_the_kernel_is_the_dequantised_matmul_up_to_its_int8_activations(fmt, m,
     assert ((y - x @ w.t()).abs() <= bound * 1.001 + 1e-4).all()
 
 
-
 @needs_kernel
 @settings(max_examples=40, deadline=None)
 @given(fmt=st.sampled_from(FORMATS), m=st.integers(2, KERNEL_MAX_ROWS), blocks=st.integers(1, 7), seed=st.integers(0, 2**16))
@@ -91,6 +90,7 @@ def test_a_rows_product_does_not_depend_on_the_batch_it_came_in(fmt, m, blocks, 
     together = layer(x)
     for i in range(m):
         assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
+
 
 def test_many_rows_and_other_dtypes_take_the_dequantised_path_exactly():
     layer = QuantLinear.from_linear(torch.nn.Linear(64, 8), "q4_1")
