@@ -361,10 +361,14 @@ def test_data_specs() -> None:
     assert programs.programs == 20.0 and programs.name != MixtureConfig().name
     assert [f.name for f in episode_families(programs)][-1] == "program"
     assert "program" not in [f.name for f in episode_families(MixtureConfig())]
+    both = parse_data_spec("icl:programs=20,pipelines=10")
+    assert [f.name for f in episode_families(both)][-2:] == ["program", "pipeline"] and both.name != programs.name
+    assert "pipeline" not in [f.name for f in episode_families(programs)]
     assert parse_data_spec("icl-nonbursty:mb=2,text=0.2,seed=5") == MixtureConfig(megabytes=2, text_fraction=0.2, seed=5, bursty=False)
     for bad, message in (("icl:mb=x", "mb must be a number"), ("icl:size=3", "unknown option"),
                          ("icl:mb=-1", "positive size"), ("icl:text=0.5,ginc=0.5", "fractions"),
-                         ("icl:repeat=-0.1", "fractions"), ("icl:programs=-1", "programs' weight")):
+                         ("icl:repeat=-0.1", "fractions"), ("icl:programs=-1", "programs' weight"),
+                         ("icl:pipelines=-2", "pipelines' weight")):
         with pytest.raises(FewshotError, match=message):
             parse_data_spec(bad)
 
@@ -377,8 +381,9 @@ def test_ensure_mixture_generates_once_then_reuses(tmp_path) -> None:
     stamp = (path / "mixture.json").stat().st_mtime_ns
     assert ensure_mixture(tmp_path, config, progress=False) == path
     assert (path / "mixture.json").stat().st_mtime_ns == stamp
-    # A marker from before `novel_formats` and `programs` existed still names this mixture.
-    older = {k: v for k, v in json.loads((path / "mixture.json").read_text()).items() if k not in ("novel_formats", "programs")}
+    # A marker from before `novel_formats`, `programs` and `pipelines` existed still names this mixture.
+    older = {k: v for k, v in json.loads((path / "mixture.json").read_text()).items()
+             if k not in ("novel_formats", "programs", "pipelines")}
     (path / "mixture.json").write_text(json.dumps(older))
     assert ensure_mixture(tmp_path, config, progress=False) == path
     (path / "mixture.json").write_text(json.dumps({"seed": 99}))

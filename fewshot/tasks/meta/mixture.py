@@ -39,6 +39,7 @@ from fewshot.tasks.taskfile import Template
 from fewshot.tasks import families as procedural
 from fewshot.tasks.meta import bursty, ginc
 from fewshot.tasks.families import Family, held_out_families, pick_family, training_families
+from fewshot.tasks.families.pipelines import pipeline_family
 from fewshot.tasks.families.programs import program_family
 from fewshot.tasks.frozen.families import TEMPLATES as FROZEN_TEMPLATES
 
@@ -88,6 +89,7 @@ class MixtureConfig:
     repeat_fraction: float = 0.1  # random strings shown again: the plainest lesson in copying from context
     novel_formats: float = 0.0   # share of episodes in a template assembled for them alone (`novel_format`)
     programs: float = 0.0        # weight of the `program` family (fewshot.tasks.families.programs); 0: absent
+    pipelines: float = 0.0       # weight of the `pipeline` family (fewshot.tasks.families.pipelines); 0: absent
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -97,8 +99,9 @@ class MixtureConfig:
             raise FewshotError("ICL mixture fractions must be >= 0 and leave room for few-shot episodes")
         if not 0 <= self.novel_formats <= 1:
             raise FewshotError(f"the share of episodes in novel formats must be in [0, 1], got {self.novel_formats}")
-        if self.programs < 0:
-            raise FewshotError(f"the programs' weight must be >= 0, got {self.programs}")
+        for name in ("programs", "pipelines"):
+            if getattr(self, name) < 0:
+                raise FewshotError(f"the {name}' weight must be >= 0, got {getattr(self, name)}")
 
     @property
     def name(self) -> str:
@@ -106,7 +109,7 @@ class MixtureConfig:
         write, so two mixtures never share one, and a mixture written before a family was added
         *or changed* is not reused (a digest of names alone missed edited parameters)."""
         fields = asdict(self)
-        for added_later in ("novel_formats", "programs"):  # mixtures without them keep the names they were written under
+        for added_later in ("novel_formats", "programs", "pipelines"):  # mixtures without them keep the names they were written under
             if not fields[added_later]:
                 del fields[added_later]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
@@ -117,8 +120,9 @@ class MixtureConfig:
 
 
 def episode_families(config: MixtureConfig) -> tuple[Family, ...]:
-    """The families a mixture's episodes draw from: every training family, and programs if asked for."""
-    return training_families() + ((program_family(config.programs),) if config.programs else ())
+    """The families a mixture's episodes draw from: every training family, and programs and pipelines if asked for."""
+    return (training_families() + ((program_family(config.programs),) if config.programs else ())
+            + ((pipeline_family(config.pipelines),) if config.pipelines else ()))
 
 
 def generator_fingerprint(config: MixtureConfig, documents_shown: int = 300, tasks_per_family: int = 3) -> Iterator[str]:
@@ -311,7 +315,8 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
     fields = {"bursty": name == "icl"}
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
             "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int),
-            "formats": ("novel_formats", float), "programs": ("programs", float)}
+            "formats": ("novel_formats", float), "programs": ("programs", float),
+            "pipelines": ("pipelines", float)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:
