@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from fewshot.errors import FewshotError
 # The test models are tiny: a second thread buys nothing on them, and OpenMP threads that
 # spin-wait while a subprocess trains slow both down by up to 50x on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Decoding steps compiled ahead of time (fewshot.model.aot) are built into this session's own
+# directory, not the user's cache: each test session builds what it uses.
+os.environ.setdefault("FEWSHOT_CACHE", tempfile.mkdtemp(prefix="fewshot-test-cache-"))
 
 
 @pytest.fixture(scope="session")

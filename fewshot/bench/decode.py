@@ -137,7 +137,7 @@ class DecodeVsHF:
     ratio_vs_hf: float
     pair_ratios: list[float]
     outputs_match: bool  # both chose the same tokens (greedy, same weights)
-    # With compiled=True: our decoding through torch.compile, a third contender in the same rounds.
+    # With compiled=True: our compiled decoding step, a third contender in the same rounds.
     compiled_seconds: float | None = None
     compiled_tok_s: float | None = None
     compiled_ratio_vs_hf: float | None = None

@@ -130,7 +130,7 @@ class DecodeVsLlamaCpp:
     prompt_tokens: int
     threads: int
     fewshot_dtype: str  # fp32 / bf16 (dequantised import), or the file's block format kept (import-gguf --keep-quant)
-    fewshot_compiled: bool  # our decoding step through torch.compile (GPT.compile_decoding)
+    fewshot_compiled: bool  # our decoding step compiled (GPT.compile_decoding)
     gguf_types: list[str]
     seconds: float
     llamacpp_seconds: float
@@ -149,7 +149,7 @@ def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), toke
                              compiled: bool = False, keep_quant: bool = False) -> list[DecodeVsLlamaCpp]:
     """fewshot (the file imported, `dtype` weights) against llama.cpp (the file as is), greedy, interleaved.
 
-    `compiled`: ours decodes through torch.compile; the warm-up round pays for compiling.
+    `compiled`: ours decodes through its compiled step; the warm-up round pays for compiling.
     `keep_quant`: ours keeps the file's blocks (import-gguf --keep-quant), as llama.cpp does.
     """
     from fewshot.convert.gguf import import_gguf

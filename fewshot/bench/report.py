@@ -63,7 +63,7 @@ def bench_all(preset: str = DEFAULTS["preset"], batch: int = DEFAULTS["batch"], 
     dtype "auto" trains in bf16 where the hardware has it (train.use_bf16) and fp32 elsewhere:
     emulated bf16 would only measure the emulation. prepare_mb 0 skips the prepare benchmark.
     `llamacpp`: also SmolLM2 against llama.cpp on CPU, if the bench-llamacpp extra is installed.
-    `compile_decode`: decode vs HF also with our step through torch.compile, in the same rounds
+    `compile_decode`: decode vs HF also with our compiled step (GPT.compile_decoding), in the same rounds
     (the stable `ratio_vs_hf` keys stay the eager default; `compiled_ratio_vs_hf` sits beside
     them). SmolLM2 meets llama.cpp eager here: compiling its 30 blocks takes minutes, which
     `fewshot bench decode --vs llamacpp --compile` spends on request.
@@ -169,12 +169,12 @@ def markdown_table(result: dict[str, Any]) -> str:
                          f"{row['tok_s']:,.0f} | {row['hf_tok_s']:,.0f} | {row['ratio_vs_hf']:.2f}x |")
             if row.get("compiled_tok_s") is not None:
                 match = "" if row["compiled_outputs_match"] else " (outputs differ)"
-                lines.append(f"| decode {decode['preset']} {row['dtype']} torch.compile, batch {row['batch']}, {row['tokens']} new "
+                lines.append(f"| decode {decode['preset']} {row['dtype']} compiled, batch {row['batch']}, {row['tokens']} new "
                              f"tokens (tok/s){match} | {row['compiled_tok_s']:,.0f} | {row['hf_tok_s']:,.0f} | "
                              f"{row['compiled_ratio_vs_hf']:.2f}x |")
     for key, row in decode.get("llamacpp", {}).items():
         if key.startswith("batch"):
-            compiled = " torch.compile" if row.get("fewshot_compiled") else ""
+            compiled = " compiled" if row.get("fewshot_compiled") else ""
             lines.append(f"| decode {decode['llamacpp']['gguf']} (fewshot {row['fewshot_dtype']}{compiled}, llama.cpp "
                          f"{'/'.join(row['gguf_types'])}), batch {row['batch']}, {row['tokens']} new tokens (tok/s; "
                          f"third column: llama.cpp) | {row['tok_s']:,.1f} | {row['llamacpp_tok_s']:,.1f} | {row['ratio']:.2f}x |")

@@ -65,7 +65,7 @@ def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], token
                       f"top-1 agreement with fewshot fp32 {q.top1_vs_fp32:.1%}", markup=False, highlight=False)
     for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled,
                                       keep_quant=keep_quant):
-        how = r.fewshot_dtype + (", torch.compile" if r.fewshot_compiled else "")
+        how = r.fewshot_dtype + (", compiled" if r.fewshot_compiled else "")
         out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({how}) "
                   f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
                   f"{r.ratio:.2f}x; {r.agreeing_tokens} leading tokens agree", markup=False, highlight=False)
@@ -102,7 +102,7 @@ def bench_decode_command(
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's); llama.cpp gets as many.")] = None,
     gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
-                                                                          "step through torch.compile.")] = False,
+                                                                          "step compiled (ahead of time on the CPU, else torch.compile).")] = False,
     keep_quant: Annotated[bool, typer.Option(help="With --vs llamacpp: ours keeps the file's quantised blocks (import-gguf "
                                                   "--keep-quant); also prints perplexity and top-1 agreement of each side.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (llama.cpp runs on the CPU).")] = "cpu",
@@ -322,7 +322,7 @@ def bench_all_command(
     device: Annotated[str, typer.Option()] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
     llamacpp: Annotated[bool, typer.Option(help="Also SmolLM2 vs llama.cpp (when the bench-llamacpp extra is installed).")] = True,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also decode with our step through torch.compile "
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Also decode with our compiled step "
                                                                           "(a minute or two of compiling).")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out (and its .md).")] = False,
 ) -> None:

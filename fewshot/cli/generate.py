@@ -45,8 +45,9 @@ def generate(
                                                     "from earlier in the text; the same text, in fewer passes. 0 = off.")] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
     stats: Annotated[bool, typer.Option(help="Print load time, tokens/s and peak memory to stderr.")] = False,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Decode through torch.compile: faster per token "
-                                                                          "after 15-60 s of compiling; needs a C compiler.")] = False,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Decode through a compiled step: on the CPU built ahead "
+                                                                          "of time once per model shape (about a minute, then cached), "
+                                                                          "else torch.compile; needs a C compiler.")] = False,
 ) -> None:
     """Sample from a trained model, streaming to the terminal."""
     import time
@@ -82,7 +83,7 @@ def generate(
                 out.print(f"{item.token!r:>12} {item.logprob:8.3f}   {alternatives}", markup=False, highlight=False)
     if stats:
         seconds, tokens = time.perf_counter() - loaded, sum(len(c.token_ids) for c in completions)
-        compiling = " (torch.compile's first compilation included)" if compile else ""
+        compiling = " (a first compilation included, if there was one)" if compile else ""
         err.print(f"load {loaded - start:.1f} s (peak RSS {load_rss / 2**20:,.0f} MiB); {tokens} tokens in {seconds:.2f} s "
                   f"= {tokens / seconds:.1f} tok/s{compiling}; peak RSS {peak_rss_bytes() / 2**20:,.0f} MiB")
 

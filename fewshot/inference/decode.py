@@ -103,8 +103,16 @@ def decode(model, prompts: Sequence[Sequence[int]], max_tokens: int, next_tokens
 
 def _prefill(model, rows: list[list[int]], pad_id: int, capacity: int | None = None):
     """A new cache holding `rows`, left-padded (the model gives each row its own positions and
-    hides its padding, `Cache.padding`), and the logits after each row's last token."""
+    hides its padding, `Cache.padding`), and the logits after each row's last token. Rows that
+    are all one prompt (n samples of it) are prefilled once and copied."""
     device = next(model.parameters()).device
+    if len(rows) > 1 and all(row == rows[0] for row in rows):  # n samples of one prompt: prefill it once
+        cache = model.new_cache(len(rows), capacity=capacity)
+        if hasattr(cache, "copy_first_row"):  # an ensemble's caches do not have it
+            first = cache.rows(0, 1)
+            logits = model.step(torch.tensor(rows[:1], device=device), first, last_only=True)[:, -1]
+            cache.copy_first_row(first)
+            return cache, logits.repeat(len(rows), 1)
     longest = max(map(len, rows))
     padding = torch.tensor([longest - len(row) for row in rows], device=device)
     padded = [[pad_id] * (longest - len(row)) + row for row in rows]

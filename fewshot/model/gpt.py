@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
+from fewshot.model.aot import AotDecoder, supports as aot_supports
 from fewshot.model.kernels import attend_one
 from fewshot.model.mixers import MixerCache, build_mixer
 from fewshot.model.linear import Linear
@@ -44,6 +45,14 @@ class Cache:
     def rows(self, start: int, stop: int) -> Cache:
         """An empty cache over some rows of this one's storage: prefilling it fills them."""
         return Cache([layer.rows(start, stop) for layer in self.layers], rewindable=self.rewindable)
+
+    def copy_first_row(self, filled: Cache) -> None:
+        """Every row becomes row 0, which `filled` (this cache's `rows(0, 1)`) has prefilled:
+        n samples of one prompt pay for one prefill, as llama.cpp's shared prompt does."""
+        for layer in self.layers:
+            for part in layer.parts():
+                part[1:] = part[:1]
+        self.length = filled.length
 
     def rewind(self, length: int) -> None:
         """Forget the positions from `length` on (the drafts prompt lookup rejected): the next
@@ -115,7 +124,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = build_norm(config)
         self.head = Linear(config.d_model, config.vocab_size, bias=False)
-        self.compiled_step = None  # built by compile_decoding()
+        self.compiled_step = self.aot = None  # built by compile_decoding()
         self.decoding_compiled = False
         self.tie_weights()
         self.apply(self._init_weights)
@@ -231,24 +240,41 @@ class GPT(nn.Module):
         return self.head(self.norm(x[:, -1:] if last_only else x))
 
     def compile_decoding(self, enabled: bool = True) -> None:
-        """Send `decode_step` through torch.compile (inductor), or back to eager `step`.
+        """Compile `decode_step`, or send it back to eager `step`.
 
         A one-token step of a small model is ~150-1,000 tiny ops (norms, rotary, attention,
-        residuals) whose dispatch costs as much as the matmuls; inductor fuses them, across
-        blocks too. `dynamic=True` lets one graph serve every batch size > 1, cache length
-        and capacity (batch 1 gets its own). Compiling takes time, once per process, and grows
-        with the number of blocks; compiling `Block.step` alone compiles faster but runs slower,
-        so the whole step it is (docs/code-notes.md). A prefill runs once per request and is
-        matmul-bound: it stays eager.
+        residuals) whose dispatch costs as much as the matmuls. On the CPU, for attention models,
+        the step is compiled ahead of time into C++ (fewshot.model.aot: no Python per token; built
+        once per model shape and cached on disk). Elsewhere, and for steps that build does not
+        cover, torch.compile (inductor) fuses them, across blocks too; `dynamic=True` lets one
+        graph serve every batch size > 1, cache length and capacity (batch 1 gets its own).
+        Compiling `Block.step` alone compiles faster but runs slower, so the whole step it is
+        (docs/code-notes.md). A prefill runs once per request and is matmul-bound: it stays eager.
         """
         if enabled and self.compiled_step is None:
             attend_one()  # load (or build) the CPU kernels now, not in the middle of tracing the step
             self.compiled_step = torch.compile(self.step, dynamic=True)
+            self.aot = AotDecoder(self) if aot_supports(self) else None
         self.decoding_compiled = enabled
 
     def decode_step(self, idx: Tensor, cache: Cache) -> Tensor:
         """`step` for one new token per row (B, 1), compiled if `compile_decoding()` said so."""
-        return (self.compiled_step if self.decoding_compiled else self.step)(idx, cache)
+        if not self.decoding_compiled:
+            return self.step(idx, cache)
+        if cache.length + 1 > cache.capacity:
+            raise FewshotError(f"decoding past the cache's capacity of {cache.capacity} tokens")
+        if self.aot is not None and (logits := self.aot.step(idx, cache)) is not None:
+            return logits
+        return self.compiled_step(idx, cache)
+
+    def step_slots(self, idx: Tensor, layers: list[MixerCache], slots: Tensor, positions: Tensor, first: Tensor) -> Tensor:
+        """Logits (B, 1, vocab) for one token per row: row b's written at cache slot slots[b],
+        rotated to positions[b], attending to slots first[b]..slots[b]. No checks, and no Python
+        number read from a tensor, so it traces whole (fewshot.model.aot); callers check."""
+        x, rotary = self._embed(idx, positions[:, None])
+        for block, layer_cache in zip(self.blocks, layers):
+            x = block.step(x, layer_cache, slots, first, rotary)
+        return self.head(self.norm(x))
 
     @torch.no_grad()
     def step_rows(self, idx: Tensor, cache: Cache, positions: Tensor, active: Tensor | None = None) -> Tensor:

@@ -44,6 +44,10 @@ class AttentionCache:
         raw = None if self.raw is None else self.raw[start:stop]
         return AttentionCache(self.keys[start:stop], self.values[start:stop], raw)
 
+    def parts(self) -> tuple[Tensor, ...]:
+        """Its tensors, each (B, ...)."""
+        return (self.keys, self.values) + (() if self.raw is None else (self.raw,))
+
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes + (0 if self.raw is None else self.raw.nbytes)
@@ -69,6 +73,10 @@ class RecurrentCache:
     def rows(self, start: int, stop: int) -> RecurrentCache:
         """A view of some rows: writing to it writes to this cache (no copy)."""
         return RecurrentCache(tuple(part[start:stop] for part in self.state), self.capacity)
+
+    def parts(self) -> tuple[Tensor, ...]:
+        """Its tensors, each (B, ...)."""
+        return self.state
 
     @property
     def nbytes(self) -> int:
@@ -253,8 +261,8 @@ class CausalSelfAttention(Mixer):
 
     def step(self, x: Tensor, cache: AttentionCache, position: int | Tensor, padding: Tensor | None = None,
              rotary: Rotary | None = None, active: Tensor | None = None) -> Tensor:
-        if isinstance(position, Tensor):
-            return self._step_rows(x, cache, position, rotary)
+        if isinstance(position, Tensor):  # per row: its slot in the cache; `padding`, its first real one
+            return self._step_rows(x, cache, position, rotary, padding)
         q, k, v = self._heads(self._cached_mixed(x, cache, position, padding), rotary)
         end = position + x.shape[1]
         cache.keys[:, :, position:end] = k.to(cache.keys.dtype)
@@ -278,27 +286,29 @@ class CausalSelfAttention(Mixer):
             y = self._attend(q, keys, values, attn_mask=mask)
         return self._merge(y)
 
-    def _step_rows(self, x: Tensor, cache: AttentionCache, positions: Tensor, rotary: Rotary | None) -> Tensor:
-        """One token per row, row b at position positions[b]."""
+    def _step_rows(self, x: Tensor, cache: AttentionCache, slots: Tensor, rotary: Rotary | None,
+                   first: Tensor | None = None) -> Tensor:
+        """One token per row, row b written at slot slots[b] of the cache and attending to the
+        slots from first[b] (default 0: a row with no left padding) up to its own. Shapes do not
+        depend on the slots, so an ahead-of-time compiled step (fewshot.model.aot) traces this."""
         rows = torch.arange(x.shape[0], device=x.device)
         mixed = self.qkv(x)
         if self.conv_size:
-            cache.raw[rows, positions] = mixed[:, 0].to(cache.raw.dtype)
-            taps = positions[:, None] + torch.arange(1 - self.conv_size, 1, device=x.device)[None, :]  # (B, k)
+            cache.raw[rows, slots] = mixed[:, 0].to(cache.raw.dtype)
+            taps = slots[:, None] + torch.arange(1 - self.conv_size, 1, device=x.device)[None, :]  # (B, k)
             window = cache.raw[rows[:, None], taps.clamp(min=0)].to(mixed.dtype)
             mixed = self._convolve(window.masked_fill((taps < 0)[..., None], 0.0))
         q, k, v = self._heads(mixed, rotary)
-        cache.keys[rows, :, positions] = k[:, :, 0].to(cache.keys.dtype)
-        cache.values[rows, :, positions] = v[:, :, 0].to(cache.values.dtype)
+        cache.keys[rows, :, slots] = k[:, :, 0].to(cache.keys.dtype)
+        cache.values[rows, :, slots] = v[:, :, 0].to(cache.values.dtype)
+        lowest = torch.zeros_like(slots) if self.window is None else (slots - self.window + 1).clamp(min=0)
+        first = lowest if first is None else torch.maximum(first, lowest)
         kernel = self._decoding_kernel(q, cache)
         if kernel is not None:
-            first = torch.zeros_like(positions) if self.window is None else (positions - self.window + 1).clamp(min=0)
-            return self._merge(kernel(q, cache.keys, cache.values, first, positions + 1))
-        end = int(positions.max()) + 1
+            return self._merge(kernel(q, cache.keys, cache.values, first, slots + 1))
+        end = int(slots.max()) + 1
         key_pos = torch.arange(end, device=x.device)[None, :]
-        allowed = key_pos <= positions[:, None]
-        if self.window is not None:
-            allowed &= key_pos > positions[:, None] - self.window
+        allowed = (key_pos <= slots[:, None]) & (key_pos >= first[:, None])
         keys, values = cache.keys[:, :, :end].to(q.dtype), cache.values[:, :, :end].to(q.dtype)
         return self._merge(self._attend(q, keys, values, attn_mask=allowed[:, None, None, :]))
 

@@ -216,6 +216,14 @@ def test_n_samples_are_returned_and_independent(model, tokenizer):
     assert all(c.prompt_tokens == 2 for c in completions)
 
 
+def test_n_greedy_samples_of_one_prompt_share_its_one_prefill(model, tokenizer):
+    # The prompt is prefilled once and copied to every row: each row then decodes as one alone.
+    alone = generate(model, tokenizer, "Hello there", greedy(20))[0].token_ids
+    rows = generate(model, tokenizer, "Hello there", SamplingOptions(n=4, max_tokens=20, temperature=0, stop_at_eot=False))
+    assert [c.token_ids for c in rows] == [alone] * 4
+    assert alone == tuple(naive_decode(model, list(tokenizer.encode("Hello there")), greedy(20)))
+
+
 def test_max_tokens_ends_with_length(model, tokenizer):
     (completion,) = generate(model, tokenizer, "abc", SamplingOptions(max_tokens=7, seed=3, stop_at_eot=False))
     assert completion.finish_reason == "length"

@@ -1,0 +1,76 @@
+"""The decoding step compiled ahead of time: eager's tokens, left padding included, read from the live weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot.config import PRESETS
+from fewshot.inference.decode import decode
+from fewshot.model import GPT
+from fewshot.model.aot import MAX_ROWS, cache_dir, supports
+from fewshot.model.kernels import attend_one
+
+needs_kernel = pytest.mark.skipif(attend_one() is None, reason="the CPU kernels cannot run on this machine")
+
+
+def greedy(model: GPT, prompts: list[list[int]], tokens: int = 24) -> list[list[int]]:
+    out = [[] for _ in prompts]
+
+    def on_tokens(ids: torch.Tensor, _logits: torch.Tensor) -> bool:
+        for row, token in zip(out, ids.tolist()):
+            row.append(token)
+        return False
+    decode(model, prompts, tokens, lambda logits: logits.argmax(-1), on_tokens)
+    return out
+
+
+def nano(seed: int) -> GPT:
+    """A llama-nano with weights large enough that its greedy text depends on them (at the
+    usual 0.02 init it repeats the prompt's last byte, whatever the seed)."""
+    torch.manual_seed(seed)
+    model = GPT(PRESETS["llama-nano"].model.replace(context=96)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.3)
+    return model
+
+
+@needs_kernel
+def test_left_padded_rows_decode_as_eager_does_and_a_second_model_reuses_the_build() -> None:
+    prompts = [list(b"hello world"), list(b"a much longer prompt than that"), list(b"hi")]
+    model = nano(0)
+    eager = greedy(model, prompts)
+    model.compile_decoding(True)
+    assert model.aot is not None
+    assert greedy(model, prompts) == eager
+    assert list(model.aot.runners) == ["many"]  # three rows: the batch-2-to-16 build ran every step
+    built = sorted(cache_dir().glob("decode-many-*.pt2"))
+    assert built and not list(cache_dir().glob(".partial-*"))
+
+    # Another checkpoint of the same shape: no new build, and its own weights, not the first's.
+    other = nano(1)
+    other_eager = greedy(other, prompts)
+    other.compile_decoding(True)
+    assert greedy(other, prompts) == other_eager != eager
+    assert sorted(cache_dir().glob("decode-many-*.pt2")) == built
+
+    # Weights changed in place after compiling are what the step reads.
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn_like(parameter), alpha=0.3)
+    other.compile_decoding(False)
+    changed = greedy(other, prompts)
+    other.compile_decoding(True)
+    assert greedy(other, prompts) == changed != other_eager
+
+
+@needs_kernel
+def test_steps_it_does_not_cover_fall_back() -> None:
+    model = nano(0)
+    model.compile_decoding(True)
+    cache = model.new_cache(MAX_ROWS + 1, 16)
+    assert model.aot.step(torch.zeros(MAX_ROWS + 1, 1, dtype=torch.long), cache) is None
+    assert cache.length == 0
+    lstm = GPT(PRESETS["nano"].model.replace(attention="lstm", context=64))
+    assert not supports(lstm)
