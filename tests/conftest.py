@@ -64,7 +64,7 @@ def tiny_config(data_dir: Path, out: Path, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def varied_model(seed: int = 0, **changes):
+def varied_model(seed: int = 0, preset: str = "nano", **changes):
     """An untrained nano GPT (eval mode) with weights of std 0.2, not GPT-2's 0.02: a random
     model at 0.02 is nearly uniform and greedily repeats one token, so two decoding paths that
     both repeat it would agree for the wrong reason. Larger weights give varied text."""
@@ -74,7 +74,7 @@ def varied_model(seed: int = 0, **changes):
     from fewshot.model import GPT
 
     torch.manual_seed(seed)
-    model = GPT(PRESETS["nano"].model.replace(**changes)).eval()
+    model = GPT(PRESETS[preset].model.replace(**changes)).eval()
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:

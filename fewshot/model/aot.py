@@ -73,19 +73,33 @@ class AotDecoder:
 
     def step(self, idx: Tensor, cache) -> Tensor | None:
         """`GPT.step` for one new token per row (B, 1), or None where this step cannot run it."""
-        rows, capacity = idx.shape[0], cache.capacity
-        kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        if (not 1 <= rows <= MAX_ROWS or capacity < 2 or idx.shape[1] != 1 or len(kv) != 2 * len(self.model.blocks)
-                or any(t.dtype != torch.float32 or not t.is_contiguous() for t in kv)):
-            return None
-        slots = torch.full((rows,), cache.length, dtype=torch.long)
+        slots = torch.full((idx.shape[0],), cache.length, dtype=torch.long)
         if cache.padding is None:
             positions, first = slots, torch.zeros_like(slots)
         else:  # a row counts its positions from its first real token; one still all padding sees its past
             positions, first = (slots - cache.padding).clamp(min=0), cache.padding.clamp(max=cache.length)
-        logits = self._runner("one" if rows == 1 else "many")(idx.contiguous(), slots, positions, first, kv)
-        cache.length += 1
+        logits = self._run(idx, cache, slots, positions, first)
+        if logits is not None:
+            cache.length += 1
         return logits
+
+    def step_rows(self, idx: Tensor, cache, positions: Tensor) -> Tensor | None:
+        """`GPT.step_rows` (serving: row b in slot positions[b], attending from slot 0), or None."""
+        positions = positions.to(torch.long)
+        return self._run(idx, cache, positions, positions, torch.zeros_like(positions))
+
+    def prepare(self) -> None:
+        """Build or load both libraries now (a server, before it listens), not at the first step."""
+        for kind in ("one", "many"):
+            self._runner(kind)
+
+    def _run(self, idx: Tensor, cache, slots: Tensor, positions: Tensor, first: Tensor) -> Tensor | None:
+        rows = idx.shape[0]
+        kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        if (not 1 <= rows <= MAX_ROWS or cache.capacity < 2 or idx.shape[1] != 1 or len(kv) != 2 * len(self.model.blocks)
+                or any(t.dtype != torch.float32 or not t.is_contiguous() for t in kv)):
+            return None
+        return self._runner("one" if rows == 1 else "many")(idx.contiguous(), slots, positions, first, kv)
 
     def _runner(self, kind: str):
         if kind not in self.runners:

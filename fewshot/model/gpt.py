@@ -239,7 +239,7 @@ class GPT(nn.Module):
         cache.length += idx.shape[1]
         return self.head(self.norm(x[:, -1:] if last_only else x))
 
-    def compile_decoding(self, enabled: bool = True) -> None:
+    def compile_decoding(self, enabled: bool = True, now: bool = False) -> None:
         """Compile `decode_step`, or send it back to eager `step`.
 
         A one-token step of a small model is ~150-1,000 tiny ops (norms, rotary, attention,
@@ -250,11 +250,14 @@ class GPT(nn.Module):
         graph serve every batch size > 1, cache length and capacity (batch 1 gets its own).
         Compiling `Block.step` alone compiles faster but runs slower, so the whole step it is
         (docs/code-notes.md). A prefill runs once per request and is matmul-bound: it stays eager.
+        `now`: build (or load) the ahead-of-time step at once rather than at the first token.
         """
         if enabled and self.compiled_step is None:
             attend_one()  # load (or build) the CPU kernels now, not in the middle of tracing the step
             self.compiled_step = torch.compile(self.step, dynamic=True)
             self.aot = AotDecoder(self) if aot_supports(self) else None
+        if enabled and now and self.aot is not None:
+            self.aot.prepare()
         self.decoding_compiled = enabled
 
     def decode_step(self, idx: Tensor, cache: Cache) -> Tensor:
@@ -286,6 +289,10 @@ class GPT(nn.Module):
         """
         if int(positions.max()) >= cache.capacity:
             raise FewshotError(f"decoding past the cache's capacity of {cache.capacity} tokens")
+        # Dummy rows' writes land where their own next token goes (the engine's rule), so the
+        # compiled step, which writes every row, is right for attention; `active` is for recurrent mixers.
+        if self.decoding_compiled and self.aot is not None and (logits := self.aot.step_rows(idx, cache, positions)) is not None:
+            return logits
         x, rotary = self._embed(idx, self._positions(idx, positions))
         for block, layer_cache in zip(self.blocks, cache.layers):
             x = block.step(x, layer_cache, positions, None, rotary, active)

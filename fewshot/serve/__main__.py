@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                                     help=shown)
                 continue
             kind = next(t for t in (*typing.get_args(hint), hint) if t is not type(None))
+            if kind is bool:  # --compile / --no-compile, as typer spells it
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+                continue
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=shown)
     given = vars(parser.parse_args(argv))
     try:

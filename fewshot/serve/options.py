@@ -45,6 +45,8 @@ class ServeOptions:
                                          "with a server_shutting_down error.")
     max_body_mb: float = setting(4.0, "Largest request body, in MB (10**6 bytes); bigger ones get 413.")
     device: str = setting("cpu", "Device to run the model on.")
+    compile: bool = setting(False, "Decode the base model through its compiled step (on the CPU built ahead of time, "
+                                   "once per model shape, before the server listens; then cached).")
     log_level: str = setting("info", "uvicorn's and the server's log level.")
     retry_after: int = 1  # seconds, sent with 429
 

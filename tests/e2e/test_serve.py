@@ -6,6 +6,7 @@ one-slot queue covers 401, 429 and a graceful SIGTERM.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -107,6 +108,17 @@ def test_greedy_completion_matches_the_library(client, lm):
     assert choice.text == lm.generate("ROMEO:", max_tokens=20, temperature=0)
     assert completion.usage.prompt_tokens == len("ROMEO:")
     assert completion.usage.completion_tokens == len(lm.tokenizer.encode(choice.text))
+
+
+@pytest.mark.slow  # two builds of the compiled step for this shape: ~30 s
+def test_serve_compile_answers_what_the_library_generates(run, lm, tmp_path):
+    with served(run, "--compile", "--max-batch", "4", timeout=300) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        prompts = ["ROMEO:", "JULIET: my", "KING"]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            texts = list(pool.map(lambda p: client.completions.create(model=MODEL, prompt=p, max_tokens=20,
+                                                                       temperature=0).choices[0].text, prompts))
+    assert texts == [lm.generate(p, max_tokens=20, temperature=0) for p in prompts]
 
 
 def test_same_seed_same_text(client):

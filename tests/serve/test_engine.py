@@ -15,6 +15,7 @@ from fewshot.config import PRESETS
 from fewshot.inference.decode import generate
 from fewshot.inference.sampling import SamplingOptions
 from fewshot.model import GPT
+from fewshot.model.kernels import attend_one
 from fewshot.serve.engine import Delta, Engine, EngineConfig, Failed, Finished, QueueFull, Request, Scored
 from fewshot.tokenizer import ByteTokenizer
 from tests.conftest import varied_model
@@ -136,6 +137,22 @@ def test_a_quantised_model_serves_what_it_generates(model, tokenizer):
         for prompt, job in zip(prompts, jobs):
             expected = generate(quantised, tokenizer, prompt, SamplingOptions(max_tokens=20, temperature=0))[0]
             assert job.wait().finished[0].token_ids == expected.token_ids
+    finally:
+        engine.stop()
+
+
+@pytest.mark.skipif(attend_one() is None, reason="the CPU kernels cannot run on this machine")
+def test_a_compiled_model_serves_what_it_generates_eager(tokenizer):
+    """`serve --compile`: rows at their own positions through the step compiled ahead of time."""
+    compiled = varied_model(0, preset="llama-nano", context=96)  # the shape tests/model/test_aot.py builds
+    prompts = ["ROMEO:", "KING: my lord", "abcabc", "JULIET: o"]
+    expected = [generate(compiled, tokenizer, p, SamplingOptions(max_tokens=20, temperature=0))[0].token_ids for p in prompts]
+    compiled.compile_decoding(True, now=True)
+    assert set(compiled.aot.runners) == {"one", "many"}
+    engine = Engine(compiled, tokenizer, EngineConfig(max_batch=3, step_tokens=8)).start()
+    try:
+        jobs = [submit(engine, tokenizer, [p], SamplingOptions(temperature=0), max_tokens=20) for p in prompts]
+        assert [job.wait().finished[0].token_ids for job in jobs] == expected
     finally:
         engine.stop()
 
