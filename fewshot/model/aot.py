@@ -1,7 +1,7 @@
 """The decoding step compiled ahead of time (AOTInductor): one token per row, no Python in the loop.
 
 torch.compile's step still runs Python around its kernels every token: Dynamo's guards and
-inductor's wrapper, ~4 ms of a 12.5 ms SmolLM2 token on 2 cores (docs/code-notes.md). Here the
+inductor's wrapper, ~4 ms of a 12.5 ms SmolLM2 token on 2 cores (docs/code-notes.md, Decoding). Here the
 step is exported once (`torch.export`) and compiled by AOTInductor into a shared library that
 runs the whole token in C++. The library holds no weights: it reads the live model's tensors
 (user-managed constants), so it depends only on the model's *shapes*, and one build serves
@@ -32,9 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.model.kernels import SOURCES, attend_one
-from fewshot.model.mixers import CausalSelfAttention
+from fewshot.model.mixers import AttentionCache, CausalSelfAttention
+from fewshot.model.quant import KERNEL_ROWS
 
-MAX_ROWS = 16  # the quantised layers' kernel takes up to 16 rows in one call (model/quant.py KERNEL_ROWS)
+# The quantised layers' kernel takes this many rows in one call; more go in chunks, a branch on
+# the batch size that one traced graph cannot hold.
+MAX_ROWS = KERNEL_ROWS
 
 
 def cache_dir() -> Path:
@@ -58,8 +61,6 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, idx: Tensor, slots: Tensor, positions: Tensor, first: Tensor, kv: list[Tensor]) -> Tensor:
-        from fewshot.model.mixers import AttentionCache
-
         layers = [AttentionCache(kv[2 * i], kv[2 * i + 1]) for i in range(len(kv) // 2)]
         return self.model.step_slots(idx, layers, slots, positions, first)
 
