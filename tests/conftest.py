@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,9 @@ from fewshot.errors import FewshotError
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Decoding steps compiled ahead of time (fewshot.model.aot) are built into this session's own
 # directory, not the user's cache: each test session builds what it uses.
-os.environ.setdefault("FEWSHOT_CACHE", tempfile.mkdtemp(prefix="fewshot-test-cache-"))
+if "FEWSHOT_CACHE" not in os.environ:  # xdist's workers inherit the controller's, which removes it at exit
+    os.environ["FEWSHOT_CACHE"] = tempfile.mkdtemp(prefix="fewshot-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FEWSHOT_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
