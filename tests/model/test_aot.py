@@ -60,6 +60,22 @@ def test_left_padded_rows_decode_as_eager_does_and_a_second_model_reuses_the_bui
 
 
 @needs_kernel
+def test_rows_at_their_own_positions_step_as_eager_does() -> None:
+    """`GPT.step_rows`, the server's call, through the compiled step: rows at different positions."""
+    model = llama_nano(0)
+    steps = torch.randint(0, 256, (12, 3, 1))
+    offsets = torch.tensor([0, 5, 40])
+
+    def run() -> torch.Tensor:
+        cache = model.new_cache(3, 64)
+        return torch.stack([model.step_rows(idx, cache, offsets + t) for t, idx in enumerate(steps)])
+    eager = run()
+    model.compile_decoding(True)
+    compiled = run()
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
+@needs_kernel
 def test_steps_it_does_not_cover_fall_back() -> None:
     model = llama_nano(0)
     model.compile_decoding(True)

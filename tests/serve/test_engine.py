@@ -141,6 +141,7 @@ def test_a_quantised_model_serves_what_it_generates(model, tokenizer):
         engine.stop()
 
 
+@pytest.mark.slow  # two builds of the compiled step, ~45 s on 2 cores; tests/model/test_aot.py covers step_rows by default
 @pytest.mark.skipif(attend_one() is None, reason="the CPU kernels cannot run on this machine")
 def test_a_compiled_model_serves_what_it_generates_eager(tokenizer):
     """`serve --compile`: rows at their own positions through the step compiled ahead of time."""
