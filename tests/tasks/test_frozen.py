@@ -10,7 +10,7 @@ import pytest
 from fewshot.errors import FewshotError
 from fewshot.eval.heldout import FROZEN, check_request
 from fewshot.tasks import frozen
-from fewshot.tasks.families import training_families
+from fewshot.tasks.families import held_out_families, training_families
 from fewshot.tasks.taskfile import Template, read_task_file
 
 
@@ -61,6 +61,37 @@ OTHER_SHAPE = {
     ("pairwise_combine", "two_numbers"): lambda x, y: ", " in x,  # 2-4 pairs, where two_numbers takes one
     ("pairwise_combine", "digit_product"): lambda x, y: ", " in x,
 }
+
+
+def checked_instructions(build, name: str, draws: int = 1500, checked: int = 300) -> set[str]:
+    """The instructions of `draws` tasks of a many-task training family (`build(rng) -> Task`),
+    after checking the first `checked` of them against both held-out sets: against the
+    development set on the inputs both draw, and against the frozen functions on the task's own
+    inputs. A family of thousands of tasks can hit a held-out function in one draw, which the
+    12 tasks per family of the test above would miss."""
+    held_out = []
+    for family in held_out_families():
+        for seed in range(6):
+            rng = random.Random(f"leak/{family.name}/{seed}")
+            task = family.build(rng)
+            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    frozen_answers = [(f.name, f.build(random.Random(f"frozen/{f.name}"))[0]) for f in frozen.kept()]
+    instructions = set()
+    for seed in range(draws):
+        rng = random.Random(f"leak/{name}/{seed}")
+        task = build(rng)
+        instructions.add(task.instruction)
+        if seed < checked:
+            pairs = task.examples(400, rng)
+            answers = dict(pairs)
+            for instruction, held_answers in held_out:  # the development set, on the inputs both draw
+                shared = answers.keys() & held_answers.keys()
+                if len(shared) >= 20:
+                    assert any(answers[x] != held_answers[x] for x in shared), (task.instruction, instruction)
+            for frozen_name, answer in frozen_answers:  # the frozen set, its functions on the task's inputs
+                agrees = answers_on(answer, [x for x, _ in pairs]) == [y for _, y in pairs]
+                assert not agrees or (frozen_name, name) in OTHER_SHAPE, (task.instruction, frozen_name)
+    return instructions
 
 
 def test_no_training_task_computes_a_frozen_family() -> None:
