@@ -269,6 +269,9 @@ PRESETS: dict[str, Preset] = {
     # near icl-deep's six of 128, so a time budget buys a comparable number of steps
     # (docs/icl/generalisation.md has both).
     "icl-wide": Preset(_ICL.replace(d_model=192, n_head=6, d_ff=512), lr=3e-3),  # ~1.8M
+    # Both: icl-deep's six blocks at icl-wide's width, ~1.6x icl-deep's step; for issue 34's
+    # longer-budget arm, where width need not be paid for in depth.
+    "icl-deep-wide": Preset(_ICL.replace(n_layer=6, d_model=192, n_head=6, d_ff=512), lr=3e-3),  # ~2.7M
     # The same sizes with Llama blocks: 2 query heads per key/value head, and a SwiGLU
     # hidden layer of 8/3 d_model, so three matrices cost what GELU's two 4 d_model ones do.
     "llama-nano": Preset(ModelConfig(n_layer=4, n_head=4, n_kv_head=2, d_model=96, d_ff=256, context=256,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fewshot.tasks.families.base import LETTERS, VOWELS, Family, Task, joiner, shift
-from fewshot.tasks.frozen import kept as frozen_families
+from fewshot.tasks import frozen
 
 MAX_ANSWER = 16  # characters
 Items = list  # of ints, or of one-letter strings
@@ -172,11 +172,7 @@ def _said(steps: list[Step]) -> str:
 @functools.lru_cache(maxsize=1)
 def _frozen_answers() -> tuple[Callable[[str], str], ...]:
     """Every frozen family's answer function, in its frozen parameterisation and three others."""
-    answers = []
-    for family in frozen_families():
-        for seed in ("frozen", "leak/0", "leak/1", "leak/2"):
-            answers.append(family.build(random.Random(f"{seed}/{family.name}" if seed != "frozen" else f"frozen/{family.name}"))[0])
-    return tuple(answers)
+    return tuple(answer for family in frozen.kept() for answer in frozen.parameterisations(family))
 
 
 def _development_answers(x: str, y: str) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from fewshot.errors import FewshotError
@@ -36,6 +37,7 @@ from fewshot.tasks.frozen.families import CANDIDATES, TEMPLATES, Family
 DATA = Path(__file__).parent / "data"
 MANIFEST = DATA / "manifest.json"
 QUERIES = 200
+LEAK_SEEDS = ("frozen", "leak/0", "leak/1", "leak/2")  # "frozen" first: the set's own tasks
 
 # Candidates that a training family computes in at least one of their parameterisations, found by
 # reading both lists before any score (name -> which training family, and how).
@@ -68,6 +70,12 @@ def examples(family: Family, n: int = QUERIES) -> list[tuple[str, str]]:
     return distinct_examples(sample, n, f"frozen family {family.name}")
 
 
+def parameterisations(family: Family) -> list[Callable[[str], str]]:
+    """The family's answer function as frozen and in three other parameterisations: what no
+    training task may compute in any of (the leak tests, and the pipelines' filter)."""
+    return [family.build(random.Random(f"{seed}/{family.name}"))[0] for seed in LEAK_SEEDS]
+
+
 def render(family: Family) -> str:
     return "".join(json.dumps({"input": x, "target": y}) + "\n" for x, y in examples(family))
 
@@ -97,4 +105,5 @@ def task_files() -> list[Path]:
     return paths
 
 
-__all__ = ["CANDIDATES", "DATA", "DROPPED", "MANIFEST", "QUERIES", "TEMPLATES", "examples", "freeze", "kept", "task_files"]
+__all__ = ["CANDIDATES", "DATA", "DROPPED", "MANIFEST", "QUERIES", "TEMPLATES", "examples", "freeze", "kept",
+           "parameterisations", "task_files"]
