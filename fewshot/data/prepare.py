@@ -304,6 +304,7 @@ def prepare(
     block_tokens: int = SPLIT_BLOCK_TOKENS,
     chunk_bytes: int = READ_CHUNK_BYTES,
     trained=None,
+    in_order: bool = False,
 ) -> PrepareSummary:
     """Tokenize text/JSONL files into train/val token shards in `out`.
 
@@ -311,6 +312,8 @@ def prepare(
     is complete: it is built in a hidden temp directory beside `out` and renamed into place.
     `trained`: a tokenizer already built (the curation pipeline trains BPE on what it keeps,
     before it plans the mixture in that tokenizer's tokens); `tokenizer` then names its kind.
+    `in_order`: the documents' order is part of the data (a curriculum), so training reads the
+    train split from start to end over its steps instead of at random (`meta.json` says so).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -336,6 +339,8 @@ def prepare(
             raise FewshotError(f"the corpus in {', '.join(map(str, inputs))} is empty (no text in {len(files)} file(s))")
         tok.save(tmp)
         meta = _meta(tok, corpus, files, train, val, val_fraction, block_tokens)
+        if in_order:
+            meta["in_order"] = True
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, out)
     finally:

@@ -1,7 +1,8 @@
 """Random training windows from a prepared split, resumable from a few integers.
 
 `BatchSampler` draws (x, y) windows with a cursor that is just three integers, so a resumed run
-sees exactly the batches it would have; `StepSampler` cuts each optimizer step's global batch
+sees exactly the batches it would have (at random over the split, or, for data whose order is a
+curriculum, moving through it over the run); `StepSampler` cuts each optimizer step's global batch
 between ranks and micro-steps.
 """
 
@@ -22,9 +23,14 @@ class BatchSampler:
 
     Batch i is drawn from its own generator seeded by [seed, rank, i], so resuming needs no
     RNG state, ranks draw independent batches, and batch i is the same however it was reached.
+
+    `in_order=S`: data whose order matters (a curriculum, `fewshot.tasks.meta.mixture`) is read
+    from start to end over S batches: batch i's windows start in the i-th of S equal parts of
+    the split (the last part after S), still at random within it.
     """
 
-    def __init__(self, split_tokens: TokenSplit, batch_size: int, context: int, seed: int, rank: int = 0):
+    def __init__(self, split_tokens: TokenSplit, batch_size: int, context: int, seed: int, rank: int = 0,
+                 in_order: int | None = None):
         if batch_size < 1 or context < 1:
             raise FewshotError(f"batch size and context must be at least 1 (got {batch_size} and {context})")
         if seed < 0 or rank < 0:
@@ -37,7 +43,10 @@ class BatchSampler:
             )
         self.split = split_tokens
         self.batch_size, self.context = batch_size, context
+        if in_order is not None and in_order < 1:
+            raise FewshotError(f"reading a split in order needs at least one batch, got {in_order}")
         self.seed, self.rank = seed, rank
+        self.in_order = in_order
         self.position = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +55,18 @@ class BatchSampler:
     def next_starts(self) -> np.ndarray:
         """Where the windows of batch `position` start; moves the cursor on."""
         rng = np.random.default_rng([self.seed, self.rank, self.position])
+        low, high = self.span(self.position)
         self.position += 1
-        return rng.integers(0, len(self.split) - self.context, size=self.batch_size)
+        return rng.integers(low, high, size=self.batch_size)
+
+    def span(self, batch: int) -> tuple[int, int]:
+        """Where batch `batch`'s windows may start: [low, high)."""
+        starts = len(self.split) - self.context
+        if self.in_order is None:
+            return 0, starts
+        part = min(batch, self.in_order - 1)
+        low = starts * part // self.in_order
+        return low, max(low + 1, starts * (part + 1) // self.in_order)
 
     def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         windows = np.stack([self.split.window(int(s), self.context + 1) for s in starts]).astype(np.int64)
@@ -75,11 +94,17 @@ class StepSampler:
     """
 
     def __init__(self, split_tokens: TokenSplit, batch_size: int, grad_accum: int, context: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, in_order: int | None = None):
         if not 0 <= rank < world_size:
             raise FewshotError(f"rank {rank} is outside a world of {world_size} processes")
-        self.global_batches = BatchSampler(split_tokens, batch_size * grad_accum * world_size, context, seed)
+        self.global_batches = BatchSampler(split_tokens, batch_size * grad_accum * world_size, context, seed,
+                                           in_order=in_order)
         self.batch_size, self.grad_accum, self.rank = batch_size, grad_accum, rank
+
+    def plan(self, steps: int) -> None:
+        """The run's step count changed (a time budget refitted it): an in-order read spreads over the new one."""
+        if self.global_batches.in_order is not None:
+            self.global_batches.in_order = max(1, steps)
 
     def next_step(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         share = self.batch_size * self.grad_accum
@@ -125,6 +150,9 @@ class ExampleSampler:
     @property
     def global_batch(self) -> int:
         return self.batch_size * self.grad_accum * self.world_size
+
+    def plan(self, steps: int) -> None:
+        """Epochs do not depend on the run's step count."""
 
     def indices(self, step: int) -> list[int]:
         """The examples of global batch `step`, in order."""

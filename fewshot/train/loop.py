@@ -210,6 +210,8 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                 f"training {model.num_params() / 1e6:.2f}M parameters on {device.type}"
                 f"{' (bf16 autocast)' if bf16 else ''}: {shape}, steps {step}->{config.max_steps}"
             )
+            if setup.data_meta.get("in_order"):
+                console.print(f"the data is a curriculum: its train split is read from start to end over the {config.max_steps} steps")
             if step < config.short_context_steps:
                 console.print(f"sequence-length warm-up: steps {step}->{config.short_context_steps} "
                               f"train on the first {config.window_length(step, context)} tokens of each window")
@@ -258,6 +260,7 @@ def _train(config: TrainConfig, run: RunDir, resume: bool, console: Console, wor
                     config = dataclasses.replace(config, max_steps=fitted, fit_steps_to_time=not fit.done)
                     run.write_config(run.config.replace(train=config))  # a resumed run keeps the fitted schedule
                     progress.set_total(fitted)
+                    sampler.plan(fitted)
                     if fit.done:
                         fit = None
                 last = step >= config.max_steps or interrupted or out_of_time

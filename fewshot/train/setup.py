@@ -31,7 +31,7 @@ class Setup:
     model_config: ModelConfig
     tokenizer: Tokenizer
     model: GPT
-    sampler: Any  # StepSampler or ExampleSampler: next_step(), state_dict(), load_state_dict()
+    sampler: Any  # StepSampler or ExampleSampler: next_step(), plan(steps), state_dict(), load_state_dict()
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     record: RunConfig  # what config.json says about the run
     data_meta: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +57,10 @@ def pretraining(config: TrainConfig, run: RunDir, resume: bool, world: World, de
     check_memory(config, model_config, device)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = GPT(model_config)
-    sampler = StepSampler(data.split("train"), config.batch_size, config.grad_accum, context, config.seed, world.rank, world.size)
+    # Data written as a curriculum (`prepare(..., in_order=True)`) is read from start to end over the run.
+    in_order = config.max_steps if data.meta.get("in_order") else None
+    sampler = StepSampler(data.split("train"), config.batch_size, config.grad_accum, context, config.seed, world.rank,
+                          world.size, in_order=in_order)
     val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed)
     record = RunConfig(model_config, tokenizer.spec(), train=config, data={"path": str(config.data), "meta": data.meta})
     return Setup(model_config, tokenizer, model, sampler, val_batches, record, data_meta=data.meta)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import fewshot.data.prepare as data_module
 from fewshot.data.shards import TokenData
-from fewshot.data.sampling import BatchSampler, fixed_batches
+from fewshot.data.sampling import BatchSampler, StepSampler, fixed_batches
 from fewshot.data.prepare import is_val_block, prepare
 from fewshot.errors import FewshotError
 from fewshot.tokenizer import ByteTokenizer
@@ -332,6 +332,35 @@ def test_resume_from_state_dict_gives_the_same_next_batches(k, seed, rank):
     resumed.load_state_dict(state)
     for _ in range(3):
         assert all(torch.equal(p, q) for p, q in zip(original.next_batch(), resumed.next_batch()))
+
+
+@FAST
+@given(n=st.integers(40, 5000), context=st.integers(1, 32), steps=st.integers(1, 60), batch=st.integers(1, 5),
+       seed=st.integers(0, 100))
+def test_an_in_order_sampler_moves_through_the_split_once_over_its_steps(n, context, steps, batch, seed):
+    sampler = BatchSampler(Positions(n), batch, context, seed, in_order=steps)
+    starts = n - context  # where a window can start: 0 .. starts - 1
+    for i in range(steps + 3):
+        first = sampler.next_batch()[0][:, 0].double()  # Positions: a window's first token is where it starts
+        part = min(i, steps - 1)  # the i-th of `steps` equal parts; the last one after the run's steps
+        assert (first > part * starts / steps - 1).all() and (first < (part + 1) * starts / steps + 1).all(), (i, first)
+    resumed = BatchSampler(Positions(n), batch, context, seed, in_order=steps)
+    resumed.load_state_dict(sampler.state_dict())
+    assert torch.equal(resumed.next_batch()[0], sampler.next_batch()[0])
+
+
+def test_a_step_count_refitted_by_the_clock_respreads_an_in_order_read():
+    planned, refitted = StepSampler(Positions(10_000), 2, 1, 8, seed=0, in_order=100), StepSampler(Positions(10_000), 2, 1, 8, seed=0, in_order=100)
+    refitted.plan(50)
+    for _ in range(49):
+        planned.next_step(), refitted.next_step()
+    # Step 49 of 50 reads the last part; of 100, the middle.
+    assert planned.next_step()[0][0][:, 0].max() < 5_000 <= refitted.next_step()[0][0][:, 0].min()
+    anywhere = StepSampler(Positions(10_000), 2, 1, 8, seed=0)
+    anywhere.plan(50)  # random order ignores the plan
+    assert anywhere.global_batches.in_order is None
+    with pytest.raises(FewshotError, match="at least one batch"):
+        BatchSampler(Positions(100), 2, 8, seed=0, in_order=0)
 
 
 def test_sampler_reads_real_token_data(corpus, tmp_path):

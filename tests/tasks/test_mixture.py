@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fewshot.errors import FewshotError
 from fewshot.tasks.taskfile import Template, read_task_file
-from fewshot.tasks.meta import bursty, ginc
+from fewshot.tasks.meta import bursty, ginc, mixture
 from fewshot.tasks.meta.mixture import (
     EVAL_TEMPLATES,
     FORMATS,
@@ -287,6 +287,34 @@ def test_novel_formats_only_change_the_episodes_asked_for() -> None:
     assert list(documents(plain)) != list(documents(novel))
     with pytest.raises(FewshotError, match="novel formats"):
         MixtureConfig(novel_formats=1.5)
+
+
+def test_a_curriculum_writes_plain_episodes_first_and_marks_its_data_ordered(monkeypatch, tmp_path) -> None:
+    config = parse_data_spec("icl:mb=0.15,formats=0.5,programs=20,pipelines=20,curriculum=0.4")
+    assert config.curriculum == 0.4 and config.name != dataclasses.replace(config, curriculum=0.0).name
+    seen, written = [], 0  # (bytes written before the episode, its families, its share of novel formats)
+    real = mixture.episode
+
+    def recorded(rng, families, max_chars, bursty=True, novel_formats=0.0):
+        seen.append((written, {f.name for f in families}, novel_formats))
+        return real(rng, families, max_chars, bursty, novel_formats)
+
+    monkeypatch.setattr(mixture, "episode", recorded)
+    for text in documents(config):
+        written += len(text) + 1
+    boundary = 0.4 * 0.15e6
+    early = [(names, novel) for at, names, novel in seen if at < boundary]
+    late = [(names, novel) for at, names, novel in seen if at >= boundary]
+    assert early and late
+    assert all(names == {f.name for f in training_families()} and novel == 0 for names, novel in early)
+    assert all({"program", "pipeline"} <= names and novel == 0.5 for names, novel in late)
+    monkeypatch.undo()
+    small = dataclasses.replace(config, megabytes=0.03)
+    assert json.loads((ensure_mixture(tmp_path, small, progress=False) / "meta.json").read_text())["in_order"] is True
+    assert "in_order" not in json.loads((ensure_mixture(tmp_path, MixtureConfig(megabytes=0.03), progress=False) / "meta.json").read_text())
+    for bad, message in (("icl:curriculum=0.5", "ask for one of them"), ("icl:formats=0.5,curriculum=1", r"\[0, 1\)")):
+        with pytest.raises(FewshotError, match=message):
+            parse_data_spec(bad)
 
 
 def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -> None:

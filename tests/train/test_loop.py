@@ -198,3 +198,35 @@ def test_a_signal_during_set_up_saves_a_checkpoint_instead_of_raising(data_dir: 
     monkeypatch.undo()
     resumed = train(resume_config(run), resume=True)
     assert resumed.step == 50 and not resumed.interrupted
+
+
+def test_data_written_in_order_is_read_in_order_and_resumes_exactly(corpus_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A curriculum's data (`prepare(..., in_order=True)`) is read from start to end over the
+    run's steps: a run stopped half-way by a signal and resumed equals one that ran straight,
+    and both differ from reading the same tokens at random."""
+    import os
+    import signal
+
+    from fewshot.data.prepare import prepare
+    from fewshot.data.sampling import StepSampler
+
+    ordered, shuffled = tmp_path / "ordered", tmp_path / "shuffled"
+    prepare([corpus_dir], ordered, tokenizer="byte", progress=False, in_order=True)
+    prepare([corpus_dir], shuffled, tokenizer="byte", progress=False)
+    train(tiny_config(ordered, tmp_path / "straight"))
+    train(tiny_config(shuffled, tmp_path / "random"))
+    next_step = StepSampler.next_step
+
+    def interrupt_at_six(self):
+        if self.global_batches.position == 5:  # the sixth step: it finishes, saves, and the run stops
+            os.kill(os.getpid(), signal.SIGINT)
+        return next_step(self)
+
+    monkeypatch.setattr(StepSampler, "next_step", interrupt_at_six)
+    stopped = train(tiny_config(ordered, tmp_path / "resumed"))
+    assert stopped.interrupted and stopped.step == 6
+    monkeypatch.undo()
+    assert train(resume_config(tmp_path / "resumed"), resume=True).step == 12
+    straight, resumed, random_order = (weights(tmp_path / name) for name in ("straight", "resumed", "random"))
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    assert not all(torch.equal(straight[name], random_order[name]) for name in straight)

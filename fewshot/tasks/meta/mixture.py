@@ -13,6 +13,9 @@ tokenizer), so training, resume and torchrun treat it like any other data. The h
 task families never appear; `write_held_out_tasks` writes them as JSONL task files for
 `fewshot eval --task-file`.
 
+`curriculum=F` writes the first share F of the stream from the training families alone and marks
+the data as ordered, so training meets the novel formats, programs and pipelines only later.
+
 `bursty=False` is the ablation: every example of an episode comes from a different task (and
 every GINC segment from a different concept, and item classes are drawn independently), so
 the same families, formats and text are there, but the context no longer predicts the answer.
@@ -90,6 +93,10 @@ class MixtureConfig:
     novel_formats: float = 0.0   # share of episodes in a template assembled for them alone (`novel_format`)
     programs: float = 0.0        # weight of the `program` family (fewshot.tasks.families.programs); 0: absent
     pipelines: float = 0.0       # weight of the `pipeline` family (fewshot.tasks.families.pipelines); 0: absent
+    # A curriculum: this share of the stream, at its start, draws episodes from the training
+    # families alone in the usual formats (no programs, pipelines or novel formats); training
+    # then reads the stream in order, so the model meets the rest after the plain tasks.
+    curriculum: float = 0.0
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -102,6 +109,11 @@ class MixtureConfig:
         for name in ("programs", "pipelines"):
             if getattr(self, name) < 0:
                 raise FewshotError(f"the {name}' weight must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.curriculum < 1:
+            raise FewshotError(f"the curriculum's first share of the stream must be in [0, 1), got {self.curriculum}")
+        if self.curriculum and not (self.novel_formats or self.programs or self.pipelines):
+            raise FewshotError("a curriculum holds back novel formats, programs or pipelines until later; "
+                               "ask for one of them (formats=, programs=, pipelines=)")
 
     @property
     def name(self) -> str:
@@ -109,7 +121,7 @@ class MixtureConfig:
         write, so two mixtures never share one, and a mixture written before a family was added
         *or changed* is not reused (a digest of names alone missed edited parameters)."""
         fields = asdict(self)
-        for added_later in ("novel_formats", "programs", "pipelines"):  # mixtures without them keep the names they were written under
+        for added_later in ("novel_formats", "programs", "pipelines", "curriculum"):  # mixtures without them keep the names they were written under
             if not fields[added_later]:
                 del fields[added_later]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
@@ -222,10 +234,12 @@ def documents(config: MixtureConfig) -> Iterator[str]:
 
     rng = random.Random(f"icl-mixture/{config.seed}")
     families = episode_families(config)
+    plain = training_families()
     concepts = ginc.make_mixture(config.seed)
     world = bursty.make_world(config.seed)
     plays = [text for _, text in shakespeare_documents()] if config.text_fraction > 0 else []
     budget = int(config.megabytes * 1e6)
+    first_stage = int(config.curriculum * budget)  # bytes of plain episodes before the rest (a curriculum)
     written = 0
     # Cumulative shares: one draw picks the kind; episodes take what is left.
     text_cut, ginc_cut, zipf_cut, repeat_cut = itertools.accumulate(
@@ -244,6 +258,8 @@ def documents(config: MixtureConfig) -> Iterator[str]:
             text = bursty.sequence(rng, world, template, separator, bursty=config.bursty)
         elif kind < repeat_cut:
             text = repeats(rng, config.episode_chars, bursty=config.bursty)
+        elif written < first_stage:
+            text = episode(rng, plain, config.episode_chars, bursty=config.bursty)
         else:
             text = episode(rng, families, config.episode_chars, bursty=config.bursty, novel_formats=config.novel_formats)
         written += len(text) + 1
@@ -257,7 +273,7 @@ def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Pa
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:
         _write_jsonl(Path(tmp), documents(config))
-        prepare([Path(tmp)], out, tokenizer="byte", progress=progress)
+        prepare([Path(tmp)], out, tokenizer="byte", progress=progress, in_order=config.curriculum > 0)
     (out / MIXTURE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
 
@@ -316,7 +332,7 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
             "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int),
             "formats": ("novel_formats", float), "programs": ("programs", float),
-            "pipelines": ("pipelines", float)}
+            "pipelines": ("pipelines", float), "curriculum": ("curriculum", float)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:
