@@ -10,8 +10,9 @@ import pytest
 from fewshot.errors import FewshotError
 from fewshot.eval.heldout import FROZEN, check_request
 from fewshot.tasks import frozen
-from fewshot.tasks.families import held_out_families, training_families
+from fewshot.tasks.families import training_families
 from fewshot.tasks.taskfile import Template, read_task_file
+from tests.tasks.test_mixture import development_tasks
 
 
 def test_the_committed_files_are_the_generators_output_and_the_manifests() -> None:
@@ -69,12 +70,7 @@ def checked_instructions(build, name: str, draws: int = 1500, checked: int = 300
     development set on the inputs both draw, and against the frozen functions on the task's own
     inputs. A family of thousands of tasks can hit a held-out function in one draw, which the
     12 tasks per family of the test above would miss."""
-    held_out = []
-    for family in held_out_families():
-        for seed in range(6):
-            rng = random.Random(f"leak/{family.name}/{seed}")
-            task = family.build(rng)
-            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    held_out = development_tasks(6)
     frozen_answers = [(f.name, f.build(random.Random(f"frozen/{f.name}"))[0]) for f in frozen.kept()]
     instructions = set()
     for seed in range(draws):

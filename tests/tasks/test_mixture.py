@@ -44,17 +44,24 @@ def test_held_out_families_are_split_off_by_family() -> None:
     assert {f.category for f in held_out_families()} >= {"string", "number", "list", "classify"}
 
 
+def development_tasks(seeds: int) -> list[tuple[str, dict[str, str]]]:
+    """`seeds` tasks of every development (held-out) family, as (instruction, {input: answer})
+    over 1,500 draws: what the leak tests compare training tasks with."""
+    held_out = []
+    for family in held_out_families():
+        for seed in range(seeds):
+            rng = random.Random(f"leak/{family.name}/{seed}")
+            task = family.build(rng)
+            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    return held_out
+
+
 def test_no_training_task_computes_a_held_out_task() -> None:
     """Split by family means by function: no training task, in any parameterisation drawn here,
     may give a held-out task's answers. Caught before: `upper_letter_at` capitalising letter 1
     was `capitalize`. Two tasks agree on every input both drew (>= 20, of more than one length:
     on 3-letter words alone "copy" is "the last 3 letters")."""
-    held_out = []
-    for family in held_out_families():
-        for seed in range(4):
-            rng = random.Random(f"leak/{family.name}/{seed}")
-            task = family.build(rng)
-            held_out.append((task.instruction, dict(task.examples(1500, rng))))
+    held_out = development_tasks(4)
     for family in training_families():
         for seed in range(12):
             rng = random.Random(f"leak/{family.name}/{seed}")
