@@ -44,12 +44,21 @@ ALTERNATING = "dense,local"
 # - "llama": RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases (Llama, SmolLM2).
 Block = Literal["gpt3", "llama"]
 Precision = Literal["auto", "fp32", "bf16"]
+# What weights are written in (imports) or a loaded model computes in (fewshot.load, --dtype).
+Dtype = Literal["fp32", "bf16"]
+DTYPE_HELP = ("What the model computes in: fp32, or bf16 (half the bytes a decoding step reads and twice the matmul rate "
+              "where the hardware has bf16: AVX512-BF16, AMX, GPUs; emulated, and slower than fp32, elsewhere).")
 Optimizer = Literal["adamw", "muon"]  # fewshot.train.optim
 # Fine-tuning (fewshot.train.finetune): every weight, or a peft adapter on a frozen base.
 Method = Literal["full", "lora", "ia3"]
 # `--target` names -> the modules they cover, as suffixes of the model's module names.
 # Attention's q, k and v are one fused `qkv` layer (as GPT-2's c_attn), so they are one target.
 ADAPTER_TARGETS = {"qkv": ("mixer.qkv",), "o": ("mixer.proj",), "mlp": ("mlp.gate", "mlp.up", "mlp.down")}
+
+
+def check_dtype(name: str, command: str) -> None:
+    if name not in get_args(Dtype):
+        raise FewshotError(f"{command}: --dtype must be one of {', '.join(get_args(Dtype))}, got {name!r}")
 
 
 def check_optimizer(name: str) -> None:

@@ -6,7 +6,16 @@ import contextlib
 
 import torch
 
+from fewshot.config import check_dtype
 from fewshot.errors import FewshotError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # fewshot.config.Dtype's names
+
+
+def dtype_named(name: str, command: str) -> torch.dtype:
+    """`--dtype fp32|bf16` as a torch dtype: what an import writes, or what a loaded model computes in."""
+    check_dtype(name, command)
+    return DTYPES[name]
 
 
 def pick_device(name: str) -> torch.device:

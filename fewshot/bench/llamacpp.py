@@ -8,8 +8,10 @@ warm-up. What each side runs, so the ratio can be read:
 - llama.cpp runs the file as it is: its quantised weights (SmolLM2's file is Q4_1, about
   4.5 bits per weight) through its hand-written kernels, called through llama-cpp-python's
   low-level API (one `llama_decode` per step, no Python sampling loop of its own).
-- fewshot runs what `fewshot import-gguf` makes of the file: the weights dequantised to fp32.
-  Decoding one token at batch 1 reads every weight once, so it moves ~7x the bytes.
+- fewshot runs what `fewshot import-gguf` makes of the file: the weights dequantised, computing
+  in fp32 and/or bf16 (each interleaved in the same rounds), or with --keep-quant the file's
+  blocks kept. Decoding one token at batch 1 reads every weight once, so fp32 moves ~7x the
+  bytes llama.cpp does, bf16 ~3.5x.
 - Batch 8 on llama.cpp is its own batched decoding, as in its `batched` example: the prompt
   is evaluated once for all 8 sequences, then every step is one `llama_decode` holding one
   token per sequence. It is not 8 runs one after another.
@@ -24,6 +26,7 @@ import ctypes
 import math
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,12 +148,14 @@ class DecodeVsLlamaCpp:
 
 
 def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), tokens: int = 64, repeats: int = 3,
-                             warmup: int = 1, dtype: str = "fp32", progress: bool = False,
+                             warmup: int = 1, dtypes: tuple[str, ...] = ("fp32",), progress: bool = False,
                              compiled: bool = False, keep_quant: bool = False) -> list[DecodeVsLlamaCpp]:
-    """fewshot (the file imported, `dtype` weights) against llama.cpp (the file as is), greedy, interleaved.
+    """fewshot (the file imported, computing in each of `dtypes`) against llama.cpp (the file as
+    is), greedy, all of them interleaved in each round: a result per batch size and dtype.
 
     `compiled`: ours decodes through its compiled step; the warm-up round pays for compiling.
-    `keep_quant`: ours keeps the file's blocks (import-gguf --keep-quant), as llama.cpp does.
+    `keep_quant`: ours keeps the file's blocks (import-gguf --keep-quant), as llama.cpp does;
+    those compute in fp32.
     """
     from fewshot.convert.gguf import import_gguf
     from fewshot.inference.lm import load
@@ -158,45 +163,52 @@ def bench_decode_vs_llamacpp(gguf: Path, batches: tuple[int, ...] = (1, 8), toke
     gguf = Path(gguf)
     if min(batches, default=0) < 1 or tokens < 1 or repeats < 1:
         raise FewshotError(f"bench: batch sizes, tokens and repeats must be >= 1, got {batches}, {tokens}, {repeats}")
+    if not dtypes or (keep_quant and set(dtypes) != {"fp32"}):
+        raise FewshotError(f"bench: --keep-quant keeps the file's blocks, which compute in fp32: drop --dtype {','.join(dtypes)}")
     llama_cpp_module()  # fail before the import-gguf work if the extra is missing
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="fewshot-bench-") as scratch:
-        lm = load(import_gguf(gguf, Path(scratch) / "run", dtype=dtype, keep_quant=keep_quant))
-        dtype = lm.model.config.quant or dtype
-        lm.model.compile_decoding(compiled)
+        run = import_gguf(gguf, Path(scratch) / "run", keep_quant=keep_quant)
+        ours = {}
+        for dtype in dtypes:
+            lm = load(run, dtype=dtype)
+            lm.model.compile_decoding(compiled)
+            ours[lm.model.config.quant or dtype] = lm
         prompt = lm.tokenizer.encode(PROMPT)
         context = len(prompt) + tokens + 1
         if context > lm.model.config.context:
             raise FewshotError(f"bench: {len(prompt)} prompt + {tokens} new tokens exceed the model's context")
         peer = LlamaCpp(gguf, context, max(batches), threads)
         try:
-            return [_one_batch(lm, peer, prompt, rows, tokens, repeats, warmup, dtype, progress) for rows in batches]
+            return [r for rows in batches for r in _one_batch(ours, peer, prompt, rows, tokens, repeats, warmup, progress)]
         finally:
             peer.close()
 
 
-def _one_batch(lm, peer: LlamaCpp, prompt: list[int], rows: int, tokens: int, repeats: int, warmup: int, dtype: str,
-               progress: bool) -> DecodeVsLlamaCpp:
+def _one_batch(ours: dict, peer: LlamaCpp, prompt: list[int], rows: int, tokens: int, repeats: int, warmup: int,
+               progress: bool) -> list[DecodeVsLlamaCpp]:
     outputs: dict[str, list[list[int]]] = {}
     options = SamplingOptions(max_tokens=tokens, temperature=0.0, n=rows, stop_at_eot=False)
 
-    def ours() -> None:
-        outputs["fewshot"] = [list(c.token_ids) for c in generate(lm.model, lm.tokenizer, prompt, options)]
+    def decode(name: str, lm) -> Callable[[], None]:
+        def run() -> None:
+            outputs[name] = [list(c.token_ids) for c in generate(lm.model, lm.tokenizer, prompt, options)]
+        return run
 
     def theirs() -> None:
         outputs["llamacpp"] = peer.greedy(prompt, rows, tokens)
 
-    seconds = interleave({"fewshot": ours, "llamacpp": theirs}, repeats, warmup, torch.device("cpu"), progress,
-                         label=f"decode batch {rows} vs llama.cpp")
-    mine, theirs_s = median(seconds["fewshot"]), median(seconds["llamacpp"])
-    return DecodeVsLlamaCpp(
-        batch=rows, tokens=tokens, prompt_tokens=len(prompt), threads=torch.get_num_threads(), fewshot_dtype=dtype,
+    runs = {name: decode(name, lm) for name, lm in ours.items()} | {"llamacpp": theirs}
+    seconds = interleave(runs, repeats, warmup, torch.device("cpu"), progress, label=f"decode batch {rows} vs llama.cpp")
+    theirs_s = median(seconds["llamacpp"])
+    return [DecodeVsLlamaCpp(
+        batch=rows, tokens=tokens, prompt_tokens=len(prompt), threads=torch.get_num_threads(), fewshot_dtype=name,
         fewshot_compiled=lm.model.decoding_compiled,
-        gguf_types=list((lm.config.source or {}).get("quantization", [])), seconds=mine, llamacpp_seconds=theirs_s,
-        tok_s=rows * tokens / mine, llamacpp_tok_s=rows * tokens / theirs_s, ratio=theirs_s / mine,
-        pair_ratios=pair_ratios(seconds["fewshot"], seconds["llamacpp"]),
-        agreeing_tokens=_common_prefix(outputs["fewshot"][0], outputs["llamacpp"][0]),
-    )
+        gguf_types=list((lm.config.source or {}).get("quantization", [])), seconds=median(seconds[name]),
+        llamacpp_seconds=theirs_s, tok_s=rows * tokens / median(seconds[name]), llamacpp_tok_s=rows * tokens / theirs_s,
+        ratio=theirs_s / median(seconds[name]), pair_ratios=pair_ratios(seconds[name], seconds["llamacpp"]),
+        agreeing_tokens=_common_prefix(outputs[name][0], outputs["llamacpp"][0]),
+    ) for name, lm in ours.items()]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.bench.timing import progress_bar, timed
+from fewshot.device import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SLOW_CALL_S = 0.5
 # Dense (non-sparse) tensor throughput from NVIDIA's datasheets, TFLOP/s; matched on the
 # device name. Only for printing beside the measured peak: MFU uses the measured one.

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from fewshot.cli.app import bench_app, err, out
+from fewshot.config import check_dtype
 from fewshot.errors import FewshotError
 
 
@@ -53,18 +54,19 @@ def _check_vs(vs: Optional[str], peers: tuple[str, ...] = ("hf",)) -> None:
         raise FewshotError(f"--vs takes {' or '.join(peers)}, got {vs!r}")
 
 
-def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int, dtype: str,
-                           compiled: bool, keep_quant: bool) -> None:
+def _bench_decode_llamacpp(gguf: Optional[Path], batches: tuple[int, ...], tokens: int, repeats: int,
+                           dtypes: tuple[str, ...], compiled: bool, keep_quant: bool) -> None:
     from fewshot.bench.llamacpp import bench_decode_vs_llamacpp, quality_vs_llamacpp
     from fewshot.convert.gguf import smollm2_gguf
 
     path = gguf or smollm2_gguf()
+    results = bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtypes=dtypes, progress=err.is_terminal, compiled=compiled,
+                                       keep_quant=keep_quant)  # first: it checks the options
     if keep_quant:
         for q in quality_vs_llamacpp(path):
             out.print(f"{path.name}, {q.name}: perplexity {q.perplexity:.3f} over {q.positions} positions of Shakespeare, "
                       f"top-1 agreement with fewshot fp32 {q.top1_vs_fp32:.1%}", markup=False, highlight=False)
-    for r in bench_decode_vs_llamacpp(path, batches, tokens, repeats, dtype=dtype, progress=err.is_terminal, compiled=compiled,
-                                      keep_quant=keep_quant):
+    for r in results:
         how = r.fewshot_dtype + (", compiled" if r.fewshot_compiled else "")
         out.print(f"{path.name}, batch {r.batch}, {r.tokens} new tokens, {r.threads} threads: fewshot ({how}) "
                   f"{r.tok_s:,.1f} tok/s, llama.cpp ({'/'.join(r.gguf_types)}) {r.llamacpp_tok_s:,.1f} tok/s: "
@@ -98,7 +100,8 @@ def bench_decode_command(
     vs: Annotated[Optional[str], typer.Option(help="hf: transformers' generate on the same weights; llamacpp: llama.cpp "
                                                     "on the same GGUF file (the bench-llamacpp extra).")] = None,
     batch: Annotated[str, typer.Option(help="With --vs: comma-separated batch sizes.")] = "1,8",
-    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both; with --vs llamacpp: ours.")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="With --vs hf: fp32 or bf16 weights, for both; with --vs llamacpp: what ours "
+                                            "computes in, or fp32,bf16 for both, interleaved in one run.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's); llama.cpp gets as many.")] = None,
     gguf: Annotated[Optional[Path], typer.Option(help="With --vs llamacpp: the GGUF file (default: SmolLM2-135M's).")] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="With --vs: also (hf) or only (llamacpp) our decoding "
@@ -125,7 +128,10 @@ def bench_decode_command(
         raise FewshotError("--vs llamacpp compares on the CPU; drop --device")
     _set_threads(threads)
     if vs == "llamacpp":
-        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtype, compile, keep_quant)
+        dtypes = tuple(dict.fromkeys(dtype.split(",")))
+        for name in dtypes:
+            check_dtype(name, "bench decode")
+        _bench_decode_llamacpp(gguf, _parse_ints(batch, "--batch"), tokens or 64, max(repeats, 3), dtypes, compile, keep_quant)
         return
     torch.manual_seed(0)
     if vs is None:
@@ -158,6 +164,32 @@ def bench_decode_command(
                   f"{'' if r.outputs_match else ' (WARNING: outputs differ)'}{compiled}")
     costs = decode_cost_by_context(model, contexts, progress=err.is_terminal)
     out.print("fewshot cached step, batch 1, ms/token by context: " + ", ".join(f"{c}: {ms:.2f}" for c, ms in costs.items()))
+
+
+@bench_app.command("kernel")
+def bench_kernel_command(
+    rows: Annotated[str, typer.Option(help="Comma-separated rows of x per product (a decoding batch), 1 to 16.")] = "1,8,16",
+    repeats: Annotated[int, typer.Option()] = 5,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+) -> None:
+    """The quantised-matmul kernel's AVX2 and AVX512-VNNI copies against MKL's fp32 product, on SmolLM2's shapes."""
+    from fewshot.bench.kernel import bench_kernel
+    from fewshot.model import kernels
+
+    _check_positive(repeats=repeats)
+    counts = _parse_ints(rows, "--rows")
+    _set_threads(threads)
+    results = bench_kernel(counts, repeats=repeats, progress=err.is_terminal)
+    import torch
+
+    out.print(f"quantised products on this CPU run on {kernels.isa()}; {torch.get_num_threads()} threads; "
+              "microseconds per product (matrices this small stay in cache between calls)", markup=False)
+    for r in results:
+        fp32 = r.micros["fp32"]
+        routes = ", ".join(f"{name} {us:,.1f} ({fp32 / us:.2f}x fp32)" for name, us in r.micros.items() if name != "fp32")
+        vnni = f"; avx512vnni is {r.micros['avx2'] / r.micros['avx512vnni']:.2f}x avx2" if "avx512vnni" in r.micros else ""
+        out.print(f"{r.fmt} {r.shape[0]}x{r.shape[1]}, {r.rows} rows: fp32 {fp32:,.1f}, {routes}{vnni}", markup=False,
+                  highlight=False)
 
 
 @bench_app.command("lookup")

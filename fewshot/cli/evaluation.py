@@ -9,6 +9,7 @@ import typer
 
 from fewshot.cli.app import app, out, unescape
 from fewshot.cli.options import config_options
+from fewshot.config import DTYPE_HELP, check_dtype
 from fewshot.eval.options import QUERIES, EvalOptions
 
 
@@ -26,6 +27,7 @@ def eval_command(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="results.json; results.md goes beside it.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="ICL-curve PNG; <stem>_bars.png goes beside it.")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     contamination: Annotated[Optional[Path], typer.Option(
         help="Prepared data dir: flag queries sharing a 13-gram with its train split (GPT-3 §4) and also score the clean ones.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing --out and --plot files.")] = False,
@@ -40,6 +42,7 @@ def eval_command(
     from fewshot.runs import RunDir
 
     EvalOptions(**given)  # checked before any task is read or model loaded
+    check_dtype(dtype, "eval")
     ks = parse_shots(shots)
     outputs = [*(results_paths(out_path) if out_path else ()), *((plot, bars_path(plot)) if plot else ())]
     for path in outputs:  # before the evaluation, so a bad path never costs its results
@@ -55,7 +58,7 @@ def eval_command(
             out.print(f"{t.name}: {sum(t.contaminated)} of {len(t.queries)} queries contaminated (13-gram overlap with {contamination})")
     evaluations = []
     for run in runs:
-        lm = fewshot.load(run, device=device, adapter=adapter)
+        lm = fewshot.load(run, device=device, adapter=adapter, dtype=dtype)
         result = evaluate(lm, task_list, ks, seed, model=str(run), **given)
         evaluations.append(result)
         out.print(results_table(result, ks, f"{run}: score [95% Wilson interval], n={n} per cell"))

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from fewshot.cli.app import app, err, out, unescape
+from fewshot.config import DTYPE_HELP
 from fewshot.errors import FewshotError
 
 
@@ -44,6 +45,7 @@ def generate(
     prompt_lookup: Annotated[int, typer.Option(help="Prompt-lookup decoding: up to this many draft tokens per step, copied "
                                                     "from earlier in the text; the same text, in fewer passes. 0 = off.")] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     stats: Annotated[bool, typer.Option(help="Print load time, tokens/s and peak memory to stderr.")] = False,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="Decode through a compiled step: on the CPU built ahead "
                                                                           "of time once per model shape (about a minute, then cached), "
@@ -62,7 +64,7 @@ def generate(
                    logprobs=logprobs, prompt_lookup=prompt_lookup)
     sampling = SamplingOptions(**options)  # validate before loading the model or printing anything
     start = time.perf_counter()
-    lm = fewshot.load(run, device=device, adapter=adapter)
+    lm = fewshot.load(run, device=device, adapter=adapter, dtype=dtype)
     sampling.check_vocab(lm.model.config.vocab_size)
     lm.model.compile_decoding(compile)
     loaded, load_rss = time.perf_counter(), peak_rss_bytes()
@@ -99,6 +101,7 @@ def chat(
     top_p: Annotated[float, typer.Option()] = 0.9,
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
     """Chat with a model, using its own chat template (imported models) or a plain transcript."""
     import fewshot
@@ -106,7 +109,7 @@ def chat(
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     SamplingOptions(**options)
-    lm = fewshot.load(run, device=device, adapter=adapter)
+    lm = fewshot.load(run, device=device, adapter=adapter, dtype=dtype)
     messages = [{"role": "system", "content": unescape(system)}] if system else []
     interactive = message is None
     while True:

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from fewshot.runs import RunConfig, RunDir
 from fewshot.config import ModelConfig
-from fewshot.convert import weights_dtype
+from fewshot.device import dtype_named
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir
 from fewshot.model.quant import HEAD_FORMAT, quantize
@@ -70,7 +70,7 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "fp32", progress
     from gguf import GGUFReader  # heavy-ish; only this command needs it
 
     path, out = Path(path), Path(out)
-    torch_dtype = weights_dtype(dtype, "import-gguf")
+    torch_dtype = dtype_named(dtype, "import-gguf")
     check_new_dir(out)
     if not path.is_file():
         raise FewshotError(f"{path}: no such GGUF file")

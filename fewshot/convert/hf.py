@@ -29,7 +29,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from fewshot import __version__
 from fewshot.runs import RunConfig, RunDir, write_safetensors
 from fewshot.config import ModelConfig
-from fewshot.convert import weights_dtype
+from fewshot.device import dtype_named
 from fewshot.errors import FewshotError
 from fewshot.files import check_new_dir, publish_dir, read_json, write_json
 from fewshot.model import GPT
@@ -255,7 +255,7 @@ def write_hf_tokenizer(directory: Path, tokenizer: Tokenizer, context: int) -> N
 def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
     """Convert the local GPT2LMHeadModel directory `hf_dir` into the run directory `out_dir`."""
     hf_dir, out = Path(hf_dir), Path(out_dir)
-    torch_dtype = weights_dtype(dtype, "import-hf")
+    torch_dtype = dtype_named(dtype, "import-hf")
     check_new_dir(out)
     if not hf_dir.is_dir():
         raise FewshotError(f"{hf_dir}: no such directory (import-hf reads a local transformers model directory)")

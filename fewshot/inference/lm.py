@@ -26,7 +26,7 @@ from fewshot.model import GPT
 from fewshot.inference.scoring import score_continuations
 from fewshot.runs import RunConfig, RunDir
 from fewshot.tokenizer import Tokenizer
-from fewshot.device import pick_device
+from fewshot.device import dtype_named, pick_device
 
 
 @dataclass
@@ -107,11 +107,15 @@ class LM:
         return logprob
 
 
-def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None) -> LM:
+def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None, dtype: str = "fp32") -> LM:
     """Model and tokenizer from a run directory, in eval mode; `adapter`: a LoRA/(IA)3 run on top.
 
-    An adapter run given as `run_dir` loads onto the base it records.
+    An adapter run given as `run_dir` loads onto the base it records. `dtype` ("fp32" or
+    "bf16") is what the model computes in, whatever the file holds: bf16 halves the bytes a
+    decoding step reads and doubles the matmul rate where the hardware has bf16 (AVX512-BF16,
+    AMX, recent GPUs); elsewhere it is emulated and slower than fp32.
     """
+    compute = dtype_named(dtype, "load")
     run = RunDir.open(run_dir)
     if run.is_adapter:
         if adapter is not None:
@@ -123,7 +127,9 @@ def load(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = 
             f"{run.path}: tokenizer has {tokenizer.vocab_size} ids but the model only {model_config.vocab_size}; "
             "the tokenizer does not belong to this model"
         )
-    model = GPT.for_loading(model_config, pick_device(device))
+    if model_config.quant and compute != torch.float32:
+        raise FewshotError(f"{run.path} keeps its weights as {model_config.quant} blocks, which compute in fp32; drop --dtype {dtype}")
+    model = GPT.for_loading(model_config, pick_device(device), compute)
     run.load_weights(model)
     lm = LM(model.eval(), tokenizer, run.config, str(run.path), run)
     return lm if adapter is None else lm.with_adapter(adapter)

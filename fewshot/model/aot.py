@@ -8,10 +8,10 @@ runs the whole token in C++. The library holds no weights: it reads the live mod
 every checkpoint of an architecture. Builds are cached on disk (`cache_dir()`), written
 atomically; the first build of a shape takes about a minute on 2 cores.
 
-What it covers: CPU, float32 key/value caches, models whose every mixer is causal attention,
-and the decoding-attention kernel (fewshot.model.kernels). A step it cannot take (another
-mixer, more than MAX_ROWS rows, a cache it did not trace) returns None, and the caller runs
-torch.compile's step instead.
+What it covers: CPU, float32 or bfloat16 models with caches of their own dtype, models whose
+every mixer is causal attention, and the decoding-attention kernel (fewshot.model.kernels). A
+step it cannot take (another mixer, more than MAX_ROWS rows, a cache it did not trace) returns
+None, and the caller runs torch.compile's step instead.
 
 Two libraries per shape: batch 1, and batch 2 to MAX_ROWS with the cache's capacity dynamic
 (export specialises a dimension of size 1, so batch 1 is its own build).
@@ -49,7 +49,7 @@ def cache_dir() -> Path:
 def supports(model: nn.Module) -> bool:
     """Whether this model's decoding step can be compiled ahead of time here."""
     weight = model.token_embedding.weight
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and attend_one() is not None
+    return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16) and attend_one() is not None
             and all(isinstance(block.mixer, CausalSelfAttention) and not block.mixer.conv_size for block in model.blocks))
 
 
@@ -98,7 +98,7 @@ class AotDecoder:
         rows = idx.shape[0]
         kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         if (not 1 <= rows <= MAX_ROWS or cache.capacity < 2 or idx.shape[1] != 1 or len(kv) != 2 * len(self.model.blocks)
-                or any(t.dtype != torch.float32 or not t.is_contiguous() for t in kv)):
+                or any(t.dtype != self.model.token_embedding.weight.dtype or not t.is_contiguous() for t in kv)):
             return None
         return self._runner("one" if rows == 1 else "many")(idx.contiguous(), slots, positions, first, kv)
 

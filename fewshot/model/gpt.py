@@ -154,11 +154,14 @@ class GPT(nn.Module):
             self.head.weight = self.token_embedding.weight
 
     @classmethod
-    def for_loading(cls, config: ModelConfig, device: torch.device | str = "cpu") -> GPT:
+    def for_loading(cls, config: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
         """A model whose weights are about to be loaded: built on the meta device, so nothing is
-        initialised (or allocated twice), then given real, uninitialised storage on `device`."""
+        initialised (or allocated twice), then given real, uninitialised storage on `device`, its
+        floating-point tensors in `dtype`."""
         with torch.device("meta"):
             model = cls(config)
+        if dtype != torch.float32:  # not for fp32: .to() would also cast a quantised layer's float16 scales
+            model = model.to(dtype)
         model = model.to_empty(device=device)
         model.tie_weights()
         return model

@@ -242,8 +242,9 @@ class CausalSelfAttention(Mixer):
     def _decoding_kernel(q: Tensor, cache: AttentionCache):
         """The C++ kernel for a decoding step's attention (kernels/attention.cpp): one query per row
         against its run of cached keys, with no mask to build and nothing that depends on the other
-        rows. It is built for float32 on the CPU; elsewhere (None) torch's attention runs."""
-        return attend_one() if q.device.type == "cpu" and q.dtype == cache.keys.dtype == torch.float32 else None
+        rows. It is built for float32 and bfloat16 on the CPU; elsewhere (None) torch's attention runs."""
+        usable = q.device.type == "cpu" and q.dtype == cache.keys.dtype and q.dtype in (torch.float32, torch.bfloat16)
+        return attend_one() if usable else None
 
     def _merge(self, y: Tensor) -> Tensor:
         batch, _, length, _ = y.shape

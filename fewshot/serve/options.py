@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewshot.config import setting
+from fewshot.config import DTYPE_HELP, check_dtype, setting
 from fewshot.errors import FewshotError
 
 API_KEY_ENV = "FEWSHOT_API_KEY"
@@ -45,6 +45,7 @@ class ServeOptions:
                                          "with a server_shutting_down error.")
     max_body_mb: float = setting(4.0, "Largest request body, in MB (10**6 bytes); bigger ones get 413.")
     device: str = setting("cpu", "Device to run the model on.")
+    dtype: str = setting("fp32", DTYPE_HELP)
     compile: bool = setting(False, "Decode the base model through its compiled step (on the CPU built ahead of time, "
                                    "once per model shape, before the server listens; then cached).")
     log_level: str = setting("info", "uvicorn's and the server's log level.")
@@ -68,6 +69,7 @@ class ServeOptions:
                 raise FewshotError(f"serve: --{_flag(name)} must be a finite number {rule}, got {value!r}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise FewshotError(f"serve: --port must be in [0, 65535], got {self.port!r}")
+        check_dtype(self.dtype, "serve")
         if self.log_level not in LOG_LEVELS:
             raise FewshotError(f"serve: --log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.api_key is not None and self.api_key_file is not None:

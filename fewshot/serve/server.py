@@ -29,7 +29,7 @@ def run_server(run_dir: str | Path, options: ServeOptions = ServeOptions()) -> N
     from fewshot.serve.app import create_app
 
     options = options.resolved(run_dir)  # every check, the key's too, before the (slow) load
-    lm = fewshot.load(run_dir, device=options.device)
+    lm = fewshot.load(run_dir, device=options.device, dtype=options.dtype)
     lm.model.compile_decoding(options.compile, now=True)
     adapters = {name: lm.with_adapter(directory) for name, directory in options.adapters.items()}
     app = create_app(lm, options, adapters=adapters)

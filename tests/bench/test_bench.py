@@ -181,9 +181,26 @@ def test_llama_cpp_and_fewshot_decode_the_same_gguf_alike() -> None:
         assert peer.greedy([504, 1253, 1070, 288], 3, 12) == single * 3
     finally:
         peer.close()
-    for r in bench_decode_vs_llamacpp(gguf, (1, 2), tokens=12, repeats=1, warmup=0):
+    results = bench_decode_vs_llamacpp(gguf, (1, 2), tokens=12, repeats=1, warmup=0, dtypes=("fp32", "bf16"))
+    assert [(r.batch, r.fewshot_dtype) for r in results] == [(1, "fp32"), (1, "bf16"), (2, "fp32"), (2, "bf16")]
+    for r in results:
         assert r.agreeing_tokens >= 8 and r.ratio > 0 and r.tok_s > 0 and r.llamacpp_tok_s > 0
         assert "Q4_1" in r.gguf_types
+
+
+def test_bench_kernel_times_every_instruction_set_this_cpu_has() -> None:
+    from fewshot.bench.kernel import bench_kernel
+    from fewshot.model import kernels
+
+    if kernels.isa() is None:
+        pytest.skip("the CPU kernels cannot run on this machine")
+    results = bench_kernel((1, 3), shapes=((40, 64),), formats=("q8_0",), repeats=1, calls=2)
+    assert [(r.rows, r.fmt, r.shape) for r in results] == [(1, "q8_0", (40, 64)), (3, "q8_0", (40, 64))]
+    expected = {"fp32", "avx2"} | ({"avx512vnni"} if kernels.isa() == "avx512vnni" else set())
+    assert all(set(r.micros) == expected and min(r.micros.values()) > 0 for r in results)
+    assert kernels.isa() in expected  # the benchmark leaves the chosen copy as it was
+    with pytest.raises(FewshotError, match="--rows must be 1 to 16"):
+        bench_kernel((17,))
 
 
 def test_busy_cores_sees_a_busy_core(monkeypatch) -> None:

@@ -31,6 +31,19 @@ def test_logits_are_float32_per_position_and_match_the_model(run: Path) -> None:
     torch.testing.assert_close(logits, expected[0])
 
 
+def test_a_run_loads_to_compute_in_bf16_and_gives_nearly_the_fp32_logits(run: Path) -> None:
+    fp32, bf16 = fewshot.load(run), fewshot.load(run, dtype="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    ids = fp32.tokenizer.encode("ROMEO: good night")
+    logits = bf16.logits(ids)
+    assert logits.dtype == torch.float32  # what callers get, whatever the model computes in
+    # bf16 keeps 8 bits of mantissa: each logit within a few hundredths of the fp32 one here
+    assert (logits - fp32.logits(ids)).abs().max() < 0.1
+    assert bf16.generate("ROMEO:", max_tokens=8, temperature=0.0)  # its cache is bf16 too
+    with pytest.raises(FewshotError, match="--dtype must be one of fp32, bf16"):
+        fewshot.load(run, dtype="fp16")
+
+
 def test_score_is_the_summed_log_probability_of_the_continuation(run: Path) -> None:
     lm = fewshot.load(run)
     context, continuation = "KING:\nWhat", " say you"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -84,3 +86,25 @@ def test_steps_it_does_not_cover_fall_back() -> None:
     assert cache.length == 0
     lstm = GPT(PRESETS["nano"].model.replace(attention="lstm", context=64))
     assert not supports(lstm)
+
+
+@needs_kernel
+@pytest.mark.slow  # a build of its own, ~20 s on 2 cores
+def test_a_bf16_model_steps_through_its_own_build_as_close_to_fp32_as_eager_bf16() -> None:
+    """bf16 rounds after each of eager's ops but inside inductor's fused ones, so the two bf16
+    paths differ; each should be as near the same weights computed in fp32 as the other."""
+    model = llama_nano(0).to(torch.bfloat16)
+    reference = copy.deepcopy(model).float()  # the bf16-rounded weights, computed in fp32
+    steps = torch.randint(0, 256, (12, 3, 1))
+    offsets = torch.tensor([0, 5, 40])
+
+    def run(m: GPT) -> torch.Tensor:
+        cache = m.new_cache(3, 64)
+        return torch.stack([m.step_rows(idx, cache, offsets + t) for t, idx in enumerate(steps)]).float()
+    truth, eager = run(reference), run(model)
+    model.compile_decoding(True)
+    compiled = run(model)
+    assert list(model.aot.runners) == ["many"]  # its own bf16 build ran, not torch.compile's fallback
+    eager_error, compiled_error = (eager - truth).abs().max(), (compiled - truth).abs().max()
+    print(f"max |logit - fp32's|: eager bf16 {eager_error:.3f}, compiled bf16 {compiled_error:.3f}")
+    assert compiled_error <= 1.5 * eager_error

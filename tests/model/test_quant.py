@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fewshot.config import PRESETS
 from fewshot.errors import FewshotError
 from fewshot.model import GPT
+from fewshot.model import kernels
 from fewshot.model.kernels import qmatmul
 from fewshot.model.quant import BLOCK, FORMATS, KERNEL_MAX_ROWS, QuantLinear, dequantize, quantize, quantize_layers
 
@@ -90,6 +91,25 @@ def test_a_rows_product_does_not_depend_on_the_batch_it_came_in(fmt, m, blocks, 
     together = layer(x)
     for i in range(m):
         assert torch.equal(layer(x[i:i + 1]), together[i:i + 1])
+
+
+@pytest.mark.skipif(kernels.isa() != "avx512vnni", reason="this CPU lacks AVX512-VNNI")
+@settings(max_examples=60, deadline=None)
+@given(fmt=st.sampled_from(FORMATS), m=st.integers(1, KERNEL_MAX_ROWS), n=st.integers(1, 40), blocks=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_the_vnni_and_avx2_products_are_bitwise_equal(fmt, m, n, blocks, seed):
+    """Every byte a block can hold, Q8_0's -128 included, against x at its int8 extremes: VNNI's
+    dpbusd must give the integers AVX2's maddubs + madd give, or decoding would change with the CPU."""
+    layer = QuantLinear.from_linear(torch.nn.Linear(blocks * BLOCK, n, bias=False), fmt)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.qweight.copy_(torch.randint(0, 256, layer.qweight.shape, generator=generator, dtype=torch.uint8).view(layer.qweight.dtype))
+    x = torch.randint(-1, 2, (m, blocks * BLOCK), generator=generator).float() * (1 + torch.rand(m, 1, generator=generator))
+    with kernels.on_isa("avx2"):
+        expected = layer(x)
+    with kernels.on_isa("avx512vnni"):
+        assert torch.equal(layer(x), expected)
+    assert kernels.isa() == "avx512vnni"
 
 
 def test_many_rows_and_other_dtypes_take_the_dequantised_path_exactly():

@@ -1,5 +1,6 @@
 """Two CPU kernels for decoding, one small C++ extension: the quantised-weight matmul
-(qmatmul.cpp) and one query's attention over a run of cached keys (attention.cpp).
+(qmatmul.cpp; an AVX2 copy and an AVX512-VNNI one, chosen by the CPU, the same numbers from
+both) and one query's attention over a run of cached keys, float32 or bfloat16 (attention.cpp).
 
 `make` builds it once into the virtual environment (`python -m fewshot.model.kernels`, well
 under a minute); later processes load the built library. Where it cannot be built (no C++
@@ -11,6 +12,7 @@ torch's scaled_dot_product_attention, more slowly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -22,7 +24,7 @@ SOURCES = [Path(__file__).with_name(name) for name in ("qmatmul.cpp", "attention
 BUILD_DIR = Path(sys.prefix) / "fewshot-kernels"
 FORMAT_IDS = {fmt: i for i, fmt in enumerate(QUANT_FORMATS)}  # qmatmul.cpp's Format enum, in this order
 
-_loaded: list = []  # [{name: operator} or None], once per process
+_loaded: list = []  # [(module, {name: operator}) or None], once per process
 
 
 def qmatmul():
@@ -35,11 +37,35 @@ def attend_one():
     return _operators()["attend_one"] if _operators() else None
 
 
+def isa() -> str | None:
+    """The instruction set the quantised products run on: "avx512vnni" where the CPU has it,
+    else "avx2"; None where the kernels are unavailable. Both give the same numbers."""
+    return _module().isa() if _module() else None
+
+
+@contextlib.contextmanager
+def on_isa(name: str):
+    """Run the quantised products on `name` ("avx2" or "avx512vnni") inside the block: the tests
+    and `fewshot bench kernel` compare the two on one machine."""
+    if _module() is None:
+        raise RuntimeError("fewshot's CPU kernels are unavailable")
+    previous = _module().set_isa(name)
+    try:
+        yield
+    finally:
+        _module().set_isa(previous)
+
+
+def _module():
+    _operators()
+    return _loaded[0][0] if _loaded[0] else None
+
+
 def _operators() -> dict | None:
     if not _loaded:
         module = _load()
-        _loaded.append(None if module is None else _as_operators(module))
-    return _loaded[0]
+        _loaded.append(None if module is None else (module, _as_operators(module)))
+    return _loaded[0][1] if _loaded[0] else None
 
 
 def _load():
