@@ -15,7 +15,7 @@ from fewshot.experiments.recipe import FULL, SHORT, Recipe
 
 
 @app.command()
-@config_options(Recipe, skip=("minutes", "context", "batch_size", "optimizer", "lr"), defaults=SHORT)
+@config_options(Recipe, skip=("minutes", "context", "batch_size", "optimizer", "lr", "precision"), defaults=SHORT)
 def demo(
     given: dict,
     out_dir: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),

@@ -60,7 +60,7 @@ def train_icl(out: Path, recipe: Recipe = FULL, *, data_root: Path = DATA_ROOT, 
     data_dir = ensure_mixture(data_root, recipe.mixture, progress=console.is_terminal)
     config = TrainConfig(data=str(data_dir), out=str(out), preset=recipe.preset, batch_size=recipe.batch_size,
                          context=recipe.context, eval_every=100, save_every=100, compile=recipe.compile,
-                         optimizer=recipe.optimizer, lr=recipe.lr, **options)
+                         optimizer=recipe.optimizer, lr=recipe.lr, precision=recipe.precision, **options)
     if recipe.steps is not None:
         return _finished(train(TrainConfig.from_dict({**config.to_dict(), "max_steps": recipe.steps}), console=console))
     config = TrainConfig.from_dict({**config.to_dict(), "max_time": recipe.minutes * 60, "fit_steps_to_time": True})

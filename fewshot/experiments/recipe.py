@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
-from fewshot.config import Optimizer, check_optimizer, setting
+from fewshot.config import Optimizer, Precision, check_optimizer, setting
 from fewshot.errors import FewshotError
 from fewshot.tasks.meta.mixture import MixtureConfig
 
@@ -34,10 +34,15 @@ class Recipe:
     # steps of equal-size models are equal FLOPs to within the mixers' own terms, and a slow
     # implementation, or a busy machine, does not cost a model its training.
     steps: int | None = setting(None, "Optimizer steps, fixed instead of fitted to --minutes.")
+    # auto trains in bf16 autocast where the hardware has bf16: more steps in the same minutes,
+    # but not the same numbers, so arms compared across machine kinds fix it (docs/icl/generalisation.md).
+    precision: Precision = setting("auto", "auto (bf16 autocast where the hardware has bf16), fp32 or bf16.")
 
     def __post_init__(self) -> None:
         # Checked here, before the mixture is generated for a run that cannot start.
         check_optimizer(self.optimizer)
+        if self.precision not in get_args(Precision):
+            raise FewshotError(f"--precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         if self.minutes <= 0 or self.batch_size < 1:
             raise FewshotError(f"--minutes must be > 0 and --batch-size >= 1, got {self.minutes} and {self.batch_size}")
         if self.steps is not None and self.steps < 1:

@@ -305,6 +305,7 @@ def cases() -> list[tuple[str, list[str]]]:
     add("icl-eval-frozen-template-of-dev", *icl_eval, "--set", "frozen", "--templates", "q-a")
     add("icl-train-data-unknown", "icl", "train", "--out", "icl_run", "--data", "nope", "--minutes", "0.01")
     add("icl-train-minutes-negative", "icl", "train", "--out", "icl_run", "--minutes", "-1")
+    add("icl-train-precision-unknown", "icl", "train", "--out", "icl_run", "--precision", "fp16", "--minutes", "0.01")
     add("icl-train-out-a-file", "icl", "train", "--out", "file.txt", "--minutes", "0.01")
     add("icl-mixers-unknown", "icl", "mixers", "--mixers", "dense,nope", "--out", "mixers_out", "--runs-dir", "mixer_runs")
     add("icl-mixers-dense-math", "icl", "mixers", "--mixers", "dense-math", "--out", "mixers_out", "--runs-dir", "mixer_runs")

@@ -48,6 +48,14 @@ def test_train_icl_fits_steps_to_the_budget_and_continues_a_finished_run(in_tmp:
     assert again.step >= result.step and latest_checkpoint(in_tmp / "run") is not None
 
 
+def test_a_recipes_precision_reaches_its_training(in_tmp: Path) -> None:
+    """Arms compared across machine kinds fix it: auto is bf16 on a CPU with bf16, fp32 elsewhere."""
+    train_icl(in_tmp / "run", TINY.replace(steps=2, precision="fp32"))
+    assert json.loads((in_tmp / "run" / "config.json").read_text())["train"]["precision"] == "fp32"
+    with pytest.raises(FewshotError, match="--precision must be one of auto, fp32, bf16"):
+        TINY.replace(precision="fp16")
+
+
 # Slow: on the slower 2-core machines (0.37 s per compiled step) the time cap ends this 12 s
 # run before its last step-count refit, so the fit_steps_to_time assertion fails there.
 @pytest.mark.slow
