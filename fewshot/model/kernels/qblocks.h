@@ -13,7 +13,6 @@ inline __m256i unpack_nibbles(const uint8_t* packed) {
   return _mm256_set_m128i(high, low);
 }
 
-
 // One weight block against row block `xv` of x: 8 int32 partial sums, as floats. The
 // multiplications take unsigned by signed bytes, so they get |w| and x carrying w's sign
 // (Q4_1's nibbles are unsigned already). VNNI's dpbusd does AVX2's maddubs + madd in one
