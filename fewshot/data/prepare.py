@@ -23,7 +23,7 @@ import numpy as np
 
 from fewshot.data.shards import FORMAT, FORMAT_VERSION, META
 from fewshot.errors import FewshotError
-from fewshot.files import check_creatable, fsync_dir, staging_dir
+from fewshot.files import atomic_write_text, check_creatable, fsync_dir, staging_dir
 from fewshot.progress import byte_progress
 from fewshot.tokenizer import ByteTokenizer, train_bpe
 
@@ -351,6 +351,37 @@ def prepare(
         shards=len(train.shards) + len(val.shards), unigram_entropy_bits=meta["unigram_entropy_bits"],
         seconds=time.perf_counter() - started,
     )
+
+
+def add_loss_mask(out: Path, mask: np.ndarray) -> None:
+    """Give the prepared dataset in `out` a loss mask: one byte per token of its stream (the
+    documents in order, end-of-text tokens included), 1 where training learns to predict the
+    token. It is split into train and val block by block as the tokens were, written beside
+    their shards as {split}-loss-mask_000000.bin, ..., and listed in meta.json ("loss_mask")."""
+    out = Path(out)
+    meta = json.loads((out / META).read_text())
+    splits = meta["splits"]
+    if len(mask) != splits["train"]["tokens"] + splits["val"]["tokens"]:
+        raise FewshotError(f"a loss mask of {len(mask):,} tokens for {out}, which holds "
+                           f"{splits['train']['tokens'] + splits['val']['tokens']:,}")
+    if mask.size and mask.max() > 1:
+        raise FewshotError("a loss mask holds 0 (not learned) and 1 (learned) only")
+    # Mask shard i beside token shard i, of the same length.
+    shard_tokens = max([shard["tokens"] for split in splits.values() for shard in split["shards"]] + [1])
+    train = _ShardWriter(out, "train-loss-mask", np.dtype("u1"), shard_tokens, 2)
+    val = _ShardWriter(out, "val-loss-mask", np.dtype("u1"), shard_tokens, 2)
+    splitter = _Splitter(train, val, meta["split"]["val_fraction"], meta["split"]["block_tokens"])
+    try:
+        for begin in range(0, len(mask), 1 << 22):
+            splitter.write(mask[begin:begin + (1 << 22)].astype(np.int64))
+        if len(mask):
+            splitter.finish()
+    finally:
+        train.close()
+        val.close()
+    meta["loss_mask"] = {"train": {"tokens": train.tokens, "shards": train.shards},
+                         "val": {"tokens": val.tokens, "shards": val.shards}}
+    atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
 
 
 def _check_options(tokenizer: str, val_fraction: float, shard_tokens: int, block_tokens: int) -> None:

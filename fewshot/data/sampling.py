@@ -27,10 +27,13 @@ class BatchSampler:
     `in_order=S`: data whose order matters (a curriculum, `fewshot.tasks.meta.mixture`) is read
     from start to end over S batches: batch i's windows start in the i-th of S equal parts of
     the split (the last part after S), still at random within it.
+
+    `loss_mask`: the split's loss mask (`TokenData.loss_mask`); targets it does not learn are -1,
+    which the model's loss ignores.
     """
 
     def __init__(self, split_tokens: TokenSplit, batch_size: int, context: int, seed: int, rank: int = 0,
-                 in_order: int | None = None):
+                 in_order: int | None = None, loss_mask: TokenSplit | None = None):
         if batch_size < 1 or context < 1:
             raise FewshotError(f"batch size and context must be at least 1 (got {batch_size} and {context})")
         if seed < 0 or rank < 0:
@@ -47,6 +50,7 @@ class BatchSampler:
             raise FewshotError(f"reading a split in order needs at least one batch, got {in_order}")
         self.seed, self.rank = seed, rank
         self.in_order = in_order
+        self.loss_mask = loss_mask
         self.position = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +75,11 @@ class BatchSampler:
     def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         windows = np.stack([self.split.window(int(s), self.context + 1) for s in starts]).astype(np.int64)
         windows = torch.from_numpy(windows)
-        return windows[:, :-1], windows[:, 1:]
+        x, y = windows[:, :-1], windows[:, 1:]
+        if self.loss_mask is not None:
+            learned = np.stack([self.loss_mask.window(int(s) + 1, self.context) for s in starts])
+            y = y.masked_fill(torch.from_numpy(learned == 0), -1)
+        return x, y
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "rank": self.rank, "position": self.position}
@@ -94,11 +102,11 @@ class StepSampler:
     """
 
     def __init__(self, split_tokens: TokenSplit, batch_size: int, grad_accum: int, context: int, seed: int,
-                 rank: int = 0, world_size: int = 1, in_order: int | None = None):
+                 rank: int = 0, world_size: int = 1, in_order: int | None = None, loss_mask: TokenSplit | None = None):
         if not 0 <= rank < world_size:
             raise FewshotError(f"rank {rank} is outside a world of {world_size} processes")
         self.global_batches = BatchSampler(split_tokens, batch_size * grad_accum * world_size, context, seed,
-                                           in_order=in_order)
+                                           in_order=in_order, loss_mask=loss_mask)
         self.batch_size, self.grad_accum, self.rank = batch_size, grad_accum, rank
 
     def plan(self, steps: int) -> None:
@@ -123,9 +131,10 @@ class StepSampler:
         self.global_batches.position = int(state["position"])
 
 
-def fixed_batches(split: TokenSplit, batch_size: int, context: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def fixed_batches(split: TokenSplit, batch_size: int, context: int, n: int, seed: int,
+                  loss_mask: TokenSplit | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same n batches every call, so validation losses compare across steps and runs."""
-    sampler = BatchSampler(split, batch_size, context, seed=seed)
+    sampler = BatchSampler(split, batch_size, context, seed=seed, loss_mask=loss_mask)
     return [sampler.next_batch() for _ in range(n)]
 
 

@@ -80,6 +80,18 @@ class TokenData:
         dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
         return TokenSplit(name, [self._map(shard, dtype) for shard in splits[name]["shards"]], dtype)
 
+    def loss_mask(self, name: str) -> TokenSplit | None:
+        """Where a split's tokens are learned (1) or only read (0), for data that says
+        (fewshot.data.prepare.add_loss_mask); None: every token is learned."""
+        if "loss_mask" not in self.meta:
+            return None
+        split = self.meta["loss_mask"].get(name) if isinstance(self.meta["loss_mask"], dict) else None
+        if not isinstance(split, dict) or split.get("tokens") != self.meta["splits"][name]["tokens"] \
+                or not isinstance(split.get("shards"), list):
+            raise FewshotError(f"{self.path / META}: the {name} split's loss mask does not match its tokens; prepare the data again")
+        dtype = np.dtype("u1")
+        return TokenSplit(f"{name} loss mask", [self._map(shard, dtype) for shard in split["shards"]], dtype)
+
     def _map(self, shard: dict, dtype: np.dtype) -> np.ndarray:
         file = self.path / shard["file"]
         expected = shard["tokens"] * dtype.itemsize

@@ -59,9 +59,11 @@ def pretraining(config: TrainConfig, run: RunDir, resume: bool, world: World, de
     model = GPT(model_config)
     # Data written as a curriculum (`prepare(..., in_order=True)`) is read from start to end over the run.
     in_order = config.max_steps if data.meta.get("in_order") else None
+    # Data with a loss mask (`--data icl:loss=answers`) trains, and validates, on its learned tokens only.
     sampler = StepSampler(data.split("train"), config.batch_size, config.grad_accum, context, config.seed, world.rank,
-                          world.size, in_order=in_order)
-    val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed)
+                          world.size, in_order=in_order, loss_mask=data.loss_mask("train"))
+    val_batches = fixed_batches(data.split("val"), config.batch_size, context, config.eval_batches, seed=config.seed,
+                                loss_mask=data.loss_mask("val"))
     record = RunConfig(model_config, tokenizer.spec(), train=config, data={"path": str(config.data), "meta": data.meta})
     return Setup(model_config, tokenizer, model, sampler, val_batches, record, data_meta=data.meta)
 

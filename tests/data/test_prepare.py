@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import fewshot.data.prepare as data_module
 from fewshot.data.shards import TokenData
 from fewshot.data.sampling import BatchSampler, StepSampler, fixed_batches
-from fewshot.data.prepare import is_val_block, prepare
+from fewshot.data.prepare import add_loss_mask, is_val_block, prepare
 from fewshot.errors import FewshotError
 from fewshot.tokenizer import ByteTokenizer
 
@@ -28,9 +28,11 @@ def write_files(root: Path, files: dict[str, bytes | str]) -> Path:
     return root
 
 
-def full_stream(data: TokenData) -> np.ndarray:
-    """Reassemble the original token stream from train and val using the documented block rule."""
-    train, val = (np.asarray(data.split(s).window(0, len(data.split(s)))) for s in ("train", "val"))
+def full_stream(data: TokenData, split=None) -> np.ndarray:
+    """Reassemble the original token stream (or, with split=data.loss_mask, its loss mask) from
+    train and val using the documented block rule."""
+    split = split or data.split
+    train, val = (np.asarray(split(s).window(0, len(split(s)))) for s in ("train", "val"))
     block, fraction = data.meta["split"]["block_tokens"], data.meta["split"]["val_fraction"]
     n_blocks = math.ceil((len(train) + len(val)) / block)
     to_val = is_val_block(np.arange(n_blocks), fraction)
@@ -381,3 +383,48 @@ def test_fixed_batches_repeat_and_context_too_long(corpus, tmp_path):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second))
     with pytest.raises(FewshotError, match="context .* too long for the val split"):
         fixed_batches(val, 2, len(val), n=1, seed=1)
+
+
+@FAST
+@given(docs=st.lists(st.text("abc \n", min_size=1, max_size=60), min_size=1, max_size=12), block=st.integers(1, 32),
+       val_fraction=st.floats(0.05, 0.6), seed=st.integers(0, 2**32 - 1))
+def test_a_loss_mask_is_split_as_the_tokens_were(docs, block, val_fraction, seed):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_files(Path(tmp) / "in", {"docs.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in docs)})
+        out = Path(tmp) / "out"
+        prepare([root], out, progress=False, val_fraction=val_fraction, block_tokens=block)
+        data = TokenData.open(out)
+        assert data.loss_mask("train") is None  # data without one learns every token
+        stream = full_stream(data)
+        mask = np.random.default_rng(seed).integers(0, 2, size=len(stream), dtype=np.uint8)
+        add_loss_mask(out, mask)
+        data = TokenData.open(out)
+        assert np.array_equal(full_stream(data, data.loss_mask), mask)
+        assert np.array_equal(full_stream(data), stream)
+        for wrong, message in ((mask[1:], "a loss mask of"), (mask + 2, "0 \\(not learned\\) and 1")):
+            with pytest.raises(FewshotError, match=message):
+                add_loss_mask(out, wrong)
+
+
+def test_targets_a_loss_mask_does_not_learn_are_ignored(tmp_path):
+    root = write_files(tmp_path / "in", {"a.txt": "the quick brown fox jumps over the lazy dog " * 20})
+    out = tmp_path / "out"
+    prepare([root], out, progress=False)
+    data = TokenData.open(out)
+    n = len(data.split("train")) + len(data.split("val"))
+    add_loss_mask(out, (np.arange(n) % 3 == 0).astype(np.uint8))
+    data = TokenData.open(out)
+    plain = BatchSampler(data.split("train"), 4, 32, seed=1)
+    masked = BatchSampler(data.split("train"), 4, 32, seed=1, loss_mask=data.loss_mask("train"))
+    starts = plain.next_starts()
+    (x, y), (mx, my) = plain.windows(starts), masked.windows(starts)
+    learned = torch.from_numpy(np.stack([data.loss_mask("train").window(int(s) + 1, 32) for s in starts]) == 1)
+    assert torch.equal(x, mx) and torch.equal(my[learned], y[learned])
+    assert (my[~learned] == -1).all() and 0 < learned.float().mean() < 1
+    val = fixed_batches(data.split("val"), 1, 8, 2, seed=0, loss_mask=data.loss_mask("val"))
+    assert any((batch_y == -1).any() for _, batch_y in val)
+    meta = json.loads((out / "meta.json").read_text())
+    for broken in ({"train": meta["loss_mask"]["train"]}, {**meta["loss_mask"], "val": {"tokens": 1, "shards": []}}, [1]):
+        (out / "meta.json").write_text(json.dumps({**meta, "loss_mask": broken}))
+        with pytest.raises(FewshotError, match="loss mask does not match its tokens"):
+            TokenData.open(out).loss_mask("val")

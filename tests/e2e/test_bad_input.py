@@ -117,7 +117,8 @@ def cases() -> list[tuple[str, list[str]]]:
         "out-a-non-run-dir": ["--out", "hf_garbage"], "out-an-existing-run": ["--out", "trained"],
         "data-missing": ["--data", "nope"], "data-a-file": ["--data", "file.txt"], "data-an-empty-dir": ["--data", "emptydir"],
         "data-garbage-meta": ["--data", "junk_data"], "data-bad-mixture-option": ["--data", "icl:mb=abc"],
-        "data-unknown-mixture-key": ["--data", "icl:bogus=1"], "save-every-zero": ["--save-every", "0"],
+        "data-unknown-mixture-key": ["--data", "icl:bogus=1"],
+        "data-unknown-mixture-loss": ["--data", "icl:loss=inputs"], "save-every-zero": ["--save-every", "0"],
     }.items():
         add(f"train-{name}", *train, "--out", "new_run", *extra)
 

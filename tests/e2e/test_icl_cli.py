@@ -38,6 +38,18 @@ def test_train_generates_the_mixture_once_and_records_where_it_is(icl_run: Path)
     assert len(list((icl_run / "data" / "icl").iterdir())) == 1  # reused, not generated twice
 
 
+def test_training_on_the_answers_alone_reads_the_mixtures_loss_mask(tmp_path: Path) -> None:
+    result = fewshot("train", "--data", "icl:mb=0.1,loss=answers", "--preset", "nano", "--max-steps", "2", "--batch-size", "2",
+                     "--context", "128", "--eval-every", "2", "--out", "runs/answers", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = tmp_path / "data" / "icl" / MixtureConfig(megabytes=0.1, loss="answers").name
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["loss_mask"]["train"]["tokens"] == meta["splits"]["train"]["tokens"]
+    rows = (tmp_path / "runs" / "answers" / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert 0 < float(last[header.index("val_loss")]) < 10  # finite: the validation batches learn some tokens
+
+
 def test_icl_eval_scores_held_out_families_per_format(icl_run: Path) -> None:
     result = fewshot("icl", "eval", "runs/tiny", "--out", "heldout", "--n", "6", "--shots", "0,2",
                      "--templates", "input-output,arrow", cwd=icl_run)

@@ -8,10 +8,12 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fewshot.data.shards import TokenData
 from fewshot.errors import FewshotError
 from fewshot.tasks.taskfile import Template, read_task_file
 from fewshot.tasks.meta import bursty, ginc, mixture
@@ -300,13 +302,13 @@ def test_a_curriculum_writes_plain_episodes_first_and_marks_its_data_ordered(mon
     config = parse_data_spec("icl:mb=0.15,formats=0.5,programs=20,pipelines=20,curriculum=0.4")
     assert config.curriculum == 0.4 and config.name != dataclasses.replace(config, curriculum=0.0).name
     seen, written = [], 0  # (bytes written before the episode, its families, its share of novel formats)
-    real = mixture.episode
+    real = mixture.episode_with_answers
 
     def recorded(rng, families, max_chars, bursty=True, novel_formats=0.0):
         seen.append((written, {f.name for f in families}, novel_formats))
         return real(rng, families, max_chars, bursty, novel_formats)
 
-    monkeypatch.setattr(mixture, "episode", recorded)
+    monkeypatch.setattr(mixture, "episode_with_answers", recorded)
     for text in documents(config):
         written += len(text) + 1
     boundary = 0.4 * 0.15e6
@@ -322,6 +324,37 @@ def test_a_curriculum_writes_plain_episodes_first_and_marks_its_data_ordered(mon
     for bad, message in (("icl:curriculum=0.5", "ask for one of them"), ("icl:formats=0.5,curriculum=1", r"\[0, 1\)")):
         with pytest.raises(FewshotError, match=message):
             parse_data_spec(bad)
+
+
+def test_answer_loss_learns_each_answer_and_its_end_and_nothing_else(tmp_path) -> None:
+    config = parse_data_spec("icl:mb=0.06,loss=answers,formats=0.5,text=0,ginc=0,zipf=0,repeat=0")
+    assert config.loss == "answers" and config.name != dataclasses.replace(config, loss="all").name
+    assert list(documents(config)) == list(documents(dataclasses.replace(config, loss="all")))  # the same text
+    answers, learned = set(), 0
+    for text, spans in mixture.documents_with_answers(config):
+        answers.update(text[start:end - 1] for start, end in spans)
+        learned += int(mixture.answer_mask(text, spans).sum())
+    data = TokenData.open(ensure_mixture(tmp_path, config, progress=False))
+    block, eot = data.meta["split"]["block_tokens"], data.tokenizer.eot_id
+    total, checked = 0, 0
+    for split in ("train", "val"):
+        tokens, mask = (np.asarray(s.window(0, len(s))) for s in (data.split(split), data.loss_mask(split)))
+        total += int(mask.sum())
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))
+        for start, end in zip(edges[::2], edges[1::2]):
+            if start // block != (end - 1) // block or start % block == 0 or end % block == 0:
+                continue  # a run that the train/val split may have cut
+            *answer, last = tokens[start:end]
+            assert last in (ord("\n"), eot) and bytes(answer).decode() in answers
+            checked += 1
+    assert total == learned and checked > 200
+    assert data.loss_mask("train") is not None
+    assert TokenData.open(ensure_mixture(tmp_path, MixtureConfig(megabytes=0.03), progress=False)).loss_mask("train") is None
+    non_ascii = "Café -> x"
+    assert mixture.answer_mask(non_ascii, [(len("Café ->"), len(non_ascii) + 1)]).tolist() == [0] * 8 + [1, 1, 1]  # é is two bytes
+    assert mixture.answer_mask("ab", None).tolist() == [1, 1, 1]
+    with pytest.raises(FewshotError, match="loss must be one of all, answers"):
+        parse_data_spec("icl:loss=inputs")
 
 
 def test_bursty_episodes_show_one_task_and_nonbursty_ones_a_task_per_example() -> None:

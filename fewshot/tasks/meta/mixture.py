@@ -16,6 +16,11 @@ task families never appear; `write_held_out_tasks` writes them as JSONL task fil
 `curriculum=F` writes the first share F of the stream from the training families alone and marks
 the data as ordered, so training meets the novel formats, programs and pipelines only later.
 
+`loss=answers` writes a loss mask beside the data (fewshot.data.prepare.add_loss_mask): in
+episodes only the answers are learned (with the character that ends each), not the inputs, which
+are random draws that no context predicts, nor the instruction; other documents are learned whole.
+MetaICL and Kirsch et al. (2022) meta-train on the answers alone.
+
 `bursty=False` is the ablation: every example of an episode comes from a different task (and
 every GINC segment from a different concept, and item classes are drawn independently), so
 the same families, formats and text are there, but the context no longer predicts the answer.
@@ -34,8 +39,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fewshot.data.corpus import shakespeare_documents
-from fewshot.data.prepare import prepare
+from fewshot.data.prepare import add_loss_mask, prepare
 from fewshot.errors import FewshotError
 from fewshot.tasks.base import Example, distinct_examples
 from fewshot.tasks.taskfile import Template
@@ -78,6 +85,7 @@ INSTRUCTION_P = 0.3
 # test prompt has to have been seen in training (the delimiters and the label words vary per episode).
 DELIMITER_CHARS = "-=>|:~#*+/<;!.^"
 LABEL_ENDS = (":", ":", " :", " -", ">", "=", ")", "]", " |", "")
+LOSSES = ("all", "answers")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class MixtureConfig:
     # families alone in the usual formats (no programs, pipelines or novel formats); training
     # then reads the stream in order, so the model meets the rest after the plain tasks.
     curriculum: float = 0.0
+    loss: str = "all"            # "answers": episodes teach only their answers (a loss mask beside the data)
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -111,6 +120,8 @@ class MixtureConfig:
                 raise FewshotError(f"the {name}' weight must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.curriculum < 1:
             raise FewshotError(f"the curriculum's first share of the stream must be in [0, 1), got {self.curriculum}")
+        if self.loss not in LOSSES:
+            raise FewshotError(f"the mixture's loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.curriculum and not (self.novel_formats or self.programs or self.pipelines):
             raise FewshotError("a curriculum holds back novel formats, programs or pipelines until later; "
                                "ask for one of them (formats=, programs=, pipelines=)")
@@ -124,6 +135,8 @@ class MixtureConfig:
         for added_later in ("novel_formats", "programs", "pipelines", "curriculum"):  # mixtures without them keep the names they were written under
             if not fields[added_later]:
                 del fields[added_later]
+        if fields["loss"] == "all":
+            del fields["loss"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for text in generator_fingerprint(self):
             digest.update(text.encode())
@@ -195,21 +208,34 @@ def _assembled_format(rng: random.Random) -> tuple[str, str]:
 def episode(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True,
             novel_formats: float = 0.0) -> str:
     """One task, many solved examples, one format: what a K-shot prompt looks like."""
+    return episode_with_answers(rng, families, max_chars, bursty, novel_formats)[0]
+
+
+def episode_with_answers(rng: random.Random, families: tuple[Family, ...], max_chars: int, bursty: bool = True,
+                         novel_formats: float = 0.0) -> tuple[str, list[tuple[int, int]]]:
+    """An episode and where its answers are: [start, end) in characters, each the answer as a
+    query's continuation (the template's gap, the target) and the one character after it (the
+    separator, or the end of the document), since that is where a model learns to stop."""
     # The draw only when asked for: mixtures without novel formats keep their bytes.
     template, separator = novel_format(rng) if novel_formats and rng.random() < novel_formats else rng.choice(FORMATS)
     template = Template(template)
     task = pick_family(rng, families).build(rng)
-    shown = []
+    shown: list[str] = []
+    answers: list[tuple[int, int]] = []
     if rng.random() < INSTRUCTION_P and bursty:
         shown.append(task.instruction)
     total, wanted = 0, rng.randint(2, 48)
     while len(shown) < wanted and total < max_chars:
         if not bursty:
             task = pick_family(rng, families).build(rng)
-        text = template.solved(*task.sample(rng))
+        x, y = task.sample(rng)
+        text = template.solved(x, y)
+        start = sum(map(len, shown)) + len(separator) * len(shown)  # where `text` starts once joined
+        answer = start + len(template.query(x))
+        answers.append((answer, answer + len(template.gap() + y) + 1))
         shown.append(text)
         total += len(text) + len(separator)
-    return separator.join(shown)
+    return separator.join(shown), answers
 
 
 def repeats(rng: random.Random, max_chars: int, bursty: bool = True) -> str:
@@ -230,8 +256,12 @@ def repeats(rng: random.Random, max_chars: int, bursty: bool = True) -> str:
 
 def documents(config: MixtureConfig) -> Iterator[str]:
     """The mixture's documents, the same for the same config, until `megabytes` of text."""
+    return (text for text, _ in documents_with_answers(config))
 
 
+def documents_with_answers(config: MixtureConfig) -> Iterator[tuple[str, list[tuple[int, int]] | None]]:
+    """The mixture's documents, each with its episode's answers (`episode_with_answers`), or
+    None for a document that is learned whole (text, GINC, Zipfian sequences, repeats)."""
     rng = random.Random(f"icl-mixture/{config.seed}")
     families = episode_families(config)
     plain = training_families()
@@ -245,7 +275,7 @@ def documents(config: MixtureConfig) -> Iterator[str]:
     text_cut, ginc_cut, zipf_cut, repeat_cut = itertools.accumulate(
         (config.text_fraction, config.ginc_fraction, config.zipf_fraction, config.repeat_fraction))
     while written < budget:
-        kind = rng.random()
+        kind, answers = rng.random(), None
         if kind < text_cut:
             play = rng.choice(plays)
             start = rng.randrange(max(1, len(play) - config.episode_chars))
@@ -259,11 +289,27 @@ def documents(config: MixtureConfig) -> Iterator[str]:
         elif kind < repeat_cut:
             text = repeats(rng, config.episode_chars, bursty=config.bursty)
         elif written < first_stage:
-            text = episode(rng, plain, config.episode_chars, bursty=config.bursty)
+            text, answers = episode_with_answers(rng, plain, config.episode_chars, bursty=config.bursty)
         else:
-            text = episode(rng, families, config.episode_chars, bursty=config.bursty, novel_formats=config.novel_formats)
+            text, answers = episode_with_answers(rng, families, config.episode_chars, bursty=config.bursty,
+                                                 novel_formats=config.novel_formats)
         written += len(text) + 1
-        yield text
+        yield text, answers
+
+
+def answer_mask(text: str, answers: list[tuple[int, int]] | None) -> np.ndarray:
+    """One byte per token of `text` under the byte tokenizer, and one for the end-of-text token
+    after it: 1 where the model learns to predict it. None: all of it."""
+    size = len(text.encode()) + 1
+    if answers is None:
+        return np.ones(size, dtype=np.uint8)
+    mask = np.zeros(size, dtype=np.uint8)
+    # Character offsets to byte offsets (every character is one byte in an ASCII text).
+    offsets = (np.arange(len(text) + 2) if text.isascii()
+               else np.concatenate([[0], np.cumsum([len(c.encode()) for c in text]), [size]]))
+    for start, end in answers:
+        mask[offsets[start]:offsets[end]] = 1
+    return mask
 
 
 def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Path:
@@ -272,8 +318,18 @@ def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Pa
 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:
-        _write_jsonl(Path(tmp), documents(config))
-        prepare([Path(tmp)], out, tokenizer="byte", progress=progress, in_order=config.curriculum > 0)
+        text_dir, masks = Path(tmp) / "text", Path(tmp) / "loss-mask.bin"
+        text_dir.mkdir()
+        with open(masks, "wb") as mask_file:
+            def texts() -> Iterator[str]:
+                for text, answers in documents_with_answers(config):
+                    if config.loss == "answers":
+                        mask_file.write(answer_mask(text, answers).tobytes())
+                    yield text
+            _write_jsonl(text_dir, texts())
+        prepare([text_dir], out, tokenizer="byte", progress=progress, in_order=config.curriculum > 0)
+        if config.loss == "answers":
+            add_loss_mask(out, np.fromfile(masks, dtype=np.uint8))
     (out / MIXTURE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
 
@@ -332,7 +388,7 @@ def parse_data_spec(spec: str) -> MixtureConfig | None:
     keys = {"mb": ("megabytes", float), "text": ("text_fraction", float), "seed": ("seed", int),
             "ginc": ("ginc_fraction", float), "zipf": ("zipf_fraction", float), "repeat": ("repeat_fraction", float), "chars": ("episode_chars", int),
             "formats": ("novel_formats", float), "programs": ("programs", float),
-            "pipelines": ("pipelines", float), "curriculum": ("curriculum", float)}
+            "pipelines": ("pipelines", float), "curriculum": ("curriculum", float), "loss": ("loss", str)}
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key not in keys or not value:
