@@ -1,4 +1,5 @@
-"""The read side of a prepared dataset: meta.json plus memory-mapped token shards."""
+"""The read side of a prepared dataset: meta.json plus memory-mapped token shards (and, for data
+with one, a loss mask of one byte per token beside them: fewshot.data.prepare.add_loss_mask)."""
 
 from __future__ import annotations
 
