@@ -222,18 +222,20 @@ def episode_with_answers(rng: random.Random, families: tuple[Family, ...], max_c
     task = pick_family(rng, families).build(rng)
     shown: list[str] = []
     answers: list[tuple[int, int]] = []
+    start = 0  # where the next piece starts in the joined episode
     if rng.random() < INSTRUCTION_P and bursty:
         shown.append(task.instruction)
+        start = len(task.instruction) + len(separator)
     total, wanted = 0, rng.randint(2, 48)
     while len(shown) < wanted and total < max_chars:
         if not bursty:
             task = pick_family(rng, families).build(rng)
         x, y = task.sample(rng)
         text = template.solved(x, y)
-        start = sum(map(len, shown)) + len(separator) * len(shown)  # where `text` starts once joined
         answer = start + len(template.query(x))
         answers.append((answer, answer + len(template.gap() + y) + 1))
         shown.append(text)
+        start += len(text) + len(separator)
         total += len(text) + len(separator)
     return separator.join(shown), answers
 
@@ -318,18 +320,19 @@ def write_mixture(out: Path, config: MixtureConfig, progress: bool = True) -> Pa
 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix=".icl-text-", dir=out.parent if out.parent.exists() else None) as tmp:
-        text_dir, masks = Path(tmp) / "text", Path(tmp) / "loss-mask.bin"
+        text_dir = Path(tmp) / "text"
         text_dir.mkdir()
-        with open(masks, "wb") as mask_file:
-            def texts() -> Iterator[str]:
-                for text, answers in documents_with_answers(config):
-                    if config.loss == "answers":
-                        mask_file.write(answer_mask(text, answers).tobytes())
-                    yield text
-            _write_jsonl(text_dir, texts())
+        masks: list[np.ndarray] = []  # one byte per token: 24 MB for the recipe's 24 MB of text
+
+        def texts() -> Iterator[str]:
+            for text, answers in documents_with_answers(config):
+                if config.loss == "answers":
+                    masks.append(answer_mask(text, answers))
+                yield text
+        _write_jsonl(text_dir, texts())
         prepare([text_dir], out, tokenizer="byte", progress=progress, in_order=config.curriculum > 0)
-        if config.loss == "answers":
-            add_loss_mask(out, np.fromfile(masks, dtype=np.uint8))
+        if masks:
+            add_loss_mask(out, np.concatenate(masks))
     (out / MIXTURE_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
 
