@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -85,7 +86,7 @@ INSTRUCTION_P = 0.3
 # test prompt has to have been seen in training (the delimiters and the label words vary per episode).
 DELIMITER_CHARS = "-=>|:~#*+/<;!.^"
 LABEL_ENDS = (":", ":", " :", " -", ">", "=", ")", "]", " |", "")
-LOSSES = ("all", "answers")
+Loss = Literal["all", "answers"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class MixtureConfig:
     # families alone in the usual formats (no programs, pipelines or novel formats); training
     # then reads the stream in order, so the model meets the rest after the plain tasks.
     curriculum: float = 0.0
-    loss: str = "all"            # "answers": episodes teach only their answers (a loss mask beside the data)
+    loss: Loss = "all"           # "answers": episodes teach only their answers (a loss mask beside the data)
 
     def __post_init__(self) -> None:
         if self.megabytes <= 0:
@@ -120,8 +121,8 @@ class MixtureConfig:
                 raise FewshotError(f"the {name}' weight must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.curriculum < 1:
             raise FewshotError(f"the curriculum's first share of the stream must be in [0, 1), got {self.curriculum}")
-        if self.loss not in LOSSES:
-            raise FewshotError(f"the mixture's loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss not in get_args(Loss):
+            raise FewshotError(f"the mixture's loss must be one of {', '.join(get_args(Loss))}, got {self.loss!r}")
         if self.curriculum and not (self.novel_formats or self.programs or self.pipelines):
             raise FewshotError("a curriculum holds back novel formats, programs or pipelines until later; "
                                "ask for one of them (formats=, programs=, pipelines=)")
